@@ -1,0 +1,44 @@
+"""The ``llm_gym`` command line: one click group, every command a thin shell over the library."""
+
+import os
+import sys
+import traceback
+
+import click
+
+from llm_gym.errors import UserError
+
+DEBUG_ENV = "LLM_GYM_DEBUG"
+
+
+class _Group(click.Group):
+    """Turns user errors into one line on stderr and exit status 2; internal errors exit 1."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except UserError as error:
+            if os.environ.get(DEBUG_ENV):
+                traceback.print_exc()
+            # Under torchrun every rank fails the same way; one message is enough.
+            if int(os.environ.get("RANK", 0)) == 0:
+                click.echo(f"error: {error}", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help=f"Show tracebacks for user errors too (or set {DEBUG_ENV}=1).")
+@click.version_option(package_name="llm_gym")
+def main(debug: bool) -> None:
+    """llm_gym: distributed, reproducible pretraining of GPT-style language models from one YAML file."""
+    if debug:
+        os.environ[DEBUG_ENV] = "1"
+
+
+def _register_commands() -> None:
+    from llm_gym.cli.config_commands import validate
+
+    main.add_command(validate, name="validate")
+
+
+_register_commands()

@@ -1,0 +1,13 @@
+"""Options shared by several commands."""
+
+from pathlib import Path
+
+import click
+
+config_file_option = click.option(
+    "--config_file_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    required=True,
+    help="YAML config of the experiment.",
+)
+overrides_argument = click.argument("overrides", nargs=-1, metavar="[dotted.key=value]...")

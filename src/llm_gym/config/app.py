@@ -1,0 +1,114 @@
+"""The schema of a training config: plain settings sections plus component nodes.
+
+Cross-field rules that need the whole picture (batch sizes against the world size, mesh degrees) are
+checked here too, before anything heavy is built.
+"""
+
+import os
+from enum import Enum
+from pathlib import Path
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    model_validator,
+)
+
+from llm_gym.config.component import Component
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ExperimentSettings(_Section):
+    experiment_id: str = Field("default", min_length=1)
+    output_dir: Path = Field(description="experiment directory: config.yaml, metrics.jsonl, checkpoints/")
+    seed: NonNegativeInt = 42
+
+
+class NonFiniteAction(str, Enum):
+    STOP = "stop"
+    SKIP = "skip"
+
+
+class ActivationCheckpointing(str, Enum):
+    NONE = "none"
+    FULL = "full"
+    EVERY_K = "every_k"
+
+
+class TrainingSettings(_Section):
+    max_steps: PositiveInt = Field(description="optimizer steps in total; a resumed run stops at the same total")
+    sequence_length: PositiveInt
+    micro_batch_size: PositiveInt = Field(description="samples per rank per forward pass")
+    gradient_accumulation_steps: PositiveInt = 1
+    global_batch_size: PositiveInt | None = Field(
+        None, description="samples per optimizer step; must equal micro × accumulation × data-parallel ranks"
+    )
+    eval_interval: PositiveInt = Field(description="evaluate every this many steps, and at the end")
+    eval_batches: PositiveInt | None = Field(
+        None, description="micro batches per rank and split per evaluation; null = the whole split"
+    )
+    log_interval: PositiveInt = 1
+    max_grad_norm: PositiveFloat | None = Field(1.0, description="clip by global norm; null = no clipping")
+    on_nonfinite: NonFiniteAction = NonFiniteAction.STOP
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda)$")
+    activation_checkpointing: ActivationCheckpointing = ActivationCheckpointing.NONE
+    activation_checkpointing_every_k: PositiveInt = 2
+    compile: bool = Field(False, description="torch.compile each transformer block")
+    progress_bar: bool = True
+
+    def check_batch_sizes(self, data_parallel_size: int) -> None:
+        """Global batch = micro batch × gradient accumulation × data-parallel ranks, when it is given."""
+        derived = self.micro_batch_size * self.gradient_accumulation_steps * data_parallel_size
+        if self.global_batch_size is not None and self.global_batch_size != derived:
+            raise ValueError(
+                f"training.global_batch_size ({self.global_batch_size}) must equal micro_batch_size "
+                f"({self.micro_batch_size}) × gradient_accumulation_steps ({self.gradient_accumulation_steps})"
+                f" × data-parallel ranks ({data_parallel_size}) = {derived}"
+            )
+
+    def samples_per_step(self, data_parallel_size: int) -> int:
+        return self.micro_batch_size * self.gradient_accumulation_steps * data_parallel_size
+
+
+class CheckpointingSettings(_Section):
+    every_n_steps: NonNegativeInt = Field(0, description="save every this many steps; 0 = only at the end")
+    keep_last: int = Field(1, ge=-1, description="keep this many newest checkpoints; -1 = all")
+
+    @model_validator(mode="after")
+    def _keep_last_not_zero(self) -> "CheckpointingSettings":
+        if self.keep_last == 0:
+            raise ValueError("keep_last must be -1 (keep all) or at least 1")
+        return self
+
+
+class DataSettings(_Section):
+    tokenizer: str = Field("byte", description="'byte' or the path of a Hugging Face tokenizer.json")
+    train_dataset: Component["dataset"]
+    eval_datasets: dict[str, Component["dataset"]] = Field(default_factory=dict)
+    sampler: Component["sampler"]
+    collator: Component["collator"]
+    dataloader: Component["dataloader"]
+
+
+class TrainingAppConfig(_Section):
+    user_modules: list[str] = Field(default_factory=list, description="modules imported to register components")
+    experiment: ExperimentSettings
+    training: TrainingSettings
+    checkpointing: CheckpointingSettings = Field(default_factory=CheckpointingSettings)
+    model: Component["model"]
+    parallelism: Component["parallelism"]
+    optimizer: Component["optimizer"]
+    lr_scheduler: Component["lr_scheduler"]
+    data: DataSettings
+    loggers: list[Component["logger"]] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _batch_sizes_fit_world(self) -> "TrainingAppConfig":
+        self.training.check_batch_sizes(int(os.environ.get("WORLD_SIZE", 1)))
+        return self

@@ -1,0 +1,9 @@
+"""Errors the user can act on. The CLI turns them into one line on stderr and exit status 2."""
+
+
+class UserError(Exception):
+    """A problem the user can fix: a bad config, a missing or malformed input, a refused overwrite."""
+
+
+class ConfigError(UserError):
+    """The configuration cannot be loaded, resolved or validated."""

@@ -1,0 +1,16 @@
+"""Every component llm_gym ships, by register key. Later concerns add their tables here."""
+
+from llm_gym.registry.registry import ResolverRegistry
+from llm_gym.training.optimizers import OPTIMIZERS
+from llm_gym.training.schedulers import SCHEDULERS
+
+BUILTIN_COMPONENTS = {
+    "optimizer": OPTIMIZERS,
+    "lr_scheduler": SCHEDULERS,
+}
+
+
+def register_builtin_components(registry: ResolverRegistry) -> None:
+    for register_key, table in BUILTIN_COMPONENTS.items():
+        for type_hint, (component, config_model) in table.items():
+            registry.register_component(register_key, type_hint, component, config_model)

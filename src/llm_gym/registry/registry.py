@@ -1,0 +1,202 @@
+"""The component registry: which classes a config can name, and how a validated node becomes an object.
+
+Each register key (``optimizer``, ``model``, ...) has a ``class_resolver.ClassResolver`` that finds the
+class, and each type_hint has the pydantic model of that class's constructor arguments.
+"""
+
+import inspect
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from class_resolver import ClassResolver
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from llm_gym.config.component import ComponentNode
+from llm_gym.config.lookup_enum import LookupEnum
+from llm_gym.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class ComponentEntry:
+    register_key: str
+    type_hint: LookupEnum
+    component: type
+    config_model: type[BaseModel]
+    node_model: type[ComponentNode]
+
+
+class ComponentFactory:
+    """A nested component handed to its parent unbuilt, so the parent can build it with its own arguments.
+
+    A model builds one norm per layer (``norm_factory(dim=768)``); a blend builds each of its datasets.
+    """
+
+    def __init__(self, registry: "ResolverRegistry", node: ComponentNode):
+        self._registry = registry
+        self.node = node
+
+    def __call__(self, **extra_kwargs: Any) -> Any:
+        return self._registry.build_component_by_config(self.node, extra_kwargs=extra_kwargs)
+
+    def __repr__(self) -> str:
+        return f"ComponentFactory({self.node.register_key}:{self.node.type_hint.name})"
+
+
+def config_model_from_signature(component: type, injected: Iterable[str] = ()) -> type[BaseModel]:
+    """Derive a strict config model from a constructor; ``injected`` arguments come from ``extra_kwargs``."""
+    injected = set(injected)
+    fields: dict[str, Any] = {}
+    for name, parameter in inspect.signature(component).parameters.items():
+        if name in injected or parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
+            continue
+        annotation = Any if parameter.annotation is inspect.Parameter.empty else parameter.annotation
+        default = ... if parameter.default is inspect.Parameter.empty else parameter.default
+        fields[name] = (annotation, default)
+    return create_model(
+        f"{component.__name__}Config",
+        __config__=ConfigDict(extra="forbid", arbitrary_types_allowed=True),
+        **fields,
+    )
+
+
+def _has_defaults_only(model: type[BaseModel]) -> bool:
+    return all(not field.is_required() for field in model.model_fields.values())
+
+
+class ResolverRegistry:
+    def __init__(self) -> None:
+        self._resolvers: dict[str, ClassResolver] = {}
+        self._config_models: dict[str, dict[str, type[BaseModel]]] = {}
+        self._entries: dict[str, dict[str, ComponentEntry]] = {}
+
+    # ---- registration -------------------------------------------------------------------------
+    def register_component(
+        self,
+        register_key: str,
+        type_hint: str,
+        component: type,
+        config_model: type[BaseModel] | None = None,
+        injected: Iterable[str] = (),
+    ) -> None:
+        """Make ``component`` buildable as ``{type_hint: <type_hint>, config: ...}`` under ``register_key``.
+
+        Without ``config_model`` one is derived from the constructor signature; list the arguments the
+        framework passes at build time (``params``, ``optimizer``, ...) in ``injected``.
+        """
+        existing = self._config_models.get(register_key, {})
+        if type_hint in existing:
+            raise ValueError(f"type_hint '{type_hint}' is already registered under '{register_key}'")
+        resolver = self._resolvers.setdefault(register_key, ClassResolver([], base=object, suffix=""))
+        resolver.register(component, synonyms=[type_hint], raise_on_conflict=False)
+        model = config_model or config_model_from_signature(component, injected)
+        self._config_models.setdefault(register_key, {})[type_hint] = model
+        self._entries.pop(register_key, None)
+
+    def add_resolver(
+        self,
+        register_key: str,
+        resolver: ClassResolver,
+        config_models: Mapping[str, type[BaseModel]] | None = None,
+        injected: Iterable[str] = (),
+    ) -> None:
+        """Register every class of a ``class_resolver.ClassResolver`` under ``register_key``.
+
+        Type hints are the class names; ``config_models`` maps a class name to its config model, and a
+        class without one gets a model derived from its constructor.
+        """
+        config_models = dict(config_models or {})
+        for component in resolver:
+            name = component.__name__
+            self.register_component(register_key, name, component, config_models.pop(name, None), injected)
+        if config_models:
+            raise ValueError(f"config models for classes not in the resolver: {sorted(config_models)}")
+
+    # ---- lookup -------------------------------------------------------------------------------
+    def register_keys(self) -> list[str]:
+        return sorted(self._config_models)
+
+    def type_hint_names(self, register_key: str) -> list[str]:
+        return sorted(self._config_models.get(register_key, {}))
+
+    def type_hint_enum(self, register_key: str) -> type[LookupEnum]:
+        entries = self._entries_for(register_key)
+        return next(iter(entries.values())).type_hint.__class__
+
+    def find_entry(self, register_key: str, type_hint: Any) -> ComponentEntry | None:
+        entries = self._entries_for(register_key)
+        if not entries:
+            return None
+        enum = next(iter(entries.values())).type_hint.__class__
+        try:
+            member = type_hint if isinstance(type_hint, enum) else enum(type_hint)
+        except ValueError:
+            return None
+        return entries[member.name]
+
+    def _entries_for(self, register_key: str) -> dict[str, ComponentEntry]:
+        if register_key not in self._entries:
+            self._entries[register_key] = self._make_entries(register_key)
+        return self._entries[register_key]
+
+    def _make_entries(self, register_key: str) -> dict[str, ComponentEntry]:
+        models = self._config_models.get(register_key, {})
+        if not models:
+            return {}
+        resolver = self._resolvers[register_key]
+        enum_name = "".join(part.capitalize() for part in register_key.split("_")) + "TypeHint"
+        # Values are the names: two type hints may share a class (e.g. with different defaults).
+        enum = LookupEnum(enum_name, [(name, name) for name in models])
+        entries = {}
+        for name, config_model in models.items():
+            config_field: Any = (
+                (config_model, Field(default_factory=config_model))
+                if _has_defaults_only(config_model)
+                else (config_model, ...)
+            )
+            node_model = create_model(
+                f"{enum_name}{name}Node", __base__=ComponentNode, type_hint=(enum, ...), config=config_field
+            )
+            node_model.register_key = register_key
+            entries[name] = ComponentEntry(
+                register_key, enum[name], resolver.lookup(name), config_model, node_model
+            )
+        return entries
+
+    # ---- building -----------------------------------------------------------------------------
+    def build_component_by_config(
+        self, config: ComponentNode, extra_kwargs: Mapping[str, Any] | None = None
+    ) -> Any:
+        """Build a validated node. Nested component nodes in its config arrive as ``ComponentFactory``s."""
+        entry = self.find_entry(config.register_key, config.type_hint)
+        if entry is None:
+            raise ConfigError(f"unknown type_hint '{config.type_hint}' for '{config.register_key}'")
+        kwargs = {name: self._factories_for(getattr(config.config, name)) for name in config.config.model_fields}
+        kwargs.update(extra_kwargs or {})
+        return self._instantiate(entry.component, entry.type_hint.name, kwargs)
+
+    def build_component_by_key_query(
+        self, register_key: str, type_hint: str, extra_kwargs: Mapping[str, Any] | None = None
+    ) -> Any:
+        """Build a registered component straight from keyword arguments, without a config node."""
+        entry = self.find_entry(register_key, type_hint)
+        if entry is None:
+            valid = ", ".join(self.type_hint_names(register_key)) or "none registered"
+            raise ConfigError(f"unknown type_hint '{type_hint}' for '{register_key}'; valid names: {valid}")
+        return self._instantiate(entry.component, entry.type_hint.name, dict(extra_kwargs or {}))
+
+    def _instantiate(self, component: Callable[..., Any], type_hint: str, kwargs: dict[str, Any]) -> Any:
+        try:
+            inspect.signature(component).bind(**kwargs)
+        except TypeError as error:
+            raise ConfigError(f"cannot build '{type_hint}': {error}") from error
+        return component(**kwargs)
+
+    def _factories_for(self, value: Any) -> Any:
+        if isinstance(value, ComponentNode):
+            return ComponentFactory(self, value)
+        if isinstance(value, list | tuple):
+            return type(value)(self._factories_for(item) for item in value)
+        if isinstance(value, dict):
+            return {key: self._factories_for(item) for key, item in value.items()}
+        return value
