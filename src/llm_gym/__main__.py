@@ -6,7 +6,7 @@ if not __package__:
     # and keep this directory off sys.path so `config`, `data`, ... do not shadow other packages.
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from llm_gym.cli import main  # noqa: E402
+from llm_gym.cli import main
 
 if __name__ == "__main__":
     main(prog_name="llm_gym")

@@ -7,6 +7,7 @@ checked here too, before anything heavy is built.
 import os
 from enum import Enum
 from pathlib import Path
+
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -89,11 +90,11 @@ class CheckpointingSettings(_Section):
 
 class DataSettings(_Section):
     tokenizer: str = Field("byte", description="'byte' or the path of a Hugging Face tokenizer.json")
-    train_dataset: Component["dataset"]
-    eval_datasets: dict[str, Component["dataset"]] = Field(default_factory=dict)
-    sampler: Component["sampler"]
-    collator: Component["collator"]
-    dataloader: Component["dataloader"]
+    train_dataset: Component("dataset")
+    eval_datasets: dict[str, Component("dataset")] = Field(default_factory=dict)
+    sampler: Component("sampler")
+    collator: Component("collator")
+    dataloader: Component("dataloader")
 
 
 class TrainingAppConfig(_Section):
@@ -101,12 +102,12 @@ class TrainingAppConfig(_Section):
     experiment: ExperimentSettings
     training: TrainingSettings
     checkpointing: CheckpointingSettings = Field(default_factory=CheckpointingSettings)
-    model: Component["model"]
-    parallelism: Component["parallelism"]
-    optimizer: Component["optimizer"]
-    lr_scheduler: Component["lr_scheduler"]
+    model: Component("model")
+    parallelism: Component("parallelism")
+    optimizer: Component("optimizer")
+    lr_scheduler: Component("lr_scheduler")
     data: DataSettings
-    loggers: list[Component["logger"]] = Field(default_factory=list)
+    loggers: list[Component("logger")] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _batch_sizes_fit_world(self) -> "TrainingAppConfig":

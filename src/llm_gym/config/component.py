@@ -1,6 +1,6 @@
 """The `{type_hint, config}` node that every swappable component is written as in YAML.
 
-A field annotated ``Component["optimizer"]`` accepts any component registered under the key
+A field annotated ``Component("optimizer")`` accepts any component registered under the key
 ``optimizer``. Its ``config`` is validated against the model registered for *that* type_hint, so a
 mistake produces one precise error at ``optimizer.config.<field>`` rather than one per union member.
 """
@@ -57,12 +57,10 @@ def _validate_node(register_key: str, value: Any) -> ComponentNode:
     return entry.node_model.model_validate({**value, "type_hint": entry.type_hint})
 
 
-class Component:
-    """``Component["optimizer"]``: a field holding any component registered under that key."""
-
-    def __class_getitem__(cls, register_key: str) -> Any:
-        return Annotated[
-            ComponentNode,
-            PlainValidator(lambda value: _validate_node(register_key, value)),
-            PlainSerializer(lambda node: node.to_yaml_dict()),
-        ]
+def Component(register_key: str) -> Any:
+    """``optimizer: Component("optimizer")``: a field holding any component registered under that key."""
+    return Annotated[
+        ComponentNode,
+        PlainValidator(lambda value: _validate_node(register_key, value)),
+        PlainSerializer(lambda node: node.to_yaml_dict()),
+    ]

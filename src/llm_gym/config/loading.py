@@ -127,9 +127,7 @@ def validate_config(resolved: dict[str, Any], model: type[ModelT]) -> ModelT:
         raise ConfigError(format_validation_error(error)) from error
 
 
-def load_config(
-    path: Path, model: type[ModelT], overrides: Sequence[str] = ()
-) -> tuple[ModelT, dict[str, Any]]:
+def load_config(path: Path, model: type[ModelT], overrides: Sequence[str] = ()) -> tuple[ModelT, dict[str, Any]]:
     """Load, override, resolve and validate. Returns the validated model and the resolved plain dict."""
     resolved = resolve(load_raw_config(path, overrides))
     import_user_modules(resolved, Path(path).resolve().parent)

@@ -158,15 +158,11 @@ class ResolverRegistry:
                 f"{enum_name}{name}Node", __base__=ComponentNode, type_hint=(enum, ...), config=config_field
             )
             node_model.register_key = register_key
-            entries[name] = ComponentEntry(
-                register_key, enum[name], resolver.lookup(name), config_model, node_model
-            )
+            entries[name] = ComponentEntry(register_key, enum[name], resolver.lookup(name), config_model, node_model)
         return entries
 
     # ---- building -----------------------------------------------------------------------------
-    def build_component_by_config(
-        self, config: ComponentNode, extra_kwargs: Mapping[str, Any] | None = None
-    ) -> Any:
+    def build_component_by_config(self, config: ComponentNode, extra_kwargs: Mapping[str, Any] | None = None) -> Any:
         """Build a validated node. Nested component nodes in its config arrive as ``ComponentFactory``s."""
         entry = self.find_entry(config.register_key, config.type_hint)
         if entry is None:

@@ -41,9 +41,7 @@ def weight_decay_parameter_groups(model: nn.Module) -> list[dict]:
 
     The second group pins ``weight_decay`` to 0; the first takes the optimizer's configured value.
     """
-    embedding_params = {
-        id(module.weight) for module in model.modules() if isinstance(module, nn.Embedding)
-    }
+    embedding_params = {id(module.weight) for module in model.modules() if isinstance(module, nn.Embedding)}
     decay, no_decay = [], []
     for parameter in model.parameters():
         if not parameter.requires_grad:
