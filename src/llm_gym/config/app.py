@@ -61,7 +61,6 @@ class TrainingSettings(_Section):
     activation_checkpointing: ActivationCheckpointing = ActivationCheckpointing.NONE
     activation_checkpointing_every_k: PositiveInt = 2
     compile: bool = Field(False, description="torch.compile each transformer block")
-    progress_bar: bool = True
 
     def check_batch_sizes(self, data_parallel_size: int) -> None:
         """Global batch = micro batch × gradient accumulation × data-parallel ranks, when it is given."""
