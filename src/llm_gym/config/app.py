@@ -61,6 +61,9 @@ class TrainingSettings(_Section):
     activation_checkpointing: ActivationCheckpointing = ActivationCheckpointing.NONE
     activation_checkpointing_every_k: PositiveInt = 2
     compile: bool = Field(False, description="torch.compile each transformer block")
+    meta_device_init: bool = Field(
+        False, description="build on the meta device and initialise after sharding (models larger than a device)"
+    )
 
     def check_batch_sizes(self, data_parallel_size: int) -> None:
         """Global batch = micro batch × gradient accumulation × data-parallel ranks, when it is given."""

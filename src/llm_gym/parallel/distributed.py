@@ -1,0 +1,79 @@
+"""The process group every run lives in: torchrun's, or a one-rank group for a plain ``python`` launch.
+
+Always having a process group keeps one code path: the same collectives, FSDP2 and DCP calls run on a
+laptop and on a cluster. gloo on CPU, NCCL on GPU.
+"""
+
+import os
+import socket
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from llm_gym.errors import UserError
+
+
+@dataclass(frozen=True)
+class DistributedEnvironment:
+    rank: int
+    local_rank: int
+    world_size: int
+    local_world_size: int
+    device: torch.device
+
+    @property
+    def is_main_process(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def backend(self) -> str:
+        return "nccl" if self.device.type == "cuda" else "gloo"
+
+
+def select_device(requested: str, local_rank: int) -> torch.device:
+    if requested == "cpu" or (requested == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise UserError("training.device is 'cuda' but no CUDA device is available (use 'auto' or 'cpu')")
+    if local_rank >= torch.cuda.device_count():
+        raise UserError(
+            f"local rank {local_rank} has no GPU: {torch.cuda.device_count()} visible; "
+            "launch at most one process per GPU (--nproc_per_node)"
+        )
+    torch.cuda.set_device(local_rank)
+    return torch.device("cuda", local_rank)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def init_distributed(requested_device: str = "auto", timeout_minutes: float = 30) -> DistributedEnvironment:
+    """Join torchrun's process group, or create a one-rank group when launched without torchrun."""
+    launched_by_torchrun = "RANK" in os.environ and "WORLD_SIZE" in os.environ
+    rank = int(os.environ.get("RANK", 0))
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+    device = select_device(requested_device, local_rank)
+    env = DistributedEnvironment(rank, local_rank, world_size, local_world_size, device)
+    if not dist.is_initialized():
+        init_method = "env://" if launched_by_torchrun else f"tcp://127.0.0.1:{_free_port()}"
+        dist.init_process_group(
+            backend=env.backend,
+            init_method=init_method,
+            rank=rank,
+            world_size=world_size,
+            timeout=timedelta(minutes=timeout_minutes),
+            device_id=device if device.type == "cuda" else None,
+        )
+    return env
+
+
+def destroy_distributed() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,216 @@
+"""Data-parallel strategies as registry components: FSDP2, HSDP, DDP, or none.
+
+Each strategy wraps a model for its mesh and answers the questions the training step asks: how many
+data-parallel ranks there are, how to skip gradient sync between micro batches, how to clip by the global
+gradient norm, and under which autocast the forward runs.
+"""
+
+import contextlib
+from collections.abc import Iterator
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.tensor import DTensor
+from torch.nn.parallel import DistributedDataParallel
+
+from llm_gym.errors import UserError
+from llm_gym.parallel.distributed import DistributedEnvironment
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class MixedPrecisionConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    param_dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto", description="compute dtype of parameters; auto = bfloat16 on GPU, float32 on CPU"
+    )
+    reduce_dtype: Literal["float32", "bfloat16"] = "float32"
+
+
+def _compute_dtype(mixed_precision: MixedPrecisionConfig, device: torch.device) -> torch.dtype:
+    if mixed_precision.param_dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return DTYPES[mixed_precision.param_dtype]
+
+
+class ParallelismStrategy:
+    def __init__(self, env: DistributedEnvironment, mixed_precision: MixedPrecisionConfig | None = None):
+        self.env = env
+        self.mixed_precision = mixed_precision or MixedPrecisionConfig()
+        self.compute_dtype = _compute_dtype(self.mixed_precision, env.device)
+
+    @property
+    def data_parallel_size(self) -> int:
+        return self.env.world_size
+
+    @property
+    def data_parallel_rank(self) -> int:
+        return self.env.rank
+
+    def parallelize(self, model: nn.Module) -> nn.Module:
+        raise NotImplementedError
+
+    def gradient_sync(self, model: nn.Module, enabled: bool) -> contextlib.AbstractContextManager:
+        """Context for one micro batch's backward; gradients are reduced only on the last one."""
+        return contextlib.nullcontext()
+
+    def forward_context(self) -> contextlib.AbstractContextManager:
+        if self.compute_dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.env.device.type, dtype=self.compute_dtype)
+
+    @torch.no_grad()
+    def clip_grad_norm_(self, model: nn.Module, max_norm: float | None) -> torch.Tensor:
+        """Global L2 norm of all gradients (across shards and ranks), clipping to ``max_norm`` if given."""
+        parameters = [p for p in model.parameters() if p.grad is not None]
+        total_norm = torch.nn.utils.get_total_norm([p.grad for p in parameters], norm_type=2.0)
+        if isinstance(total_norm, DTensor):
+            total_norm = total_norm.full_tensor()
+        if max_norm is not None:
+            torch.nn.utils.clip_grads_with_norm_(parameters, max_norm, total_norm)
+        return total_norm
+
+
+class NoParallelismConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    mixed_precision: MixedPrecisionConfig = Field(default_factory=MixedPrecisionConfig)
+
+
+class NoParallelism(ParallelismStrategy):
+    """One process, no wrapping: the plain PyTorch model."""
+
+    def __init__(self, env: DistributedEnvironment, mixed_precision: MixedPrecisionConfig | None = None):
+        if env.world_size != 1:
+            raise UserError(
+                f"parallelism NoParallelism runs on one process, but the world size is {env.world_size}; "
+                "use FSDP2, HSDP or DDP under torchrun"
+            )
+        super().__init__(env, mixed_precision)
+
+    def parallelize(self, model: nn.Module) -> nn.Module:
+        return model
+
+
+class DDPConfig(NoParallelismConfig):
+    pass
+
+
+class DDP(ParallelismStrategy):
+    """Replicated parameters, gradients all-reduced (``DistributedDataParallel``)."""
+
+    def parallelize(self, model: nn.Module) -> nn.Module:
+        device_ids = [self.env.device.index] if self.env.device.type == "cuda" else None
+        return DistributedDataParallel(model, device_ids=device_ids)
+
+    def gradient_sync(self, model: nn.Module, enabled: bool) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext() if enabled else model.no_sync()
+
+
+class FSDP2Config(NoParallelismConfig):
+    reshard_after_forward: bool = Field(
+        True, description="free gathered parameters after forward (less memory, one more all-gather in backward)"
+    )
+
+
+class FSDP2(ParallelismStrategy):
+    """Fully sharded data parallel (``fully_shard``) per transformer block and at the root."""
+
+    def __init__(
+        self,
+        env: DistributedEnvironment,
+        mixed_precision: MixedPrecisionConfig | None = None,
+        reshard_after_forward: bool = True,
+    ):
+        super().__init__(env, mixed_precision)
+        self.reshard_after_forward = reshard_after_forward
+
+    def device_mesh(self) -> DeviceMesh:
+        return init_device_mesh(self.env.device.type, (self.env.world_size,), mesh_dim_names=("dp_shard",))
+
+    def parallelize(self, model: nn.Module) -> nn.Module:
+        mesh = self.device_mesh()
+        policy = MixedPrecisionPolicy(
+            param_dtype=self.compute_dtype, reduce_dtype=DTYPES[self.mixed_precision.reduce_dtype]
+        )
+        blocks = list(_transformer_blocks(model))
+        for index, block in enumerate(blocks):
+            # The last block's parameters are needed again at once by backward: keep them gathered.
+            reshard = self.reshard_after_forward and index < len(blocks) - 1
+            fully_shard(block, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard)
+        fully_shard(model, mesh=mesh, mp_policy=policy, reshard_after_forward=self.reshard_after_forward)
+        return model
+
+    def gradient_sync(self, model: nn.Module, enabled: bool) -> contextlib.AbstractContextManager:
+        model.set_requires_gradient_sync(enabled)
+        return contextlib.nullcontext()
+
+    def forward_context(self) -> contextlib.AbstractContextManager:
+        # FSDP2's MixedPrecisionPolicy already casts parameters; autocast on top would cast twice.
+        return contextlib.nullcontext()
+
+
+class HSDPConfig(FSDP2Config):
+    replicate_degree: int = Field(-1, ge=-1, description="replica groups; -1 = infer from the world size")
+    shard_degree: int = Field(-1, ge=-1, description="ranks sharing one replica; -1 = ranks per node")
+
+
+class HSDP(FSDP2):
+    """Hybrid sharding: parameters sharded within a group of ranks, replicated across groups (2-D mesh)."""
+
+    def __init__(
+        self,
+        env: DistributedEnvironment,
+        mixed_precision: MixedPrecisionConfig | None = None,
+        reshard_after_forward: bool = True,
+        replicate_degree: int = -1,
+        shard_degree: int = -1,
+    ):
+        super().__init__(env, mixed_precision, reshard_after_forward)
+        self.replicate_degree, self.shard_degree = _mesh_degrees(
+            env.world_size, replicate_degree, shard_degree, env.local_world_size
+        )
+
+    def device_mesh(self) -> DeviceMesh:
+        return init_device_mesh(
+            self.env.device.type,
+            (self.replicate_degree, self.shard_degree),
+            mesh_dim_names=("dp_replicate", "dp_shard"),
+        )
+
+
+def _mesh_degrees(world_size: int, replicate: int, shard: int, local_world_size: int) -> tuple[int, int]:
+    if 0 in (replicate, shard):
+        raise UserError("parallelism.config: replicate_degree and shard_degree must be positive or -1")
+    if replicate == -1 and shard == -1:
+        shard = local_world_size
+    if replicate == -1:
+        replicate = world_size // shard if world_size % shard == 0 else -1
+    elif shard == -1:
+        shard = world_size // replicate if world_size % replicate == 0 else -1
+    if replicate * shard != world_size or replicate < 1:
+        raise UserError(
+            f"parallelism.config: replicate_degree × shard_degree must equal the world size {world_size} "
+            f"(got replicate_degree={replicate}, shard_degree={shard})"
+        )
+    return replicate, shard
+
+
+def _transformer_blocks(model: nn.Module) -> Iterator[nn.Module]:
+    blocks = getattr(model, "blocks", None)
+    if blocks is None:
+        raise UserError(f"{type(model).__name__} has no 'blocks' to shard one by one")
+    return iter(blocks)
+
+
+PARALLELISM = {
+    "FSDP2": (FSDP2, FSDP2Config),
+    "HSDP": (HSDP, HSDPConfig),
+    "DDP": (DDP, DDPConfig),
+    "NoParallelism": (NoParallelism, NoParallelismConfig),
+}

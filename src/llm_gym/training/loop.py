@@ -1,0 +1,115 @@
+"""The training loop. It receives built components and never reads YAML; everything else plugs into it."""
+
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from llm_gym.config.app import NonFiniteAction, TrainingSettings
+from llm_gym.errors import UserError
+from llm_gym.logging_broker.messages import MetricsRecord, ProgressUpdate, TextMessage
+from llm_gym.parallel.strategies import ParallelismStrategy
+from llm_gym.training.step import BatchKeys, StepResult, evaluate, train_step
+
+
+class NonFiniteLossError(UserError):
+    """Training diverged; nothing non-finite was written to a checkpoint."""
+
+
+@dataclass
+class TrainingProgress:
+    """Counters that a checkpoint saves and a resumed run continues from."""
+
+    step: int = 0
+    tokens_seen: int = 0
+    skipped_steps: int = 0
+
+    def state_dict(self) -> dict[str, int]:
+        return {"step": self.step, "tokens_seen": self.tokens_seen, "skipped_steps": self.skipped_steps}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step, self.tokens_seen = int(state["step"]), int(state["tokens_seen"])
+        self.skipped_steps = int(state.get("skipped_steps", 0))
+
+
+class Publisher(Protocol):
+    def publish(self, message: Any) -> None: ...
+
+
+class CheckpointSaver(Protocol):
+    def maybe_save(self, step: int, is_final: bool) -> None: ...
+
+
+@dataclass
+class Trainer:
+    settings: TrainingSettings
+    model: nn.Module
+    parallelism: ParallelismStrategy
+    optimizer: torch.optim.Optimizer
+    lr_scheduler: torch.optim.lr_scheduler.LRScheduler
+    train_batches: Iterable[dict]
+    eval_splits: dict[str, Callable[[], Iterable[dict]]]
+    broker: Publisher
+    checkpointer: CheckpointSaver
+    progress: TrainingProgress = field(default_factory=TrainingProgress)
+    batch_keys: BatchKeys = field(default_factory=BatchKeys)
+    # Measures extra per-token figures (mfu, peak memory) from tokens/s; empty on CPU.
+    hardware_metrics: Callable[[float], dict[str, float]] = lambda tokens_per_s: {}
+
+    def train(self) -> None:
+        settings, progress = self.settings, self.progress
+        batches = iter(self.train_batches)
+        self.model.train()
+        window_tokens, window_start = 0, time.perf_counter()
+        while progress.step < settings.max_steps:
+            result = self._optimizer_step(batches)
+            progress.step += 1
+            progress.tokens_seen += result.tokens
+            window_tokens += result.tokens
+            is_final = progress.step == settings.max_steps
+            tokens_per_s = window_tokens / max(time.perf_counter() - window_start, 1e-9)
+            metrics = {"loss": result.loss, "tokens_per_s": tokens_per_s}
+            self.broker.publish(ProgressUpdate(progress.step, settings.max_steps, metrics))
+            if progress.step % settings.log_interval == 0 or is_final:
+                self.broker.publish(MetricsRecord(progress.step, "train", self._train_metrics(result, tokens_per_s)))
+                window_tokens, window_start = 0, time.perf_counter()
+            if progress.step % settings.eval_interval == 0 or is_final:
+                self._evaluate_all()
+                window_start = time.perf_counter()
+            self.checkpointer.maybe_save(progress.step, is_final)
+
+    def _optimizer_step(self, batches: Iterator[dict]) -> StepResult:
+        micro_batches = [next(batches) for _ in range(self.settings.gradient_accumulation_steps)]
+        result = train_step(self.model, self.parallelism, micro_batches, self.batch_keys, self.settings.max_grad_norm)
+        self._last_lr = self.lr_scheduler.get_last_lr()[0]
+        if result.finite:
+            self.optimizer.step()
+        elif self.settings.on_nonfinite == NonFiniteAction.STOP:
+            raise NonFiniteLossError(
+                f"non-finite loss ({result.loss}) or gradient norm ({result.grad_norm}) at step "
+                f"{self.progress.step + 1}; lower optimizer.config.lr or set training.on_nonfinite=skip"
+            )
+        else:
+            self.progress.skipped_steps += 1
+            self.broker.publish(TextMessage(f"step {self.progress.step + 1}: non-finite loss, update skipped"))
+        self.optimizer.zero_grad(set_to_none=True)
+        self.lr_scheduler.step()
+        return result
+
+    def _train_metrics(self, result: StepResult, tokens_per_s: float) -> dict[str, float]:
+        return {
+            "loss": result.loss,
+            "lr": self._last_lr,
+            "grad_norm": result.grad_norm,
+            "tokens_seen": self.progress.tokens_seen,
+            "tokens_per_s": tokens_per_s,
+            **self.hardware_metrics(tokens_per_s),
+        }
+
+    def _evaluate_all(self) -> None:
+        for split, make_batches in self.eval_splits.items():
+            loss = evaluate(self.model, self.parallelism, make_batches(), self.batch_keys)
+            self.broker.publish(MetricsRecord(self.progress.step, split, {"loss": loss}))

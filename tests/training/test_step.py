@@ -1,0 +1,130 @@
+"""The training step: per-token loss over the global batch, accumulation, clipping and sharding parity."""
+
+import pytest
+import torch
+from torch import nn
+
+from distributed import run_on_ranks
+from llm_gym.errors import UserError
+from llm_gym.parallel.distributed import DistributedEnvironment, init_distributed
+from llm_gym.parallel.strategies import DDP, FSDP2, HSDP, NoParallelism
+from llm_gym.training.step import BatchKeys, train_step
+
+VOCAB, DIM, SEQ = 32, 16, 8
+
+
+class ToyLM(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(VOCAB, DIM)
+        self.blocks = nn.ModuleList(nn.Sequential(nn.Linear(DIM, DIM), nn.Tanh()) for _ in range(2))
+        self.head = nn.Linear(DIM, VOCAB)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        hidden = self.embedding(input_ids)
+        for block in self.blocks:
+            hidden = hidden + block(hidden)
+        return self.head(hidden)
+
+
+def global_batch(samples: int = 8) -> dict:
+    tokens = torch.randint(0, VOCAB, (samples, SEQ + 1), generator=torch.Generator().manual_seed(7))
+    targets = tokens[:, 1:].clone()
+    targets[0, :3] = -100  # unequal token counts per sample: normalisation must use the global count
+    return {"input_ids": tokens[:, :-1], "target_ids": targets}
+
+
+def split(batch: dict, parts: int, index: int = 0, of: int = 1) -> list[dict]:
+    """This rank's ``parts`` micro batches, taking every ``of``-th sample from ``index`` (the sampler's stride)."""
+    mine = {key: value[index::of] for key, value in batch.items()}
+    size = len(mine["input_ids"]) // parts
+    return [{key: value[i * size : (i + 1) * size] for key, value in mine.items()} for i in range(parts)]
+
+
+def one_step(strategy_name: str, accumulation: int, max_norm: float | None = 0.5, **strategy_kwargs) -> dict:
+    env = init_distributed("cpu")
+    strategies = {"none": NoParallelism, "fsdp2": FSDP2, "ddp": DDP, "hsdp": HSDP}
+    strategy = strategies[strategy_name](env, **strategy_kwargs)
+    torch.manual_seed(0)
+    model = strategy.parallelize(ToyLM())
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    micro = split(global_batch(), accumulation, env.rank, env.world_size)
+    result = train_step(model, strategy, micro, BatchKeys(), max_grad_norm=max_norm)
+    optimizer.step()
+    state = {
+        name: (param.full_tensor() if hasattr(param, "full_tensor") else param).detach().clone()
+        for name, param in model.named_parameters()
+    }
+    return {
+        "loss": result.loss,
+        "grad_norm": result.grad_norm,
+        "params": {k.removeprefix("module."): v for k, v in state.items()},
+    }
+
+
+@pytest.fixture(scope="module")
+def reference() -> dict:
+    return run_on_ranks(one_step, 1, "none", 1)[0]
+
+
+def assert_same(result: dict, expected: dict, atol: float = 1e-6) -> None:
+    assert result["loss"] == pytest.approx(expected["loss"], abs=1e-6)
+    assert result["grad_norm"] == pytest.approx(expected["grad_norm"], abs=1e-6)
+    for name, value in expected["params"].items():
+        torch.testing.assert_close(result["params"][name], value, atol=atol, rtol=0)
+
+
+def test_gradient_accumulation_equals_one_big_batch(reference):
+    assert_same(run_on_ranks(one_step, 1, "none", 4)[0], reference)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("strategy", "kwargs"),
+    [("fsdp2", {}), ("ddp", {}), ("hsdp", {"replicate_degree": 2}), ("hsdp", {"shard_degree": 2})],
+)
+def test_two_ranks_match_one_rank_with_the_same_global_batch(strategy, kwargs, reference):
+    for result in run_on_ranks(_step_with_kwargs, 2, strategy, kwargs):
+        assert_same(result, reference)
+
+
+def _step_with_kwargs(strategy: str, kwargs: dict) -> dict:
+    return one_step(strategy, 2, **kwargs)
+
+
+@pytest.mark.slow
+def test_fsdp2_clipping_uses_the_global_norm_of_an_unsharded_model():
+    unclipped = run_on_ranks(one_step, 1, "none", 1, None)[0]
+    sharded = run_on_ranks(one_step, 2, "fsdp2", 1, 1e-3)
+    for result in sharded:
+        assert result["grad_norm"] == pytest.approx(unclipped["grad_norm"], rel=1e-6)
+    clipped_reference = run_on_ranks(one_step, 1, "none", 1, 1e-3)[0]
+    assert_same(sharded[0], clipped_reference)
+
+
+def env(world_size: int, local_world_size: int | None = None) -> DistributedEnvironment:
+    return DistributedEnvironment(0, 0, world_size, local_world_size or world_size, torch.device("cpu"))
+
+
+@pytest.mark.parametrize(
+    ("world_size", "replicate", "shard", "message"),
+    [
+        (4, 3, -1, "must equal the world size 4"),
+        (4, 2, 3, "must equal the world size 4"),
+        (2, 0, 2, "positive or -1"),
+    ],
+)
+def test_hsdp_degrees_must_multiply_to_the_world_size(world_size, replicate, shard, message):
+    with pytest.raises(UserError, match=message):
+        HSDP(env(world_size), replicate_degree=replicate, shard_degree=shard)
+
+
+def test_hsdp_infers_missing_degrees():
+    strategy = HSDP(env(8, local_world_size=4))
+    assert (strategy.replicate_degree, strategy.shard_degree) == (2, 4)
+    assert (HSDP(env(8), replicate_degree=4).shard_degree) == 2
+
+
+def test_no_parallelism_refuses_several_ranks():
+    with pytest.raises(UserError, match="runs on one process"):
+        NoParallelism(env(2))
