@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The demo behind `make demo`: corpus → tokenizer → tokenized splits → 2-process FSDP2 training → plot → sample.
+# Each data step is skipped when its output exists; delete data/demo to start over.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+NPROC=${NPROC:-2}
+DATA=data/demo
+EXPERIMENT=experiments/demo_cpu
+
+[ -f "$DATA/train.jsonl" ] || llm_gym data demo_corpus --output_dir "$DATA"
+[ -f "$DATA/tokenizer.json" ] || llm_gym data train_tokenizer --input "$DATA/train.jsonl" --vocab_size 4096 \
+  --output_path "$DATA/tokenizer.json"
+for split in train val test; do
+  [ -f "$DATA/${split}_bpe.idx" ] || llm_gym data tokenize --input "$DATA/$split.jsonl" \
+    --tokenizer "$DATA/tokenizer.json" --output_prefix "$DATA/${split}_bpe"
+done
+
+torchrun --standalone --nproc_per_node "$NPROC" src/llm_gym/__main__.py run \
+  --config_file_path config_files/demo_cpu.yaml "$@"
+llm_gym plot --metrics_path "$EXPERIMENT/metrics.jsonl" --output_path "$EXPERIMENT/curves.png"
+echo "loss curves: $EXPERIMENT/curves.png"
+llm_gym generate --checkpoint_path "$EXPERIMENT/checkpoints" --prompt "def " --max_new_tokens 200 \
+  --temperature 0.8 --top_k 50 --seed 0

@@ -1,0 +1,24 @@
+"""Accelerator figures for the train metrics: MFU against a known peak, and peak memory. Nothing on CPU."""
+
+import torch
+
+from llm_gym.models.flops import peak_flops_per_second
+
+
+class HardwareMetrics:
+    def __init__(self, device: torch.device, flops_per_token: int, world_size: int):
+        self.device = device
+        self.flops_per_token = flops_per_token
+        self.world_size = world_size
+        self.peak_flops = (
+            peak_flops_per_second(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
+        )
+
+    def __call__(self, tokens_per_s: float) -> dict[str, float]:
+        if self.device.type != "cuda":
+            return {}
+        metrics = {"peak_memory_gib": torch.cuda.max_memory_allocated(self.device) / 2**30}
+        # Never against a guessed peak: an unknown GPU gets no MFU at all.
+        if self.peak_flops is not None:
+            metrics["mfu"] = tokens_per_s * self.flops_per_token / (self.peak_flops * self.world_size)
+        return metrics

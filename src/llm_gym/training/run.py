@@ -1,0 +1,98 @@
+"""`llm_gym run`: load the config, join the process group, build everything, resume if asked, train."""
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import yaml
+
+from llm_gym.checkpointing import (
+    CheckpointManager,
+    config_differences,
+    load_checkpoint,
+    resolve_resume,
+    training_state,
+)
+from llm_gym.config.app import TrainingAppConfig
+from llm_gym.config.loading import load_config
+from llm_gym.errors import ConfigError
+from llm_gym.logging_broker import TextMessage
+from llm_gym.models.flops import flops_per_token
+from llm_gym.parallel.distributed import destroy_distributed, init_distributed
+from llm_gym.training.builder import build_broker, build_data, build_model, build_optimization, build_parallelism
+from llm_gym.training.hardware import HardwareMetrics
+from llm_gym.training.loop import Trainer, TrainingProgress
+
+
+class _PeriodicCheckpoints:
+    """Adapts the checkpoint manager to the loop: the loop says which step ended, this decides and saves."""
+
+    def __init__(self, manager: CheckpointManager, state: dict, metadata: dict):
+        self.manager, self.state, self.metadata = manager, state, metadata
+
+    def maybe_save(self, step: int, is_final: bool) -> None:
+        if self.manager.should_save(step, is_final):
+            self.manager.save(step, self.state, {**self.metadata, "step": step})
+
+
+def run_training(
+    config_file_path: Path, overrides: Sequence[str] = (), resume: str = "none", allow_config_change: bool = False
+) -> None:
+    config, resolved = load_config(config_file_path, TrainingAppConfig, overrides)
+    env = init_distributed(config.training.device)
+    try:
+        _train(config, resolved, env, resume, allow_config_change)
+    finally:
+        destroy_distributed()
+
+
+def _train(config: TrainingAppConfig, resolved: dict, env, resume: str, allow_config_change: bool) -> None:
+    output_dir = Path(config.experiment.output_dir)
+    checkpoints = CheckpointManager(
+        output_dir / "checkpoints", config.checkpointing.every_n_steps, config.checkpointing.keep_last
+    )
+    resume_dir = resolve_resume(resume, checkpoints.checkpoint_root)
+    parallelism = build_parallelism(config, env)
+    built = build_model(config, parallelism)
+    optimizer, lr_scheduler = build_optimization(config, built.model)
+    data = build_data(config, parallelism)
+    progress = TrainingProgress()
+    state = training_state(built.model, optimizer, lr_scheduler, data.train_loader, progress)
+    # Per-rank seed for dropout and sampling; a resumed run restores these generators instead.
+    torch.manual_seed(config.experiment.seed + env.rank)
+    metadata = {"resolved_config": resolved, "world_size": env.world_size}
+    resume_step = None
+    if resume_dir is not None:
+        saved = load_checkpoint(resume_dir, state)
+        differences = config_differences(saved["resolved_config"], resolved, saved["world_size"], env.world_size)
+        if differences and not allow_config_change:
+            raise ConfigError(
+                f"the config differs from the checkpoint's in ways that break an exact resume ({resume_dir}):\n  "
+                + "\n  ".join(differences)
+                + "\npass --allow_config_change to resume anyway"
+            )
+        resume_step = progress.step
+    if env.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+    broker = build_broker(config, resolved, env.is_main_process, resume_step)
+    with broker:
+        if resume_dir is not None:
+            broker.publish(TextMessage(f"resumed from {resume_dir} at step {progress.step}"))
+        trainer = Trainer(
+            settings=config.training,
+            model=built.model,
+            parallelism=parallelism,
+            optimizer=optimizer,
+            lr_scheduler=lr_scheduler,
+            train_batches=data.train_loader,
+            eval_splits=data.eval_splits,
+            broker=broker,
+            checkpointer=_PeriodicCheckpoints(checkpoints, state, metadata),
+            progress=progress,
+            batch_keys=data.batch_keys,
+            hardware_metrics=HardwareMetrics(
+                env.device, flops_per_token(built.inner, config.training.sequence_length), env.world_size
+            ),
+        )
+        trainer.train()
