@@ -10,9 +10,7 @@ class HardwareMetrics:
         self.device = device
         self.flops_per_token = flops_per_token
         self.world_size = world_size
-        self.peak_flops = (
-            peak_flops_per_second(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
-        )
+        self.peak_flops = peak_flops_per_second(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
 
     def __call__(self, tokens_per_s: float) -> dict[str, float]:
         if self.device.type != "cuda":

@@ -56,8 +56,9 @@ class Trainer:
     checkpointer: CheckpointSaver
     progress: TrainingProgress = field(default_factory=TrainingProgress)
     batch_keys: BatchKeys = field(default_factory=BatchKeys)
-    # Measures extra per-token figures (mfu, peak memory) from tokens/s; empty on CPU.
-    hardware_metrics: Callable[[float], dict[str, float]] = lambda tokens_per_s: {}
+    hardware_metrics: Callable[[float], dict[str, float]] | None = None
+    """Figures derived from tokens/s on an accelerator (mfu, peak memory)."""
+    _last_lr: float = field(default=0.0, init=False)
 
     def train(self) -> None:
         settings, progress = self.settings, self.progress
@@ -106,7 +107,7 @@ class Trainer:
             "grad_norm": result.grad_norm,
             "tokens_seen": self.progress.tokens_seen,
             "tokens_per_s": tokens_per_s,
-            **self.hardware_metrics(tokens_per_s),
+            **(self.hardware_metrics(tokens_per_s) if self.hardware_metrics else {}),
         }
 
     def _evaluate_all(self) -> None:

@@ -1,0 +1,75 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from distributed import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY_CONFIG = ROOT / "config_files" / "tiny_cpu.yaml"
+
+
+def llm_gym(*args: str, cwd: Path | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        [sys.executable, "-m", "llm_gym", *args], cwd=cwd, capture_output=True, text=True, env=_env()
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"llm_gym {' '.join(args)} failed ({result.returncode}):\n{result.stderr}")
+    return result
+
+
+def torchrun(nproc: int, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    command = [
+        sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
+        "--master_addr=127.0.0.1", f"--master_port={free_port()}",
+        str(ROOT / "src" / "llm_gym" / "__main__.py"), *args,
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, env=_env())
+    if check and result.returncode != 0:
+        raise AssertionError(f"torchrun {' '.join(args)} failed ({result.returncode}):\n{result.stderr[-4000:]}")
+    return result
+
+
+def _env() -> dict[str, str]:
+    # One thread per process keeps 2-rank runs on a 2-core machine deterministic and fast.
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
+
+
+def read_metrics(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture(scope="session")
+def byte_corpus(tmp_path_factory) -> Path:
+    """Train and val splits of a small real corpus, byte-tokenized: ``<dir>/{train,val}_byte.{bin,idx}``."""
+    directory = tmp_path_factory.mktemp("corpus")
+    sources = sorted(Path(json.__file__).parent.glob("*.py")) + sorted(Path(subprocess.__file__).parent.glob("a*.py"))
+    documents = [path.read_text(encoding="utf-8") for path in sources]
+    for split, docs in (("train", documents[2:]), ("val", documents[:2])):
+        jsonl = directory / f"{split}.jsonl"
+        jsonl.write_text("".join(json.dumps({"text": text}) + "\n" for text in docs))
+        llm_gym("data", "tokenize", "--input", str(jsonl), "--tokenizer", "byte",
+                "--output_prefix", str(directory / f"{split}_byte"))  # fmt: skip
+    return directory
+
+
+def tiny_overrides(corpus: Path, output_dir: Path, **extra: object) -> list[str]:
+    """The tiny CPU config shrunk further, pointed at the test corpus and a temporary experiment dir."""
+    overrides = {
+        "experiment.output_dir": output_dir,
+        "data.train_dataset.config.path_prefix": corpus / "train_byte",
+        "data.eval_datasets.val.config.path_prefix": corpus / "val_byte",
+        "training.max_steps": 6,
+        "training.sequence_length": 32,
+        "training.micro_batch_size": 4,
+        "training.eval_interval": 3,
+        "training.eval_batches": 2,
+        "training.log_interval": 1,
+        "checkpointing.every_n_steps": 3,
+        "loggers": "[{type_hint: MetricsJsonl, config: {}}]",
+        **extra,
+    }
+    return [f"{key}={value}" for key, value in overrides.items()]

@@ -1,0 +1,108 @@
+"""The loop's own rules: when it logs, evaluates and saves, and what it does with a non-finite loss."""
+
+import itertools
+
+import pytest
+import torch
+from test_step import ToyLM, global_batch
+
+from distributed import run_on_ranks
+from llm_gym.config.app import TrainingSettings
+from llm_gym.parallel.distributed import init_distributed
+from llm_gym.parallel.strategies import NoParallelism
+from llm_gym.training.loop import NonFiniteLossError, Trainer
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.messages, self.saves = [], []
+
+    def publish(self, message) -> None:
+        self.messages.append(message)
+
+    def maybe_save(self, step: int, is_final: bool) -> None:
+        self.saves.append((step, is_final))
+
+
+def make_trainer(poison_at_step: int | None = None, **settings) -> tuple[Trainer, Recorder]:
+    strategy = NoParallelism(init_distributed("cpu"))
+    torch.manual_seed(0)
+    model = ToyLM()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    batch = global_batch(4)
+    poisoned = {"now": False}
+    model.head.register_forward_hook(lambda module, args, out: out * float("nan") if poisoned["now"] else out)
+
+    def batches():
+        for step in itertools.count(1):
+            poisoned["now"] = step == poison_at_step
+            yield batch
+
+    recorder = Recorder()
+    defaults = {"max_steps": 6, "sequence_length": 8, "micro_batch_size": 4, "eval_interval": 3, "log_interval": 2}
+    trainer = Trainer(
+        settings=TrainingSettings(**{**defaults, **settings}),
+        model=model,
+        parallelism=strategy,
+        optimizer=optimizer,
+        lr_scheduler=torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0),
+        train_batches=batches(),
+        eval_splits={"val": lambda: [batch]},
+        broker=recorder,
+        checkpointer=recorder,
+    )
+    return trainer, recorder
+
+
+def records(recorder: Recorder) -> list[tuple[int, str]]:
+    return [(m.step, m.split) for m in recorder.messages if type(m).__name__ == "MetricsRecord"]
+
+
+def _schedule() -> tuple:
+    trainer, recorder = make_trainer()
+    trainer.train()
+    train_line = next(m for m in recorder.messages if type(m).__name__ == "MetricsRecord")
+    return records(recorder), recorder.saves, sorted(train_line.metrics), trainer.progress.tokens_seen
+
+
+def test_logs_evaluates_and_offers_a_checkpoint_on_schedule():
+    lines, saves, keys, tokens_seen = run_on_ranks(_schedule, 1)[0]
+    assert lines == [(2, "train"), (3, "val"), (4, "train"), (6, "train"), (6, "val")]
+    assert saves == [(step, step == 6) for step in range(1, 7)]
+    assert keys == ["grad_norm", "loss", "lr", "tokens_per_s", "tokens_seen"]
+    assert tokens_seen == 6 * (4 * 8 - 3)
+
+
+def _diverge(action: str) -> tuple:
+    trainer, recorder = make_trainer(poison_at_step=3, on_nonfinite=action, max_steps=4)
+    try:
+        trainer.train()
+    except NonFiniteLossError as error:
+        return "stopped", str(error), trainer.progress.step, recorder.saves
+    finite = all(torch.isfinite(p).all() for p in trainer.model.parameters())
+    return "finished", trainer.progress.skipped_steps, trainer.progress.step, finite
+
+
+def test_non_finite_loss_stops_the_run_before_anything_is_saved():
+    outcome, message, step, saves = run_on_ranks(_diverge, 1, "stop")[0]
+    assert outcome == "stopped"
+    assert "non-finite loss" in message and "at step 3" in message and "on_nonfinite=skip" in message
+    assert step == 2 and saves == [(1, False), (2, False)]
+
+
+def test_non_finite_loss_can_skip_the_update_instead():
+    outcome, skipped, step, weights_finite = run_on_ranks(_diverge, 1, "skip")[0]
+    assert outcome == "finished" and step == 4 and skipped == 1 and weights_finite
+
+
+@pytest.mark.parametrize(("micro", "accumulation", "world", "global_batch"), [(4, 2, 2, 8), (4, 1, 1, 8)])
+def test_global_batch_must_equal_micro_times_accumulation_times_ranks(micro, accumulation, world, global_batch):
+    settings = TrainingSettings(
+        max_steps=1, sequence_length=8, micro_batch_size=micro, gradient_accumulation_steps=accumulation,
+        global_batch_size=global_batch, eval_interval=1,
+    )
+    if micro * accumulation * world == global_batch:
+        settings.check_batch_sizes(world)
+    else:
+        with pytest.raises(ValueError, match=r"global_batch_size \(8\) must equal .* = 4"):
+            settings.check_batch_sizes(world)

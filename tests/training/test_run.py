@@ -1,0 +1,68 @@
+"""`llm_gym run` end to end: real processes, real files, gloo."""
+
+import pytest
+import yaml
+from conftest import TINY_CONFIG, llm_gym, read_metrics, tiny_overrides, torchrun
+
+SPEC_TRAIN_KEYS = {"step", "split", "loss", "lr", "grad_norm", "tokens_seen", "tokens_per_s"}
+
+
+def losses(metrics: list[dict]) -> list[tuple[int, str, float]]:
+    return [(line["step"], line["split"], line["loss"]) for line in metrics]
+
+
+@pytest.fixture(scope="module")
+def single_process_run(byte_corpus, tmp_path_factory):
+    output_dir = tmp_path_factory.mktemp("single")
+    llm_gym("run", "--config_file_path", str(TINY_CONFIG), *tiny_overrides(byte_corpus, output_dir))
+    return output_dir
+
+
+def test_single_process_run_writes_the_experiment_directory(single_process_run):
+    metrics = read_metrics(single_process_run / "metrics.jsonl")
+    train = [line for line in metrics if line["split"] == "train"]
+    assert [line["step"] for line in train] == [1, 2, 3, 4, 5, 6]
+    assert all(set(line) == SPEC_TRAIN_KEYS for line in train)
+    assert [line["step"] for line in metrics if line["split"] == "val"] == [3, 6]
+    assert train[-1]["tokens_seen"] == 6 * 4 * 32
+    resolved = yaml.safe_load((single_process_run / "config.yaml").read_text())
+    assert resolved["training"]["max_steps"] == 6
+    assert resolved["lr_scheduler"]["config"]["total_steps"] == 6  # interpolation resolved after overrides
+    latest = (single_process_run / "checkpoints" / "latest").read_text().strip()
+    assert latest.endswith("step_6")
+
+
+@pytest.mark.slow
+def test_the_same_config_gives_identical_losses(single_process_run, byte_corpus, tmp_path):
+    llm_gym("run", "--config_file_path", str(TINY_CONFIG), *tiny_overrides(byte_corpus, tmp_path))
+    expected = losses(read_metrics(single_process_run / "metrics.jsonl"))
+    assert losses(read_metrics(tmp_path / "metrics.jsonl")) == expected
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["FSDP2", "DDP"])
+def test_two_ranks_give_the_losses_of_one_rank(single_process_run, byte_corpus, tmp_path, strategy):
+    overrides = tiny_overrides(
+        byte_corpus, tmp_path, **{"training.micro_batch_size": 2, "parallelism.type_hint": strategy}
+    )
+    torchrun(2, "run", "--config_file_path", str(TINY_CONFIG), *overrides)
+    expected = losses(read_metrics(single_process_run / "metrics.jsonl"))
+    actual = losses(read_metrics(tmp_path / "metrics.jsonl"))
+    assert [(step, split) for step, split, _ in actual] == [(step, split) for step, split, _ in expected]
+    for (_, _, got), (_, _, want) in zip(actual, expected, strict=True):
+        assert got == pytest.approx(want, abs=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["training.global_batch_size=5"], "global_batch_size (5) must equal"),
+        (["parallelism.type_hint=HSDP", "parallelism.config.replicate_degree=3"], "replicate_degree"),
+    ],
+)
+def test_inconsistent_parallel_settings_are_refused(byte_corpus, tmp_path, overrides, message):
+    result = llm_gym(
+        "run", "--config_file_path", str(TINY_CONFIG), *tiny_overrides(byte_corpus, tmp_path), *overrides, check=False
+    )
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
