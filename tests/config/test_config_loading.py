@@ -1,5 +1,10 @@
 """YAML → overrides → interpolation → validation, and the message each kind of mistake produces."""
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from llm_gym.config.loading import load_config
@@ -246,3 +251,33 @@ def test_user_modules_must_be_a_list(write_config):
     assert config_error(write_config(TOY_YAML + "user_modules: mymodule\n")) == (
         "user_modules: expected a list of module names"
     )
+
+
+RANK_SCRIPT = """
+import sys
+from pathlib import Path
+
+from toy_config import ToyConfig
+
+from llm_gym.config.loading import load_config
+
+config, _ = load_config(Path(sys.argv[1]), ToyConfig)
+Path(sys.argv[2], f"rank{config.training.rank}").write_text(str(config.training.world_size))
+"""
+
+
+@pytest.mark.slow
+def test_dist_resolver_under_torchrun(write_config, tmp_path):
+    """The same file under a real torchrun: each rank sees its own rank and the world size."""
+    path = write_config(DIST_YAML)
+    script = tmp_path / "load_on_rank.py"
+    script.write_text(RANK_SCRIPT)
+    tests_dir = Path(__file__).resolve().parents[1]
+    python_path = [str(tests_dir), *filter(None, [os.environ.get("PYTHONPATH")])]
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join(python_path)}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    result = subprocess.run(
+        [*command, str(script), str(path), str(tmp_path)], capture_output=True, text=True, env=environment, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert {file.name: file.read_text() for file in tmp_path.glob("rank*")} == {"rank0": "2", "rank1": "2"}
