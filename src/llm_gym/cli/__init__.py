@@ -25,6 +25,13 @@ class _Group(click.Group):
                 click.echo(f"error: {error}", err=True)
             sys.exit(2)
 
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # click cuts each purpose to fit one terminal line ("..."); show the whole first sentence, wrapped.
+        rows = [(name, self.get_command(ctx, name).get_short_help_str(limit=200)) for name in self.list_commands(ctx)]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help=f"Show tracebacks for user errors too (or set {DEBUG_ENV}=1).")

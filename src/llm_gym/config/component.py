@@ -34,7 +34,7 @@ def _validate_node(register_key: str, value: Any) -> ComponentNode:
     from llm_gym.registry import get_registry
 
     registry = get_registry()
-    valid = ", ".join(registry.type_hint_names(register_key))
+    valid = ", ".join(registry.type_hint_names(register_key)) or "none registered"
     if not isinstance(value, Mapping):
         raise PydanticCustomError(
             "component_node",

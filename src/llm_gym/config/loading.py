@@ -6,11 +6,13 @@ Order matters: command-line overrides are merged into the raw YAML *before* inte
 
 import importlib
 import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+import omegaconf
 import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -39,8 +41,25 @@ def _dist_resolver(name: str) -> int:
 
 
 def register_resolvers() -> None:
-    if not OmegaConf.has_resolver("dist"):
+    if OmegaConf.has_resolver("dist"):
+        return
+    # omegaconf 2.4 renamed register_new_resolver to register_resolver (and deprecated the old name);
+    # in 2.3 register_resolver is the legacy string-only API.
+    if tuple(int(part) for part in omegaconf.__version__.split(".")[:2]) >= (2, 4):
+        OmegaConf.register_resolver("dist", _dist_resolver)
+    else:
         OmegaConf.register_new_resolver("dist", _dist_resolver)
+
+
+def _omegaconf_message(error: OmegaConfBaseException) -> str:
+    """OmegaConf's own first line, without the wrapper text it adds around a resolver's exception."""
+    message = str(error).splitlines()[0]
+    message = re.sub(r"^\w+ raised while resolving interpolation: ", "", message)
+    return message[1:-1] if len(message) > 1 and message[0] == message[-1] == '"' else message
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    return getattr(error, "problem", None) or str(error).splitlines()[0]
 
 
 def load_raw_config(path: Path, overrides: Sequence[str] = ()) -> DictConfig:
@@ -53,24 +72,28 @@ def load_raw_config(path: Path, overrides: Sequence[str] = ()) -> DictConfig:
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
-        raise ConfigError(f"YAML syntax error in {path}{where}: {problem}") from error
+        raise ConfigError(f"YAML syntax error in {path}{where}: {_yaml_problem(error)}") from error
     except OmegaConfBaseException as error:
-        raise ConfigError(f"cannot load {path}: {error}") from error
+        key = getattr(error, "full_key", None) or "<root>"
+        raise ConfigError(f"{key}: invalid interpolation in {path}: {_omegaconf_message(error)}") from error
     if not isinstance(raw, DictConfig):
         raise ConfigError(f"{path} must hold a mapping at the top level, not a list")
-    return OmegaConf.merge(raw, parse_overrides(overrides)) if overrides else raw
-
-
-def parse_overrides(overrides: Sequence[str]) -> DictConfig:
     for override in overrides:
-        key, sep, _ = override.partition("=")
-        if not sep or not key.strip() or any(not part for part in key.split(".")):
-            raise ConfigError(f"bad override '{override}': expected dotted.key=value, e.g. training.max_steps=100")
+        raw = _apply_override(raw, override)
+    return raw
+
+
+def _apply_override(raw: DictConfig, override: str) -> DictConfig:
+    key, sep, _ = override.partition("=")
+    if not sep or not key.strip() or any(not part for part in key.split(".")):
+        raise ConfigError(f"bad override '{override}': expected dotted.key=value, e.g. training.max_steps=100")
     try:
-        return OmegaConf.from_dotlist(list(overrides))
-    except OmegaConfBaseException as error:
-        raise ConfigError(f"bad override: {error}") from error
+        return OmegaConf.merge(raw, OmegaConf.from_dotlist([override]))
+    except yaml.YAMLError as error:
+        raise ConfigError(f"bad override '{override}': the value is not valid YAML: {_yaml_problem(error)}") from error
+    except (OmegaConfBaseException, TypeError, ValueError) as error:
+        # e.g. a dotted key reaching into a list or a scalar: OmegaConf refuses to merge it.
+        raise ConfigError(f"bad override '{override}': {str(error).splitlines()[0]}") from error
 
 
 def resolve(raw: DictConfig) -> dict[str, Any]:
@@ -80,7 +103,7 @@ def resolve(raw: DictConfig) -> dict[str, Any]:
         resolved = OmegaConf.to_container(raw, resolve=True, throw_on_missing=True)
     except OmegaConfBaseException as error:
         key = getattr(error, "full_key", None)
-        message = str(error).splitlines()[0]
+        message = _omegaconf_message(error)
         raise ConfigError(f"{key}: cannot resolve interpolation: {message}" if key else message) from error
     return resolved
 
@@ -100,6 +123,10 @@ def import_user_modules(config: dict[str, Any], config_dir: Path) -> None:
             importlib.import_module(name)
         except ImportError as error:
             raise ConfigError(f"{USER_MODULES_KEY}: cannot import '{name}': {error}") from error
+        except Exception as error:  # the user's own code failed while importing; --debug shows where
+            raise ConfigError(
+                f"{USER_MODULES_KEY}: importing '{name}' failed: {type(error).__name__}: {error}"
+            ) from error
 
 
 def format_validation_error(error: ValidationError) -> str:
@@ -108,14 +135,26 @@ def format_validation_error(error: ValidationError) -> str:
         location = ""
         for part in detail["loc"]:
             location += f"[{part}]" if isinstance(part, int) else (f".{part}" if location else str(part))
-        lines.append(f"  {location or '<root>'}: {detail['msg']}" + _input_hint(detail))
+        lines.append(f"  {location or '<root>'}: {_message(detail)}" + _input_hint(detail))
     count = len(lines)
     return f"invalid config ({count} error{'s' if count > 1 else ''}):\n" + "\n".join(lines)
 
 
+# pydantic's wording speaks of fields and inputs; a YAML author thinks in keys.
+_MESSAGES = {"missing": "missing required key", "extra_forbidden": "unknown key"}
+
+
+def _message(detail: dict[str, Any]) -> str:
+    if detail["type"] in _MESSAGES:
+        return _MESSAGES[detail["type"]]
+    return detail["msg"].removeprefix("Value error, ")
+
+
 def _input_hint(detail: dict[str, Any]) -> str:
-    if detail["type"] in ("missing", "unknown_type_hint", "component_node", "missing_type_hint"):
+    if detail["type"] in ("missing", "extra_forbidden", "unknown_type_hint", "component_node", "missing_type_hint"):
         return ""
+    if detail["type"] == "value_error" and isinstance(detail.get("input"), dict):
+        return ""  # a cross-field rule: its message names the keys, the whole section would only be noise
     shown = repr(detail.get("input"))
     return f" (got {shown if len(shown) <= 60 else shown[:57] + '...'})"
 

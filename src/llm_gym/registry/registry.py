@@ -128,8 +128,10 @@ class ResolverRegistry:
         if not entries:
             return None
         enum = next(iter(entries.values())).type_hint.__class__
+        # A member of an older enum (the key gained a component since the node was validated) by its name.
+        query = type_hint.name if isinstance(type_hint, LookupEnum) else type_hint
         try:
-            member = type_hint if isinstance(type_hint, enum) else enum(type_hint)
+            member = enum(query)
         except ValueError:
             return None
         return entries[member.name]
@@ -167,7 +169,7 @@ class ResolverRegistry:
         entry = self.find_entry(config.register_key, config.type_hint)
         if entry is None:
             raise ConfigError(f"unknown type_hint '{config.type_hint}' for '{config.register_key}'")
-        kwargs = {name: self._factories_for(getattr(config.config, name)) for name in config.config.model_fields}
+        kwargs = {name: self._factories_for(getattr(config.config, name)) for name in type(config.config).model_fields}
         kwargs.update(extra_kwargs or {})
         return self._instantiate(entry.component, entry.type_hint.name, kwargs)
 

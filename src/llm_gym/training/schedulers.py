@@ -7,7 +7,16 @@
 import math
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    model_validator,
+)
 from torch.optim.lr_scheduler import LambdaLR
 
 
@@ -50,6 +59,12 @@ class LinearWarmupCosineDecayConfig(_SchedulerConfig):
     warmup_steps: NonNegativeInt
     total_steps: PositiveInt
     min_lr_ratio: float = Field(0.1, ge=0, le=1, description="final lr as a fraction of the peak lr")
+
+    @model_validator(mode="after")
+    def _warmup_within_total(self) -> "LinearWarmupCosineDecayConfig":
+        if self.warmup_steps > self.total_steps:
+            raise ValueError(f"warmup_steps ({self.warmup_steps}) exceeds total_steps ({self.total_steps})")
+        return self
 
 
 class LinearWarmupCosineDecay(LambdaLR):

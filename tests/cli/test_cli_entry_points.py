@@ -1,0 +1,54 @@
+"""The three ways to start the CLI (torchrun uses the third), each as a real process."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SOURCE_ROOT = Path(__file__).resolve().parents[2]
+CONSOLE_SCRIPT = Path(sys.executable).parent / "llm_gym"
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        [str(CONSOLE_SCRIPT)],
+        [sys.executable, "-m", "llm_gym"],
+        [sys.executable, str(SOURCE_ROOT / "src" / "llm_gym" / "__main__.py")],
+    ],
+    ids=["console_script", "python_-m", "python_file"],
+)
+def test_help(command, tmp_path):
+    if not Path(command[0]).exists():
+        pytest.skip(f"{command[0]} is not installed (pip install -e .)")
+    result = subprocess.run([*command, "--help"], capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("Usage: llm_gym ")
+    assert "validate" in result.stdout
+    assert result.stderr == ""
+
+
+def test_cli_import_stays_light():
+    """`llm_gym --help` must not pay for torch: commands import the library inside their function."""
+    code = "import sys; import llm_gym.cli; print(sorted({'torch', 'pydantic', 'omegaconf'} & set(sys.modules)))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+def test_user_error_from_a_real_process(tmp_path):
+    """Resolution runs here, so nothing else (a library's warning, a traceback) may reach stderr."""
+    (tmp_path / "config.yaml").write_text("training:\n  max_steps: ${dist:epochs}\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "llm_gym", "validate", "--config_file_path", "config.yaml"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stderr == (
+        "error: training.max_steps: cannot resolve interpolation: unknown key 'epochs' for ${dist:...}; "
+        "valid: rank, local_rank, world_size, local_world_size\n"
+    )

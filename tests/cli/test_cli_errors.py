@@ -1,0 +1,137 @@
+"""Every kind of bad config through the real CLI: exit status 2, one `error:` message naming the key, no traceback."""
+
+import pytest
+from click.testing import CliRunner
+
+from llm_gym.cli import DEBUG_ENV, main
+
+VALID_SECTIONS = """
+experiment:
+  output_dir: ${oc.env:TMPDIR,/tmp}/never_written
+training:
+  max_steps: 10
+  sequence_length: 8
+  micro_batch_size: 2
+  eval_interval: 5
+optimizer:
+  type_hint: AdamW
+  config:
+    lr: 1.0e-3
+"""
+
+
+@pytest.fixture(autouse=True)
+def plain_environment(monkeypatch):
+    # `--debug` sets the variable for the rest of the process; monkeypatch removes it again afterwards.
+    monkeypatch.setenv(DEBUG_ENV, "")
+    for variable in ("RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(variable, raising=False)
+
+
+def validate(*args: str):
+    return CliRunner().invoke(main, ["validate", *args])
+
+
+def assert_user_error(result, tmp_path=None, files=()):
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("error: ")
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
+    if tmp_path is not None:  # validate writes nothing, least of all on failure
+        assert sorted(path.name for path in tmp_path.iterdir()) == sorted(files)
+    return result.stderr
+
+
+def error_lines(result) -> list[str]:
+    return [line.strip() for line in result.stderr.splitlines()]
+
+
+def test_missing_file(tmp_path):
+    stderr = assert_user_error(validate("--config_file_path", str(tmp_path / "absent.yaml")), tmp_path)
+    assert stderr == f"error: config file not found: {tmp_path / 'absent.yaml'}\n"
+
+
+def test_yaml_syntax_error_names_file_and_line(write_config, tmp_path):
+    path = write_config("training:\n  max_steps: 10\n  sequence_length: [8\n")
+    stderr = assert_user_error(validate("--config_file_path", str(path)), tmp_path, ["config.yaml"])
+    assert stderr.startswith(f"error: YAML syntax error in {path} at line 4")
+    assert len(stderr.splitlines()) == 1
+
+
+@pytest.mark.parametrize("override", ["training.max_steps", "=3", "training..max_steps=3"])
+def test_bad_override_syntax(write_config, override):
+    stderr = assert_user_error(validate("--config_file_path", str(write_config(VALID_SECTIONS)), override))
+    assert stderr == f"error: bad override '{override}': expected dotted.key=value, e.g. training.max_steps=100\n"
+
+
+def test_unresolvable_interpolation(write_config):
+    path = write_config(VALID_SECTIONS.replace("eval_interval: 5", "eval_interval: ${training.eval_every}"))
+    stderr = assert_user_error(validate("--config_file_path", str(path)))
+    assert stderr == (
+        "error: training.eval_interval: cannot resolve interpolation: "
+        "Interpolation key 'training.eval_every' not found\n"
+    )
+
+
+def test_unknown_key(write_config):
+    result = validate("--config_file_path", str(write_config(VALID_SECTIONS)), "training.max_step=3")
+    assert_user_error(result)
+    assert error_lines(result)[0].startswith("error: invalid config (")
+    assert "training.max_step: unknown key" in error_lines(result)
+
+
+def test_wrong_type(write_config):
+    result = validate("--config_file_path", str(write_config(VALID_SECTIONS)), "training.micro_batch_size=two")
+    assert_user_error(result)
+    assert (
+        "training.micro_batch_size: Input should be a valid integer, unable to parse string as an integer (got 'two')"
+        in error_lines(result)
+    )
+
+
+def test_out_of_range(write_config):
+    result = validate("--config_file_path", str(write_config(VALID_SECTIONS)), "training.max_steps=0")
+    assert_user_error(result)
+    assert "training.max_steps: Input should be greater than 0 (got 0)" in error_lines(result)
+
+
+def test_unknown_type_hint_lists_valid_names(write_config):
+    result = validate("--config_file_path", str(write_config(VALID_SECTIONS)), "optimizer.type_hint=AdamWW")
+    assert_user_error(result)
+    assert "optimizer: unknown type_hint 'AdamWW' for 'optimizer'; valid names: Adam, AdamW, SGD" in error_lines(result)
+
+
+def test_component_config_error_names_the_full_path(write_config):
+    result = validate("--config_file_path", str(write_config(VALID_SECTIONS)), "optimizer.config.eps=-1")
+    assert_user_error(result)
+    assert "optimizer.config.eps: Input should be greater than 0 (got -1)" in error_lines(result)
+
+
+def test_world_size_must_be_positive(write_config):
+    result = validate("--config_file_path", str(write_config(VALID_SECTIONS)), "--world_size", "0")
+    assert result.exit_code == 2
+    assert "Traceback" not in result.stderr
+
+
+def test_debug_flag_shows_the_traceback(tmp_path):
+    result = CliRunner().invoke(main, ["--debug", "validate", "--config_file_path", str(tmp_path / "absent.yaml")])
+    assert result.exit_code == 2
+    assert "Traceback" in result.stderr
+    assert result.stderr.rstrip().endswith(f"error: config file not found: {tmp_path / 'absent.yaml'}")
+
+
+def test_only_rank_zero_reports_under_torchrun(tmp_path, monkeypatch):
+    monkeypatch.setenv("RANK", "1")
+    result = validate("--config_file_path", str(tmp_path / "absent.yaml"))
+    assert result.exit_code == 2
+    assert result.stderr == ""
+
+
+def test_help_lists_every_command_with_its_whole_purpose():
+    result = CliRunner().invoke(main, ["--help"])
+    assert result.exit_code == 0
+    commands = result.stdout.split("Commands:")[1]
+    for name, command in main.commands.items():
+        assert f"  {name} " in commands
+        assert command.help, f"{name} has no docstring"
+    assert "..." not in commands

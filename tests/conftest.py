@@ -1,0 +1,37 @@
+"""Fixtures shared across concerns."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+import llm_gym.registry
+
+
+@pytest.fixture
+def fresh_registry(monkeypatch):
+    """A process-wide registry holding only the built-ins, so a test's own registrations do not leak."""
+    monkeypatch.setattr(llm_gym.registry, "_registry", None)
+    return llm_gym.registry.get_registry()
+
+
+@pytest.fixture
+def write_config(tmp_path):
+    """``write_config(text, name="config.yaml")`` writes a YAML file into the test's directory."""
+
+    def write(text: str, name: str = "config.yaml") -> Path:
+        path = tmp_path / name
+        path.write_text(text)
+        return path
+
+    return write
+
+
+@pytest.fixture
+def isolated_imports(monkeypatch):
+    """Loading ``user_modules`` puts the config directory on sys.path and the modules in sys.modules; undo both."""
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    before = set(sys.modules)
+    yield
+    for name in set(sys.modules) - before:
+        del sys.modules[name]

@@ -1,0 +1,40 @@
+"""A small config schema for tests of loading and building, independent of the full training schema."""
+
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt
+
+from llm_gym.config.component import Component
+
+
+class ToySettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_steps: PositiveInt
+    warmup_steps: NonNegativeInt = 0
+    world_size: PositiveInt = 1
+    rank: NonNegativeInt = 0
+    name: str = "toy"
+
+
+class ToyConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    user_modules: list[str] = Field(default_factory=list)
+    training: ToySettings
+    optimizer: Component("optimizer")
+    lr_scheduler: Component("lr_scheduler")
+
+
+TOY_YAML = """
+training:
+  max_steps: 100
+  warmup_steps: 10
+optimizer:
+  type_hint: AdamW
+  config:
+    lr: 3.0e-4
+lr_scheduler:
+  type_hint: LinearWarmupCosineDecay
+  config:
+    warmup_steps: ${training.warmup_steps}
+    total_steps: ${training.max_steps}
+"""
