@@ -98,8 +98,12 @@ def test_non_finite_loss_can_skip_the_update_instead():
 @pytest.mark.parametrize(("micro", "accumulation", "world", "global_batch"), [(4, 2, 2, 8), (4, 1, 1, 8)])
 def test_global_batch_must_equal_micro_times_accumulation_times_ranks(micro, accumulation, world, global_batch):
     settings = TrainingSettings(
-        max_steps=1, sequence_length=8, micro_batch_size=micro, gradient_accumulation_steps=accumulation,
-        global_batch_size=global_batch, eval_interval=1,
+        max_steps=1,
+        sequence_length=8,
+        micro_batch_size=micro,
+        gradient_accumulation_steps=accumulation,
+        global_batch_size=global_batch,
+        eval_interval=1,
     )
     if micro * accumulation * world == global_batch:
         settings.check_batch_sizes(world)

@@ -119,10 +119,6 @@ class ResolverRegistry:
     def type_hint_names(self, register_key: str) -> list[str]:
         return sorted(self._config_models.get(register_key, {}))
 
-    def type_hint_enum(self, register_key: str) -> type[LookupEnum]:
-        entries = self._entries_for(register_key)
-        return next(iter(entries.values())).type_hint.__class__
-
     def find_entry(self, register_key: str, type_hint: Any) -> ComponentEntry | None:
         entries = self._entries_for(register_key)
         if not entries:
