@@ -19,7 +19,7 @@ class ConsoleConfig(BaseModel):
 
 
 def format_metrics(record: MetricsRecord, max_steps: int | None = None) -> str:
-    """``step 10/100 train loss 3.2145 lr 3e-04 ...``: one line per record, greppable."""
+    """``step 10/100 train loss 3.2146 lr 3.000e-04 ...``: one greppable line per record."""
     step = f"{record.step}/{max_steps}" if max_steps else str(record.step)
     return " ".join([f"step {step}", record.split, *(f"{key} {_format_value(v)}" for key, v in record.metrics.items())])
 
@@ -39,6 +39,7 @@ class Console(Subscriber):
     """Progress bar (step, loss, tokens/s, ETA) with eval results and notes printed above it.
 
     Without a terminal on stdout, or with ``progress_bar: false``, every metrics record becomes a plain line.
+    ``console`` is the rich console to draw on (tests pass a recording one); stdout by default.
     """
 
     message_types = (ProgressUpdate, MetricsRecord, TextMessage)
@@ -74,17 +75,17 @@ class Console(Subscriber):
         self._max_steps = update.max_steps
         if not self._show_bar:
             return
+        fields = {"loss": update.metrics.get("loss", math.nan), "tokens_per_s": update.metrics.get("tokens_per_s", 0.0)}
         if self._progress is None:
-            self._start_bar(update)
-        self._progress.update(
-            self._task_id,
-            completed=update.step,
-            loss=update.metrics.get("loss", math.nan),
-            tokens_per_s=update.metrics.get("tokens_per_s", 0.0),
-        )
+            self._progress = self._new_progress()
+            # Added before the first render, so a resumed run's bar never flashes 0/max_steps.
+            self._task_id = self._progress.add_task("train", total=update.max_steps, completed=update.step, **fields)
+            self._progress.start()
+        else:
+            self._progress.update(self._task_id, completed=update.step, **fields)
 
-    def _start_bar(self, first: ProgressUpdate) -> None:
-        self._progress = Progress(
+    def _new_progress(self) -> Progress:
+        return Progress(
             TextColumn("[bold]train"),
             BarColumn(),
             MofNCompleteColumn(),
@@ -96,8 +97,6 @@ class Console(Subscriber):
             console=self._console,
             refresh_per_second=4,
         )
-        self._progress.start()
-        self._task_id = self._progress.add_task("train", total=first.max_steps, loss=math.nan, tokens_per_s=0.0)
 
     def _print_above_bar(self, text: str) -> None:
         self._console.print(text, markup=False, highlight=False, soft_wrap=True)

@@ -20,9 +20,9 @@ class MetricsJsonlConfig(BaseModel):
 
 def metrics_line(record: MetricsRecord) -> str:
     """``{"step": .., "split": .., **metrics}``; non-finite values become ``null`` so the file stays strict JSON."""
-    return json.dumps(
-        {"step": record.step, "split": record.split, **{k: _json_number(v) for k, v in record.metrics.items()}}
-    )
+    row: dict[str, Any] = {"step": record.step, "split": record.split}
+    row.update((key, _json_number(value)) for key, value in record.metrics.items())
+    return json.dumps(row)
 
 
 def _json_number(value: Any) -> int | float | None:
@@ -60,15 +60,15 @@ class MetricsJsonl(Subscriber):
         self._file.close()
 
 
-def _truncate_after(path: Path, step: int) -> None:
-    """Keep the lines with ``step <= step``, atomically; a torn last line of a killed run is dropped too."""
+def _truncate_after(path: Path, last_step: int) -> None:
+    """Keep the lines up to ``last_step``, atomically; a torn last line of a killed run goes too."""
     kept = []
     for line in path.read_text(encoding="utf-8").splitlines():
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
+        if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= last_step:
             kept.append(line + "\n")
     temporary = path.with_name(path.name + ".tmp")
     temporary.write_text("".join(kept), encoding="utf-8")
