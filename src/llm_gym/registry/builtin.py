@@ -1,5 +1,6 @@
 """Every component llm_gym ships, by register key. Later concerns add their tables here."""
 
+from llm_gym.logging_broker.loggers import LOGGERS
 from llm_gym.parallel.strategies import PARALLELISM
 from llm_gym.registry.registry import ResolverRegistry
 from llm_gym.training.optimizers import OPTIMIZERS
@@ -9,6 +10,7 @@ BUILTIN_COMPONENTS = {
     "optimizer": OPTIMIZERS,
     "lr_scheduler": SCHEDULERS,
     "parallelism": PARALLELISM,
+    "logger": LOGGERS,
 }
 
 
