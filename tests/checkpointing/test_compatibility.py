@@ -71,3 +71,9 @@ def test_differences_that_break_equivalence_are_named(current, expected):
 def test_a_changed_world_size_alone_changes_the_global_batch():
     (difference,) = config_differences(CONFIG, CONFIG, 2, 1)
     assert "checkpoint 8 (4 × 1 × 2 ranks), now 4 (4 × 1 × 1 ranks)" in difference
+
+
+def test_values_compare_as_they_were_stored_in_json():
+    saved = changed(model__config={"n_layer": 2, "n_embd": 64, "betas": [0.9, 0.95]})
+    current = changed(model__config={"n_layer": 2, "n_embd": 64, "betas": (0.9, 0.95)})
+    assert config_differences(saved, current, 2, 2) == []

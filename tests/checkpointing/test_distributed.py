@@ -1,16 +1,18 @@
-"""Real gloo ranks with FSDP2: 2 → 2 ranks bit-exact, 2 ranks → 1 process, 1 process → 2 ranks."""
+"""Real gloo ranks: FSDP2 2 → 2 ranks bit-exact, 2 ranks → 1 process, 1 process → 2 ranks; DDP; warm start."""
 
 import logging
 from pathlib import Path
 
 import pytest
 import torch
-from checkpoint_toys import Toy, assert_same, make_model, snapshot
+from checkpoint_toys import Toy, assert_same, full, make_model, snapshot
+from safetensors.torch import save_file
 from torch import nn
 from torch.distributed.fsdp import fully_shard
+from torch.nn.parallel import DistributedDataParallel
 
 from distributed import run_on_ranks
-from llm_gym.checkpointing import CheckpointManager, load_checkpoint
+from llm_gym.checkpointing import CheckpointManager, load_checkpoint, load_model_weights
 from llm_gym.parallel.distributed import init_distributed
 
 
@@ -31,7 +33,7 @@ class _Notes(logging.Handler):
         self.messages.append(record.getMessage())
 
 
-def two_ranks(root: Path, one_process_checkpoint: Path) -> dict:
+def two_ranks(root: Path, one_process_checkpoint: Path, weights_file: Path) -> dict:
     env = init_distributed("cpu")
     toy = Toy(sharded_model(seed=0))
     torch.manual_seed(100 + env.rank)  # every rank its own dropout stream
@@ -51,14 +53,25 @@ def two_ranks(root: Path, one_process_checkpoint: Path) -> dict:
     logging.getLogger("llm_gym.checkpointing").addHandler(notes)
     from_one_process = Toy(sharded_model(seed=2))
     load_checkpoint(one_process_checkpoint, from_one_process.state())
+    draw_from_one_process = torch.rand(3)
+
+    replicated = Toy(DistributedDataParallel(make_model(seed=4)))
+    replicated.train(1, env.rank, env.world_size)
+    ddp_checkpoint = CheckpointManager(root / "ddp", 1, 1).save(1, replicated.state(), {})
+
+    warm = sharded_model(seed=5)
+    load_model_weights(warm, weights_file)
     return {
+        "ddp_checkpoint": ddp_checkpoint,
+        "ddp_params": {name: param.detach().clone() for name, param in replicated.model.module.named_parameters()},
+        "warm_params": {name: full(param) for name, param in warm.named_parameters()},
         "checkpoint": checkpoint,
         "saved": saved,
         "restored": restored,
         "draws": (draw_after_save, draw_after_load),
         "losses": (losses_after_save, losses_after_load),
         "from_one_process": snapshot(from_one_process),
-        "draw_from_one_process": torch.rand(3),
+        "draw_from_one_process": draw_from_one_process,
         "notes": notes.messages,
     }
 
@@ -73,9 +86,16 @@ def one_process_checkpoint(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def ranks(tmp_path_factory, one_process_checkpoint):
+def weights_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("weights") / "weights.safetensors"
+    save_file(make_model(seed=8).state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory, one_process_checkpoint, weights_file):
     root = tmp_path_factory.mktemp("two_ranks")
-    return run_on_ranks(two_ranks, 2, root, one_process_checkpoint[0])
+    return run_on_ranks(two_ranks, 2, root, one_process_checkpoint[0], weights_file)
 
 
 @pytest.mark.slow
@@ -106,3 +126,20 @@ def test_one_process_checkpoint_loads_into_two_ranks(ranks, one_process_checkpoi
     assert ranks[1]["notes"] == [
         "rank 1: the checkpoint has no RNG state for this rank (world size changed); using rank 0's"
     ]
+
+
+@pytest.mark.slow
+def test_ddp_checkpoint_has_plain_parameter_names(ranks):
+    model = make_model(seed=9)
+    load_model_weights(model, ranks[0]["ddp_checkpoint"])
+    for name, param in model.named_parameters():
+        assert torch.equal(param, ranks[0]["ddp_params"][name]), name
+
+
+@pytest.mark.slow
+def test_warm_start_of_a_sharded_model_from_a_weights_file(ranks):
+    expected = make_model(seed=8).state_dict()
+    for result in ranks:
+        assert result["warm_params"].keys() == expected.keys()
+        for name, tensor in expected.items():
+            assert torch.equal(result["warm_params"][name], tensor), name

@@ -85,10 +85,11 @@ def test_checkpoints_of_an_abandoned_later_timeline_are_left_alone(tmp_path):
     assert (tmp_path / "latest").read_text().strip() == "step_3"
 
 
-def test_non_finite_weights_are_never_saved(tmp_path):
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_weights_are_never_saved(tmp_path, value):
     toy = Toy(make_model())
     with torch.no_grad():
-        toy.model[0].weight[0, 0] = float("nan")
+        toy.model[0].weight[0, 0] = value
     with pytest.raises(NonFiniteWeightsError, match=r"non-finite values in 0\.weight"):
         CheckpointManager(tmp_path / "checkpoints", 1, 1).save(1, toy.state(), {})
     assert not (tmp_path / "checkpoints").exists()

@@ -11,6 +11,7 @@ from llm_gym.checkpointing.state import (
     assert_finite,
     training_state,
 )
+from llm_gym.checkpointing.warm_start import load_model_weights
 
 __all__ = [
     "LATEST_FILE",
@@ -23,6 +24,7 @@ __all__ = [
     "assert_finite",
     "config_differences",
     "load_checkpoint",
+    "load_model_weights",
     "read_checkpoint_meta",
     "resolve_resume",
     "training_state",

@@ -1,5 +1,6 @@
 """Which config changes break an exact resume, so a resume can refuse them unless the user insists."""
 
+import json
 from typing import Any
 
 _ABSENT = "<absent>"
@@ -50,6 +51,8 @@ def config_differences(
     """Readable differences between a checkpoint's resolved config and the current one that break exact
     equivalence. The global batch is compared as micro batch × accumulation × ranks, so resuming 2 → 1
     ranks with doubled accumulation is no difference."""
+    # The saved config went through JSON; the current one must too, or a tuple and a list would differ.
+    current_resolved = json.loads(json.dumps(current_resolved, default=str))
     differences = [
         line
         for key in _EQUIVALENCE_KEYS

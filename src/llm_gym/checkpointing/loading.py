@@ -101,19 +101,22 @@ def _listed(names: list[str]) -> str:
     return shown + (f" and {len(names) - _LISTED} more" if len(names) > _LISTED else "")
 
 
-def _model_differences(model_state: ModelState, saved: dict[str, Any]) -> list[str]:
-    current = {key: tuple(value.shape) for key, value in model_state.state_dict().items()}
-    saved_shapes = {key: tuple(value.size) for key, value in saved.items() if hasattr(value, "size")}
+def tensor_shapes(state_dict: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    return {key: tuple(value.shape) for key, value in state_dict.items() if hasattr(value, "shape")}
+
+
+def model_differences(current: dict[str, tuple[int, ...]], saved: dict[str, tuple[int, ...]]) -> list[str]:
+    """Parameter names and shapes that differ between a model and saved weights, readable and abridged."""
     differences = []
-    if missing := sorted(current.keys() - saved_shapes.keys()):
+    if missing := sorted(current.keys() - saved.keys()):
         differences.append(f"not in the checkpoint: {_listed(missing)}")
-    if unexpected := sorted(saved_shapes.keys() - current.keys()):
+    if unexpected := sorted(saved.keys() - current.keys()):
         differences.append(f"not in this model: {_listed(unexpected)}")
-    reshaped = sorted(key for key in current.keys() & saved_shapes.keys() if current[key] != saved_shapes[key])
+    reshaped = sorted(key for key in current.keys() & saved.keys() if current[key] != saved[key])
     if reshaped:
         differences.append(
             "different shapes: "
-            + _listed([f"{key} (checkpoint {list(saved_shapes[key])}, model {list(current[key])})" for key in reshaped])
+            + _listed([f"{key} (checkpoint {list(saved[key])}, model {list(current[key])})" for key in reshaped])
         )
     return differences
 
@@ -123,7 +126,10 @@ def _check_compatible(checkpoint_dir: Path, state: dict[str, Stateful], dcp_meta
         saved = _saved_keys(dcp_metadata, name)
         if not saved and name not in dcp_metadata.state_dict_metadata:
             raise UserError(f"checkpoint {checkpoint_dir} has no '{name}' state")
-        if isinstance(value, ModelState) and (differences := _model_differences(value, saved)):
+        saved_shapes = {key: tuple(entry.size) for key, entry in saved.items() if hasattr(entry, "size")}
+        if isinstance(value, ModelState) and (
+            differences := model_differences(tensor_shapes(value.state_dict()), saved_shapes)
+        ):
             raise UserError(
                 f"checkpoint {checkpoint_dir} was written by an incompatible model: " + "; ".join(differences)
             )
