@@ -1,9 +1,11 @@
 """Missing, partial, corrupted or incompatible checkpoints: a UserError (exit 2) naming the problem, raised
 before anything is restored, and never DCP's internals."""
 
+import json
 import os
 import pickle
 import shutil
+import zlib
 from fractions import Fraction
 
 import pytest
@@ -44,8 +46,18 @@ class _RunsCode:
         return (os.system, ("touch pwned",))
 
 
-def malicious_metadata(checkpoint):
-    (checkpoint / ".metadata").write_bytes(pickle.dumps(_RunsCode()))
+def edit_meta(checkpoint, edit):
+    path = checkpoint / "llm_gym_meta.json"
+    meta = json.loads(path.read_text())
+    edit(meta)
+    path.write_text(json.dumps(meta))
+
+
+def forge(checkpoint, name, content):
+    """Replace a file and its recorded fingerprint, as a deliberate forgery would."""
+    (checkpoint / name).write_bytes(content)
+    fingerprint = {"bytes": len(content), "crc32": zlib.crc32(content)}
+    edit_meta(checkpoint, lambda meta: meta["files"].update({name: fingerprint}))
 
 
 DAMAGES = {
@@ -53,16 +65,25 @@ DAMAGES = {
     "no llm_gym meta": (lambda c: (c / "llm_gym_meta.json").unlink(), "llm_gym_meta.json is missing"),
     "meta not json": (lambda c: (c / "llm_gym_meta.json").write_bytes(b"\x00{garbage"), "corrupted: not valid JSON"),
     "meta lacks keys": (lambda c: (c / "llm_gym_meta.json").write_text('{"step": 2}'), "must be a JSON object with"),
+    "meta files malformed": (
+        lambda c: edit_meta(c, lambda meta: meta.update(files={"__0_0.distcp": "ok"})),
+        "'files' must map each file name to its bytes and crc32",
+    ),
+    "meta omits a shard": (
+        lambda c: edit_meta(c, lambda meta: meta["files"].pop("__0_0.distcp")),
+        r"\.metadata is corrupted: it refers to files llm_gym_meta\.json does not list: __0_0\.distcp",
+    ),
     "meta from the future": (
-        lambda c: (c / "llm_gym_meta.json").write_text('{"step": 2, "files": {}, "format_version": 99}'),
+        lambda c: edit_meta(c, lambda meta: meta.update(format_version=99)),
         "checkpoint format 99",
     ),
-    ".metadata garbage": (lambda c: (c / ".metadata").write_bytes(b"not a pickle"), ".metadata is corrupted"),
-    ".metadata truncated": (
-        lambda c: (c / ".metadata").write_bytes((c / ".metadata").read_bytes()[:100]),
-        ".metadata is corrupted",
+    ".metadata garbage": (lambda c: (c / ".metadata").write_bytes(b"not a pickle"), r"\.metadata has 12 bytes"),
+    ".metadata bit flip": (lambda c: flip_byte_in_the_middle(c / ".metadata"), r"\.metadata fails its checksum"),
+    ".metadata forged garbage": (lambda c: forge(c, ".metadata", b"not a pickle"), r"\.metadata is corrupted"),
+    ".metadata forged to run code": (
+        lambda c: forge(c, ".metadata", pickle.dumps(_RunsCode())),
+        r"unexpected object \w+\.system in checkpoint metadata",
     ),
-    ".metadata runs code": (malicious_metadata, r"unexpected object \w+\.system in checkpoint metadata"),
     "shard truncated": (
         lambda c: os.truncate(shard(c), shard(c).stat().st_size // 2),
         r"is corrupted: __0_0\.distcp has \d+ bytes, expected \d+ \(truncated\?\)",

@@ -6,7 +6,6 @@ raised identically on every rank, before DCP is asked to read anything.
 
 import json
 import logging
-import pickle
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +39,8 @@ def resolve_resume(resume: str, checkpoint_root: Path) -> Path | None:
     if resume == "auto":
         latest = Path(checkpoint_root) / LATEST_FILE
         if not latest.is_file():
-            logger.warning("--resume auto: no checkpoint in %s yet; starting from scratch", checkpoint_root)
+            if collectives.rank() == 0:
+                logger.warning("--resume auto: no checkpoint in %s yet; starting from scratch", checkpoint_root)
             return None
         name = latest.read_text().strip()
         if not name or "/" in name or name.startswith("."):
@@ -68,11 +68,13 @@ def read_checkpoint_meta(checkpoint_dir: Path) -> dict[str, Any]:
         raise UserError(f"{checkpoint_dir} is not a complete llm_gym checkpoint: {META_FILE} is missing")
     try:
         meta = json.loads(meta_path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise UserError(f"{meta_path} is corrupted: not valid JSON ({error})") from None
     required = ("format_version", "step", "files")
     if not isinstance(meta, dict) or any(key not in meta for key in required):
         raise UserError(f"{meta_path} is corrupted: it must be a JSON object with {', '.join(required)}")
+    if not _is_fingerprint_table(meta["files"]):
+        raise UserError(f"{meta_path} is corrupted: 'files' must map each file name to its bytes and crc32")
     if meta["format_version"] != FORMAT_VERSION:
         raise UserError(
             f"{checkpoint_dir} has checkpoint format {meta['format_version']}; "
@@ -81,11 +83,22 @@ def read_checkpoint_meta(checkpoint_dir: Path) -> dict[str, Any]:
     return meta
 
 
-def _read_dcp_metadata(checkpoint_dir: Path) -> Metadata:
+def _is_fingerprint_table(files: Any) -> bool:
+    return isinstance(files, dict) and all(
+        isinstance(entry, dict) and isinstance(entry.get("bytes"), int) and isinstance(entry.get("crc32"), int)
+        for entry in files.values()
+    )
+
+
+def _read_dcp_metadata(checkpoint_dir: Path, fingerprinted: set[str]) -> Metadata:
+    path = checkpoint_dir / DCP_METADATA_FILE
     try:
-        return read_dcp_metadata(checkpoint_dir)
-    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, IndexError, TypeError, ValueError) as error:
-        raise UserError(f"{checkpoint_dir / DCP_METADATA_FILE} is corrupted: {error}") from None
+        metadata = read_dcp_metadata(checkpoint_dir)
+    except Exception as error:  # whatever unpickling damaged or foreign bytes raises
+        raise UserError(f"{path} is corrupted: {error}") from None
+    if unlisted := sorted({info.relative_path for info in metadata.storage_data.values()} - fingerprinted):
+        raise UserError(f"{path} is corrupted: it refers to files {META_FILE} does not list: {_listed(unlisted)}")
+    return metadata
 
 
 def _saved_keys(dcp_metadata: Metadata, name: str) -> dict[str, Any]:
@@ -142,9 +155,9 @@ def load_checkpoint(checkpoint_dir: Path, state: dict[str, Stateful]) -> dict[st
     start) from ``checkpoint_dir`` in place, on every rank. Returns the checkpoint's llm_gym metadata."""
     checkpoint_dir = Path(checkpoint_dir)
     meta = read_checkpoint_meta(checkpoint_dir)
-    dcp_metadata = _read_dcp_metadata(checkpoint_dir)
     if problems := fingerprint_problems(checkpoint_dir, meta["files"]):
         raise UserError(f"checkpoint {checkpoint_dir} is corrupted: {_listed(problems)}")
+    dcp_metadata = _read_dcp_metadata(checkpoint_dir, set(meta["files"]))
     _check_compatible(checkpoint_dir, state, dcp_metadata)
     try:
         with collectives.single_process_quietly():

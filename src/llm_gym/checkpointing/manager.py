@@ -20,6 +20,7 @@ from torch.distributed.checkpoint.stateful import Stateful
 from llm_gym.checkpointing import collectives
 from llm_gym.checkpointing.integrity import file_fingerprints
 from llm_gym.checkpointing.state import ModelState, assert_finite
+from llm_gym.checkpointing.storage import DCP_METADATA_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -83,8 +84,8 @@ class CheckpointManager:
             dcp_metadata = dcp.save(
                 state, storage_writer=FileSystemWriter(partial_dir), no_dist=not collectives.has_process_group()
             )
-        shard_files = sorted({info.relative_path for info in dcp_metadata.storage_data.values()})
-        fingerprints = file_fingerprints(partial_dir, shard_files)
+        written = sorted({info.relative_path for info in dcp_metadata.storage_data.values()} | {DCP_METADATA_FILE})
+        fingerprints = file_fingerprints(partial_dir, written)
         if is_main:
             meta = {**metadata, "step": step, "format_version": FORMAT_VERSION, "files": fingerprints}
             write_file_atomically(partial_dir / META_FILE, json.dumps(meta, indent=1, default=str))

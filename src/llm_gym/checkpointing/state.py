@@ -5,7 +5,6 @@ Model and optimizer go through ``torch.distributed.checkpoint.state_dict``, whic
 then reshards on load, so a checkpoint written by any number of ranks loads into any other.
 """
 
-import logging
 from typing import Any
 
 import torch
@@ -22,8 +21,6 @@ from torch.distributed.tensor import DTensor
 
 from llm_gym.checkpointing import collectives
 from llm_gym.errors import UserError
-
-logger = logging.getLogger(__name__)
 
 # Optimizer state keyed by parameter name rather than by position in param_groups.
 _OPTIMIZER_OPTIONS = StateDictOptions(flatten_optimizer_state_dict=True)
@@ -104,8 +101,11 @@ def training_state(
     train_loader: Stateful,
     progress: Stateful,
 ) -> dict[str, Stateful]:
-    """Everything an exact resume needs. Scheduler, loader and counters are stored as they are: their
-    ``state_dict`` must hold only tensors, numbers, strings, lists and dicts (loaded with weights_only)."""
+    """Everything an exact resume needs, under the names checkpoints use.
+
+    Scheduler, loader and counters are stored as they are: their ``state_dict`` must be the same on every
+    rank (one copy is kept) and hold only tensors, numbers, strings, lists and dicts (read with weights_only).
+    """
     return {
         "model": ModelState(model),
         "optimizer": OptimizerState(model, optimizer),
