@@ -107,7 +107,8 @@ def main() -> None:
         }
     baseline_save, baseline_load = results["torch.save / torch.load"]
     print(f"state: {megabytes:.0f} MB (model + AdamW), median of {args.repeats}, torch {torch.__version__}")
-    print(f"{'method':<26}{'save s':>8}{'save MB/s':>11}{'× torch':>9}{'load s':>9}{'load MB/s':>11}{'× torch':>9}")
+    print("speed relative to torch.save / torch.load in the 'vs torch' columns (higher is faster)")
+    print(f"{'method':<26}{'save s':>8}{'save MB/s':>11}{'vs torch':>9}{'load s':>9}{'load MB/s':>11}{'vs torch':>9}")
     for name, (save_s, load_s) in results.items():
         print(
             f"{name:<26}{save_s:>8.2f}{megabytes / save_s:>11.0f}{baseline_save / save_s:>9.2f}"
