@@ -1,0 +1,31 @@
+"""Sharded checkpoints with torch.distributed.checkpoint: save, exact resume, warm start."""
+
+from llm_gym.checkpointing.compatibility import config_differences
+from llm_gym.checkpointing.loading import load_checkpoint, read_checkpoint_meta, resolve_resume
+from llm_gym.checkpointing.manager import LATEST_FILE, META_FILE, CheckpointManager
+from llm_gym.checkpointing.state import (
+    ModelState,
+    NonFiniteWeightsError,
+    OptimizerState,
+    RNGState,
+    assert_finite,
+    training_state,
+)
+from llm_gym.checkpointing.warm_start import load_model_weights
+
+__all__ = [
+    "LATEST_FILE",
+    "META_FILE",
+    "CheckpointManager",
+    "ModelState",
+    "NonFiniteWeightsError",
+    "OptimizerState",
+    "RNGState",
+    "assert_finite",
+    "config_differences",
+    "load_checkpoint",
+    "load_model_weights",
+    "read_checkpoint_meta",
+    "resolve_resume",
+    "training_state",
+]

@@ -1,0 +1,53 @@
+"""Rank queries and collectives that also work without a process group (one process, no torchrun)."""
+
+import contextlib
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+def has_process_group() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    return dist.get_rank() if has_process_group() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if has_process_group() else 1
+
+
+def barrier() -> None:
+    if has_process_group():
+        dist.barrier()
+
+
+def all_gather_objects(value: Any) -> list[Any]:
+    """Every rank's ``value``, in rank order."""
+    if not has_process_group():
+        return [value]
+    gathered: list[Any] = [None] * world_size()
+    dist.all_gather_object(gathered, value)
+    return gathered
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank when ``flag`` is true on at least one."""
+    if not has_process_group():
+        return flag
+    backend_device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    value = torch.tensor([int(flag)], device=backend_device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
+@contextlib.contextmanager
+def single_process_quietly() -> Iterator[None]:
+    """Silence DCP's warning that it runs in one process: without a process group, that is the intent."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
+        yield

@@ -1,0 +1,68 @@
+"""Which config changes break an exact resume, so a resume can refuse them unless the user insists."""
+
+import json
+from typing import Any
+
+_ABSENT = "<absent>"
+
+# Sections and keys whose change makes a resumed run differ from an uninterrupted one.
+_EQUIVALENCE_KEYS = (
+    "model",
+    "experiment.seed",
+    "training.sequence_length",
+    "data.train_dataset",
+    "data.sampler",
+    "data.collator",
+)
+
+
+def _lookup(config: dict[str, Any], dotted: str) -> Any:
+    value: Any = config
+    for part in dotted.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return _ABSENT
+        value = value[part]
+    return value
+
+
+def _differences(path: str, saved: Any, current: Any) -> list[str]:
+    if isinstance(saved, dict) and isinstance(current, dict):
+        return [
+            line
+            for key in sorted(saved.keys() | current.keys(), key=str)
+            for line in _differences(f"{path}.{key}", saved.get(key, _ABSENT), current.get(key, _ABSENT))
+        ]
+    return [] if saved == current else [f"{path}: checkpoint {saved!r}, now {current!r}"]
+
+
+def _global_batch(config: dict[str, Any], world_size: int) -> tuple[int | None, str]:
+    micro = _lookup(config, "training.micro_batch_size")
+    accumulation = _lookup(config, "training.gradient_accumulation_steps")
+    accumulation = 1 if accumulation == _ABSENT else accumulation
+    terms = f"{micro} × {accumulation} × {world_size} ranks"
+    if not (isinstance(micro, int) and isinstance(accumulation, int)):
+        return None, terms
+    return micro * accumulation * world_size, terms
+
+
+def config_differences(
+    saved_resolved: dict[str, Any], current_resolved: dict[str, Any], saved_world_size: int, current_world_size: int
+) -> list[str]:
+    """Readable differences between a checkpoint's resolved config and the current one that break exact
+    equivalence. The global batch is compared as micro batch × accumulation × ranks, so resuming 2 → 1
+    ranks with doubled accumulation is no difference."""
+    # The saved config went through JSON; the current one must too, or a tuple and a list would differ.
+    current_resolved = json.loads(json.dumps(current_resolved, default=str))
+    differences = [
+        line
+        for key in _EQUIVALENCE_KEYS
+        for line in _differences(key, _lookup(saved_resolved, key), _lookup(current_resolved, key))
+    ]
+    saved_batch, saved_terms = _global_batch(saved_resolved, saved_world_size)
+    current_batch, current_terms = _global_batch(current_resolved, current_world_size)
+    if saved_batch != current_batch:
+        differences.append(
+            f"global batch (micro_batch_size × gradient_accumulation_steps × ranks): "
+            f"checkpoint {saved_batch} ({saved_terms}), now {current_batch} ({current_terms})"
+        )
+    return differences

@@ -1,0 +1,128 @@
+"""Saving: when to save, and the write → rename → ``latest`` → prune protocol that keeps checkpoints whole.
+
+A checkpoint is written into ``.tmp_step_<N>/`` by every rank, completed with ``llm_gym_meta.json``,
+renamed to ``step_<N>/`` and only then named in ``latest``; older ones are pruned after that. A run killed
+at any point leaves ``latest`` naming a complete checkpoint (or no ``latest`` at all).
+"""
+
+import json
+import logging
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint import FileSystemWriter
+from torch.distributed.checkpoint.stateful import Stateful
+
+from llm_gym.checkpointing import collectives
+from llm_gym.checkpointing.integrity import file_fingerprints
+from llm_gym.checkpointing.state import ModelState, assert_finite
+from llm_gym.checkpointing.storage import DCP_METADATA_FILE
+
+logger = logging.getLogger(__name__)
+
+LATEST_FILE = "latest"
+META_FILE = "llm_gym_meta.json"
+FORMAT_VERSION = 1
+TMP_PREFIX = ".tmp_"
+_STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+def step_dir_name(step: int) -> str:
+    return f"step_{step}"
+
+
+def _fsync_dir(directory: Path) -> None:
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def write_file_atomically(path: Path, text: str) -> None:
+    """Readers see the old content or the new one, never a partial file."""
+    partial = path.with_name(f"{TMP_PREFIX}{path.name}")
+    with partial.open("w") as file:
+        file.write(text)
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(partial, path)
+    _fsync_dir(path.parent)
+
+
+class CheckpointManager:
+    """Saves every ``every_n_steps`` steps (0 = only at the end) and keeps the ``keep_last`` newest (-1 = all)."""
+
+    def __init__(self, checkpoint_root: Path, every_n_steps: int, keep_last: int):
+        if every_n_steps < 0:
+            raise ValueError(f"every_n_steps must be >= 0, got {every_n_steps}")
+        if keep_last == 0 or keep_last < -1:
+            raise ValueError(f"keep_last must be -1 (keep all) or at least 1, got {keep_last}")
+        self.checkpoint_root = Path(checkpoint_root)
+        self.every_n_steps, self.keep_last = every_n_steps, keep_last
+
+    def should_save(self, step: int, is_final: bool) -> bool:
+        return is_final or (self.every_n_steps > 0 and step % self.every_n_steps == 0)
+
+    def save(self, step: int, state: dict[str, Stateful], metadata: dict[str, Any]) -> Path:
+        """Write a complete checkpoint of ``state`` for ``step``; every rank calls this. Returns its directory."""
+        for value in state.values():
+            if isinstance(value, ModelState):
+                assert_finite(value.model)
+        final_dir = self.checkpoint_root / step_dir_name(step)
+        partial_dir = self.checkpoint_root / f"{TMP_PREFIX}{final_dir.name}"
+        is_main = collectives.rank() == 0
+        if is_main:
+            self.checkpoint_root.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(partial_dir, ignore_errors=True)
+        collectives.barrier()
+        with collectives.single_process_quietly():
+            dcp_metadata = dcp.save(
+                state, storage_writer=FileSystemWriter(partial_dir), no_dist=not collectives.has_process_group()
+            )
+        written = sorted({info.relative_path for info in dcp_metadata.storage_data.values()} | {DCP_METADATA_FILE})
+        fingerprints = file_fingerprints(partial_dir, written)
+        if is_main:
+            meta = {**metadata, "step": step, "format_version": FORMAT_VERSION, "files": fingerprints}
+            write_file_atomically(partial_dir / META_FILE, json.dumps(meta, indent=1, default=str))
+            self._publish(partial_dir, final_dir)
+            self._prune(keep=final_dir)
+        collectives.barrier()
+        return final_dir
+
+    def _publish(self, partial_dir: Path, final_dir: Path) -> None:
+        if final_dir.exists():  # saved again at the same step (a rerun): the new one replaces it
+            replaced = final_dir.with_name(f"{TMP_PREFIX}replaced_{final_dir.name}")
+            shutil.rmtree(replaced, ignore_errors=True)
+            os.replace(final_dir, replaced)
+        os.replace(partial_dir, final_dir)
+        _fsync_dir(self.checkpoint_root)
+        write_file_atomically(self.checkpoint_root / LATEST_FILE, final_dir.name + "\n")
+        logger.info("saved checkpoint %s", final_dir)
+
+    def _prune(self, keep: Path) -> None:
+        """Delete unfinished saves, and complete checkpoints older than the ``keep_last`` newest.
+
+        Checkpoints numbered above ``keep`` belong to a run this one resumed from an earlier point;
+        they are left alone.
+        """
+        for entry in self.checkpoint_root.iterdir():
+            if entry.name.startswith(TMP_PREFIX) and entry.is_dir():
+                shutil.rmtree(entry, ignore_errors=True)
+        if self.keep_last == -1:
+            return
+        kept_step = int(_STEP_DIR.match(keep.name).group(1))
+        older = sorted(
+            (int(match.group(1)), entry)
+            for entry in self.checkpoint_root.iterdir()
+            if (match := _STEP_DIR.match(entry.name)) and entry.is_dir() and int(match.group(1)) < kept_step
+        )
+        for _, entry in older[: max(0, len(older) - (self.keep_last - 1))]:
+            # Renamed first, so that a run killed mid-delete leaves no half checkpoint under a valid name.
+            doomed = entry.with_name(f"{TMP_PREFIX}deleting_{entry.name}")
+            os.replace(entry, doomed)
+            shutil.rmtree(doomed)

@@ -1,0 +1,137 @@
+"""What a checkpoint holds, as ``Stateful`` objects that DCP saves and restores in place.
+
+Model and optimizer go through ``torch.distributed.checkpoint.state_dict``, which gives sharded
+(DTensor) entries for FSDP2 and plain ones otherwise, always under the unwrapped parameter names; DCP
+then reshards on load, so a checkpoint written by any number of ranks loads into any other.
+"""
+
+from typing import Any
+
+import torch
+from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+from torch.distributed.checkpoint.stateful import Stateful
+from torch.distributed.tensor import DTensor
+
+from llm_gym.checkpointing import collectives
+from llm_gym.errors import UserError
+
+# Optimizer state keyed by parameter name rather than by position in param_groups.
+_OPTIMIZER_OPTIONS = StateDictOptions(flatten_optimizer_state_dict=True)
+
+
+class ModelState(Stateful):
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    def state_dict(self) -> dict[str, Any]:
+        return get_model_state_dict(self.model)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        set_model_state_dict(self.model, state_dict)
+
+
+class OptimizerState(Stateful):
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer):
+        self.model, self.optimizer = model, optimizer
+
+    def state_dict(self) -> dict[str, Any]:
+        return get_optimizer_state_dict(self.model, self.optimizer, options=_OPTIMIZER_OPTIONS)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        set_optimizer_state_dict(self.model, self.optimizer, state_dict, options=_OPTIMIZER_OPTIONS)
+
+
+def _rank_key(rank: int) -> str:
+    return f"rank_{rank}"
+
+
+class RNGState(Stateful):
+    """Each rank's torch generators (CPU, and the current CUDA device's) under that rank's own key.
+
+    With an unchanged world size every rank gets its own streams back exactly. A rank the checkpoint
+    has no entry for (the world grew) takes rank 0's streams; ``choose_source`` decides before loading.
+    """
+
+    def __init__(self) -> None:
+        # Set by choose_source for the next load only: (rank whose entry to read, devices it has).
+        self._source: tuple[int, tuple[str, ...]] | None = None
+
+    @staticmethod
+    def _devices() -> tuple[str, ...]:
+        return ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",)
+
+    def state_dict(self) -> dict[str, Any]:
+        source_rank, devices = self._source or (collectives.rank(), self._devices())
+        getters = {"cpu": torch.get_rng_state, "cuda": torch.cuda.get_rng_state}
+        return {_rank_key(source_rank): {device: getters[device]() for device in devices}}
+
+    def choose_source(self, saved_keys: set[str]) -> str | None:
+        """Pick the entry to restore among ``saved_keys`` (``rank_<r>.<device>``); say so if not our own."""
+        rank = collectives.rank()
+        saved_ranks = {key.split(".")[0] for key in saved_keys}
+        source_rank, note = rank, None
+        if _rank_key(rank) not in saved_ranks:
+            if _rank_key(0) not in saved_ranks:
+                raise UserError("the checkpoint has no random-number-generator state for rank 0")
+            source_rank = 0
+            note = f"rank {rank}: the checkpoint has no RNG state for this rank (world size changed); using rank 0's"
+        devices = tuple(device for device in self._devices() if f"{_rank_key(source_rank)}.{device}" in saved_keys)
+        self._source = (source_rank, devices)
+        return note
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        setters = {"cpu": torch.set_rng_state, "cuda": torch.cuda.set_rng_state}
+        (generator_states,) = state_dict.values()
+        for device, generator_state in generator_states.items():
+            setters[device](generator_state)
+        self._source = None
+
+
+def training_state(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    lr_scheduler: Stateful,
+    train_loader: Stateful,
+    progress: Stateful,
+) -> dict[str, Stateful]:
+    """Everything an exact resume needs, under the names checkpoints use.
+
+    Scheduler, loader and counters are stored as they are: their ``state_dict`` must be the same on every
+    rank (one copy is kept) and hold only tensors, numbers, strings, lists and dicts (read with weights_only).
+    """
+    return {
+        "model": ModelState(model),
+        "optimizer": OptimizerState(model, optimizer),
+        "lr_scheduler": lr_scheduler,
+        "dataloader": train_loader,
+        "progress": progress,
+        "rng": RNGState(),
+    }
+
+
+class NonFiniteWeightsError(UserError):
+    """The model holds NaN or infinite weights; such a model is never written to a checkpoint."""
+
+
+@torch.no_grad()
+def assert_finite(model: nn.Module) -> None:
+    """Raise ``NonFiniteWeightsError`` on every rank if any rank's shard of any parameter is not finite."""
+    bad = []
+    for name, parameter in model.named_parameters():
+        local = parameter.to_local() if isinstance(parameter, DTensor) else parameter
+        # min and max propagate NaN and show ±inf, in one pass without a mask as large as the weights.
+        if local.numel() and not all(bool(torch.isfinite(extreme)) for extreme in torch.aminmax(local.detach())):
+            bad.append(name)
+    if collectives.any_rank(bool(bad)):
+        names = sorted({name for names in collectives.all_gather_objects(bad) for name in names})
+        raise NonFiniteWeightsError(
+            f"refusing to save a checkpoint: non-finite values in {', '.join(names[:5])}"
+            + (f" and {len(names) - 5} more parameters" if len(names) > 5 else "")
+        )

@@ -1,0 +1,79 @@
+"""Which config changes break an exact resume."""
+
+import copy
+
+import pytest
+
+from llm_gym.checkpointing import config_differences
+
+CONFIG = {
+    "experiment": {"seed": 42, "output_dir": "experiments/a"},
+    "training": {"max_steps": 100, "micro_batch_size": 4, "gradient_accumulation_steps": 1, "sequence_length": 64},
+    "model": {"type_hint": "GPT2", "config": {"n_layer": 2, "n_embd": 64}},
+    "optimizer": {"type_hint": "AdamW", "config": {"lr": 1e-3}},
+    "data": {
+        "train_dataset": {"type_hint": "Packed", "config": {"prefix": "data/train"}},
+        "sampler": {"type_hint": "Shuffled", "config": {"seed": 1}},
+        "collator": {"type_hint": "Causal", "config": {}},
+        "dataloader": {"type_hint": "Default", "config": {"num_workers": 0}},
+    },
+}
+
+
+def changed(**dotted):
+    config = copy.deepcopy(CONFIG)
+    for key, value in dotted.items():
+        *parents, leaf = key.split("__")
+        section = config
+        for parent in parents:
+            section = section[parent]
+        section[leaf] = value
+    return config
+
+
+def test_identical_configs_and_harmless_changes_have_no_differences():
+    assert config_differences(CONFIG, CONFIG, 2, 2) == []
+    harmless = changed(
+        training__max_steps=200, optimizer__config={"lr": 5e-4}, data__dataloader={"type_hint": "Default"}
+    )
+    assert config_differences(CONFIG, harmless, 2, 2) == []
+
+
+def test_fewer_ranks_with_more_accumulation_is_the_same_global_batch():
+    assert config_differences(CONFIG, changed(training__gradient_accumulation_steps=2), 2, 1) == []
+
+
+@pytest.mark.parametrize(
+    ("current", "expected"),
+    [
+        (changed(model__config={"n_layer": 4, "n_embd": 64}), "model.config.n_layer: checkpoint 2, now 4"),
+        (changed(model__config={"n_layer": 2}), "model.config.n_embd: checkpoint 64, now '<absent>'"),
+        (changed(experiment__seed=1), "experiment.seed: checkpoint 42, now 1"),
+        (changed(training__sequence_length=128), "training.sequence_length: checkpoint 64, now 128"),
+        (
+            changed(data__train_dataset={"type_hint": "Packed", "config": {"prefix": "data/other"}}),
+            "data.train_dataset.config.prefix: checkpoint 'data/train', now 'data/other'",
+        ),
+        (changed(data__sampler={"type_hint": "Sequential", "config": {}}), "data.sampler.type_hint"),
+        (changed(data__collator={"type_hint": "Other", "config": {}}), "data.collator.type_hint"),
+        (
+            changed(training__micro_batch_size=8),
+            "global batch (micro_batch_size × gradient_accumulation_steps × ranks): "
+            "checkpoint 8 (4 × 1 × 2 ranks), now 16 (8 × 1 × 2 ranks)",
+        ),
+    ],
+)
+def test_differences_that_break_equivalence_are_named(current, expected):
+    differences = config_differences(CONFIG, current, 2, 2)
+    assert any(line.startswith(expected) for line in differences), differences
+
+
+def test_a_changed_world_size_alone_changes_the_global_batch():
+    (difference,) = config_differences(CONFIG, CONFIG, 2, 1)
+    assert "checkpoint 8 (4 × 1 × 2 ranks), now 4 (4 × 1 × 1 ranks)" in difference
+
+
+def test_values_compare_as_they_were_stored_in_json():
+    saved = changed(model__config={"n_layer": 2, "n_embd": 64, "betas": [0.9, 0.95]})
+    current = changed(model__config={"n_layer": 2, "n_embd": 64, "betas": (0.9, 0.95)})
+    assert config_differences(saved, current, 2, 2) == []

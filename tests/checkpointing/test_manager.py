@@ -1,0 +1,118 @@
+"""When to save, keep-last pruning, atomic publication, refusing non-finite weights, choosing what to resume."""
+
+import pytest
+import torch
+from checkpoint_toys import Toy, make_model
+
+import llm_gym.checkpointing.manager as manager_module
+from llm_gym.checkpointing import CheckpointManager, NonFiniteWeightsError, load_checkpoint, resolve_resume
+from llm_gym.errors import UserError
+
+
+def entries(root):
+    return sorted(path.name for path in root.iterdir())
+
+
+def test_should_save_every_n_steps_and_at_the_end(tmp_path):
+    every_3 = CheckpointManager(tmp_path, every_n_steps=3, keep_last=1)
+    assert [step for step in range(1, 10) if every_3.should_save(step, is_final=False)] == [3, 6, 9]
+    assert every_3.should_save(10, is_final=True)
+    only_at_end = CheckpointManager(tmp_path, every_n_steps=0, keep_last=1)
+    assert not any(only_at_end.should_save(step, is_final=False) for step in range(1, 10))
+    assert only_at_end.should_save(10, is_final=True)
+
+
+@pytest.mark.parametrize("keep_last", [0, -2])
+def test_keep_last_must_be_positive_or_minus_one(tmp_path, keep_last):
+    with pytest.raises(ValueError, match="keep_last"):
+        CheckpointManager(tmp_path, 1, keep_last)
+
+
+def test_keep_last_prunes_older_checkpoints_after_the_new_one_is_published(tmp_path):
+    toy = Toy(make_model())
+    manager = CheckpointManager(tmp_path, every_n_steps=1, keep_last=2)
+    for step in range(1, 5):
+        toy.train(1)
+        manager.save(step, toy.state(), {})
+    assert entries(tmp_path) == ["latest", "step_3", "step_4"]
+    assert (tmp_path / "latest").read_text().strip() == "step_4"
+
+
+def test_keep_all(tmp_path):
+    toy = Toy(make_model())
+    manager = CheckpointManager(tmp_path, every_n_steps=1, keep_last=-1)
+    for step in range(1, 4):
+        manager.save(step, toy.state(), {})
+    assert entries(tmp_path) == ["latest", "step_1", "step_2", "step_3"]
+
+
+def test_failed_save_keeps_the_previous_checkpoints_and_latest(tmp_path, monkeypatch):
+    toy = Toy(make_model())
+    manager = CheckpointManager(tmp_path, every_n_steps=1, keep_last=1)
+    manager.save(1, toy.state(), {})
+
+    def disk_full(partial_dir, names):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(manager_module, "file_fingerprints", disk_full)
+    with pytest.raises(OSError):
+        manager.save(2, toy.state(), {})
+    assert entries(tmp_path) == [".tmp_step_2", "latest", "step_1"]
+    assert (tmp_path / "latest").read_text().strip() == "step_1"
+    load_checkpoint(tmp_path / "step_1", Toy(make_model()).state())
+
+    monkeypatch.undo()
+    manager.save(3, toy.state(), {})
+    assert entries(tmp_path) == ["latest", "step_3"]  # the unfinished save is cleaned up too
+
+
+def test_saving_the_same_step_again_replaces_it(tmp_path):
+    toy = Toy(make_model())
+    manager = CheckpointManager(tmp_path, every_n_steps=1, keep_last=2)
+    manager.save(1, toy.state(), {"attempt": 1})
+    manager.save(1, toy.state(), {"attempt": 2})
+    assert entries(tmp_path) == ["latest", "step_1"]
+    assert load_checkpoint(tmp_path / "step_1", Toy(make_model()).state())["attempt"] == 2
+
+
+def test_checkpoints_of_an_abandoned_later_timeline_are_left_alone(tmp_path):
+    toy = Toy(make_model())
+    manager = CheckpointManager(tmp_path, every_n_steps=1, keep_last=1)
+    for step in (1, 5):
+        manager.save(step, toy.state(), {})
+    manager.save(3, toy.state(), {})  # resumed from an earlier checkpoint
+    assert entries(tmp_path) == ["latest", "step_3", "step_5"]
+    assert (tmp_path / "latest").read_text().strip() == "step_3"
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_weights_are_never_saved(tmp_path, value):
+    toy = Toy(make_model())
+    with torch.no_grad():
+        toy.model[0].weight[0, 0] = value
+    with pytest.raises(NonFiniteWeightsError, match=r"non-finite values in 0\.weight"):
+        CheckpointManager(tmp_path / "checkpoints", 1, 1).save(1, toy.state(), {})
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_resolve_resume(tmp_path, caplog):
+    assert resolve_resume("none", tmp_path) is None
+    assert resolve_resume("auto", tmp_path) is None
+    assert "starting from scratch" in caplog.text
+    toy = Toy(make_model())
+    manager = CheckpointManager(tmp_path, every_n_steps=1, keep_last=-1)
+    manager.save(1, toy.state(), {})
+    manager.save(2, toy.state(), {})
+    assert resolve_resume("auto", tmp_path) == tmp_path / "step_2"
+    assert resolve_resume(str(tmp_path / "step_1"), tmp_path) == tmp_path / "step_1"
+
+
+def test_resolve_resume_rejects_bad_targets(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        resolve_resume(str(tmp_path / "nowhere"), tmp_path)
+    (tmp_path / "latest").write_text("../../etc\n")
+    with pytest.raises(UserError, match="latest is corrupted"):
+        resolve_resume("auto", tmp_path)
+    (tmp_path / "latest").write_text("step_9\n")
+    with pytest.raises(UserError, match="step_9 does not exist"):
+        resolve_resume("auto", tmp_path)
