@@ -1,6 +1,11 @@
 """Every component llm_gym ships, by register key. Later concerns add their tables here."""
 
 from llm_gym.logging_broker.loggers import LOGGERS
+from llm_gym.models.attention import ATTENTION_KERNELS
+from llm_gym.models.decoder import MODELS
+from llm_gym.models.initialization import WEIGHT_INITS
+from llm_gym.models.mlp import MLPS
+from llm_gym.models.norms import NORMS
 from llm_gym.parallel.strategies import PARALLELISM
 from llm_gym.registry.registry import ResolverRegistry
 from llm_gym.training.optimizers import OPTIMIZERS
@@ -11,6 +16,11 @@ BUILTIN_COMPONENTS = {
     "lr_scheduler": SCHEDULERS,
     "parallelism": PARALLELISM,
     "logger": LOGGERS,
+    "model": MODELS,
+    "norm": NORMS,
+    "attention": ATTENTION_KERNELS,
+    "mlp": MLPS,
+    "init": WEIGHT_INITS,
 }
 
 

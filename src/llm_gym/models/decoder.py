@@ -1,0 +1,185 @@
+"""The decoder-only language model: one implementation, GPT-2 or Llama by configuration.
+
+Pre-norm blocks ``x + attention(norm(x))``, ``x + mlp(norm(x))``, a final norm and an output projection that
+is the token embedding itself when embeddings are tied (one parameter, so nothing can untie it: not
+``to_empty``, not sharding, not a checkpoint).
+"""
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
+from torch import nn
+
+from llm_gym.config.component import Component
+from llm_gym.models.attention import CausalSelfAttention
+from llm_gym.models.initialization import WeightInit
+from llm_gym.models.kv_cache import KVCache, LayerKVCache
+from llm_gym.models.positional import LearnedPositionEmbedding, PositionalEncoding, RotaryEmbedding
+from llm_gym.registry import ComponentFactory
+
+
+class DecoderLMConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    vocab_size: PositiveInt
+    sequence_length: PositiveInt = Field(description="the longest input; learned position embeddings are this many")
+    n_layer: PositiveInt
+    dim: PositiveInt
+    n_head: PositiveInt
+    n_head_kv: PositiveInt | None = Field(None, description="key/value heads (grouped-query attention); null = n_head")
+    positional: PositionalEncoding = Field(description="learned (GPT-2) or rope (Llama)")
+    rope_theta: PositiveFloat = Field(10_000.0, description="RoPE base; used with positional: rope")
+    bias: bool = Field(False, description="biases in every linear layer of attention and MLP")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="on embeddings, attention weights and residual branches")
+    tie_embeddings: bool = Field(True, description="the output projection is the token embedding matrix")
+    norm: Component("norm")
+    attention: Component("attention")
+    mlp: Component("mlp")
+    init: Component("init")
+
+    @model_validator(mode="after")
+    def _heads_fit(self) -> "DecoderLMConfig":
+        if self.dim % self.n_head:
+            raise ValueError(f"dim ({self.dim}) must be divisible by n_head ({self.n_head})")
+        n_head_kv = self.n_head_kv or self.n_head
+        if self.n_head % n_head_kv:
+            raise ValueError(f"n_head ({self.n_head}) must be divisible by n_head_kv ({n_head_kv})")
+        if self.positional == PositionalEncoding.ROPE and (self.dim // self.n_head) % 2:
+            raise ValueError(f"rope needs an even head dimension; dim / n_head = {self.dim // self.n_head}")
+        return self
+
+
+class DecoderBlock(nn.Module):
+    def __init__(
+        self,
+        layer_index: int,
+        dim: int,
+        n_head: int,
+        n_head_kv: int,
+        bias: bool,
+        dropout: float,
+        norm: ComponentFactory,
+        attention: ComponentFactory,
+        mlp: ComponentFactory,
+        rotary: RotaryEmbedding | None,
+    ):
+        super().__init__()
+        self.layer_index = layer_index
+        self.attention_norm = norm(dim=dim)
+        self.attention = CausalSelfAttention(dim, n_head, n_head_kv, bias, attention(dropout=dropout), rotary)
+        self.mlp_norm = norm(dim=dim)
+        self.mlp = mlp(dim=dim, bias=bias)
+        self.residual_dropout = nn.Dropout(dropout)
+
+    def forward(self, hidden: torch.Tensor, start: int = 0, kv_cache: LayerKVCache | None = None) -> torch.Tensor:
+        hidden = hidden + self.residual_dropout(self.attention(self.attention_norm(hidden), start, kv_cache))
+        return hidden + self.residual_dropout(self.mlp(self.mlp_norm(hidden)))
+
+    def init_weights(self, weight_init: WeightInit) -> None:
+        residual_projections = (self.attention.output, getattr(self.mlp, "output", None))
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                if any(module is projection for projection in residual_projections):
+                    weight_init.residual_projection_(module.weight, self.layer_index)
+                else:
+                    weight_init.linear_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif hasattr(module, "reset_parameters") and next(module.parameters(recurse=False), None) is not None:
+                module.reset_parameters()
+
+
+class DecoderLM(nn.Module):
+    """``forward(input_ids [B, T]) -> logits [B, T, vocab_size]``; ``blocks`` may be wrapped one by one."""
+
+    def __init__(
+        self,
+        vocab_size: int,
+        sequence_length: int,
+        n_layer: int,
+        dim: int,
+        n_head: int,
+        positional: PositionalEncoding | str,
+        norm: ComponentFactory,
+        attention: ComponentFactory,
+        mlp: ComponentFactory,
+        init: ComponentFactory,
+        n_head_kv: int | None = None,
+        rope_theta: float = 10_000.0,
+        bias: bool = False,
+        dropout: float = 0.0,
+        tie_embeddings: bool = True,
+    ):
+        super().__init__()
+        self.vocab_size, self.sequence_length, self.n_layer, self.dim = vocab_size, sequence_length, n_layer, dim
+        self.n_head, self.n_head_kv, self.head_dim = n_head, n_head_kv or n_head, dim // n_head
+        self.weight_init: WeightInit = init(n_layer=n_layer)
+        self.token_embedding = nn.Embedding(vocab_size, dim)
+        positional = PositionalEncoding(positional)
+        self.position_embedding = (
+            LearnedPositionEmbedding(sequence_length, dim) if positional == PositionalEncoding.LEARNED else None
+        )
+        rotary = RotaryEmbedding(self.head_dim, rope_theta) if positional == PositionalEncoding.ROPE else None
+        self.embedding_dropout = nn.Dropout(dropout)
+        self.blocks = nn.ModuleList(
+            DecoderBlock(index, dim, n_head, self.n_head_kv, bias, dropout, norm, attention, mlp, rotary)
+            for index in range(n_layer)
+        )
+        self.final_norm = norm(dim=dim)
+        self.output = None if tie_embeddings else nn.Linear(dim, vocab_size, bias=False)
+        with torch.no_grad():
+            self.init_weights()
+
+    @property
+    def tie_embeddings(self) -> bool:
+        return self.output is None
+
+    def forward(self, input_ids: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
+        start = kv_cache.length if kv_cache is not None else 0
+        if start + input_ids.shape[1] > self.sequence_length:
+            raise ValueError(
+                f"{start + input_ids.shape[1]} positions exceed the model's sequence_length {self.sequence_length}"
+            )
+        hidden = self.token_embedding(input_ids)
+        if self.position_embedding is not None:
+            hidden = self.position_embedding(hidden, start)
+        hidden = self.embedding_dropout(hidden)
+        for index, block in enumerate(self.blocks):
+            hidden = block(hidden, start, kv_cache.layers[index] if kv_cache is not None else None)
+        hidden = self.final_norm(hidden)
+        if kv_cache is not None:
+            kv_cache.length = start + input_ids.shape[1]
+        if self.output is None:
+            return F.linear(hidden, self.token_embedding.weight)
+        return self.output(hidden)
+
+    def init_weights(self) -> None:
+        """(Re)initialise every parameter in place from the global RNG, in a fixed order.
+
+        The same seed gives the same weights whether the model was built eagerly or on the meta device and
+        materialised with ``to_empty`` (unsharded); call it under ``torch.no_grad()``.
+        """
+        self.weight_init.embedding_(self.token_embedding.weight)
+        if self.position_embedding is not None:
+            self.weight_init.embedding_(self.position_embedding.weight)
+        for block in self.blocks:
+            block.init_weights(self.weight_init)
+        self.final_norm.reset_parameters()
+        if self.output is not None:
+            self.weight_init.linear_(self.output.weight)
+
+    def new_kv_cache(self, batch_size: int, max_length: int | None = None) -> KVCache:
+        """An empty cache for generation, on the model's device and in its parameters' dtype."""
+        reference = self.token_embedding.weight
+        return KVCache(
+            self.n_layer,
+            batch_size,
+            self.n_head_kv,
+            max_length or self.sequence_length,
+            self.head_dim,
+            reference.dtype,
+            reference.device,
+        )
+
+
+MODELS = {"DecoderLM": (DecoderLM, DecoderLMConfig)}

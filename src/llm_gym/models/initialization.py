@@ -1,0 +1,93 @@
+"""Weight initialisation schemes as registry components (``init``), built with ``init_factory(n_layer=...)``.
+
+A scheme only draws matrices; the model decides which matrix is which. Biases start at zero and norms at
+their identity (``reset_parameters``). Everything is in-place ``nn.init`` so that it works on the DTensor
+shards of an FSDP2 model after ``to_empty``.
+"""
+
+import math
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat
+from torch import nn
+
+ResidualScaling = Literal["n_layer", "depth", "none"]
+
+_RESIDUAL_SCALING_DOC = (
+    "std of residual output projections: n_layer = std/√(2·n_layer) (GPT-2), "
+    "depth = std/√(2·(layer+1)) (torchtitan's Llama), none = std"
+)
+
+
+class WeightInit:
+    """Draws a model's matrices: ``std`` for embeddings and linear layers, scaled down on residual projections."""
+
+    def __init__(self, n_layer: int, std: float, residual_scaling: ResidualScaling):
+        self.n_layer = n_layer
+        self.std = std
+        self.residual_scaling = residual_scaling
+
+    def embedding_(self, weight: torch.Tensor) -> None:
+        self._draw_(weight, self.std)
+
+    def linear_(self, weight: torch.Tensor) -> None:
+        self._draw_(weight, self.std)
+
+    def residual_projection_(self, weight: torch.Tensor, layer_index: int) -> None:
+        """The last projection of an attention or MLP, whose output is added to the residual stream."""
+        self._draw_(weight, self.residual_std(layer_index))
+
+    def residual_std(self, layer_index: int) -> float:
+        if self.residual_scaling == "n_layer":
+            return self.std / math.sqrt(2 * self.n_layer)
+        if self.residual_scaling == "depth":
+            return self.std / math.sqrt(2 * (layer_index + 1))
+        return self.std
+
+    def _draw_(self, weight: torch.Tensor, std: float) -> None:
+        raise NotImplementedError
+
+
+class ScaledNormalConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    std: PositiveFloat = 0.02
+    residual_scaling: ResidualScaling = Field("n_layer", description=_RESIDUAL_SCALING_DOC)
+
+
+class ScaledNormal(WeightInit):
+    """N(0, std²) everywhere, residual projections scaled (GPT-2)."""
+
+    def __init__(self, n_layer: int, std: float = 0.02, residual_scaling: ResidualScaling = "n_layer"):
+        super().__init__(n_layer, std, residual_scaling)
+
+    def _draw_(self, weight: torch.Tensor, std: float) -> None:
+        nn.init.normal_(weight, mean=0.0, std=std)
+
+
+class TruncatedNormalConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    std: PositiveFloat = 0.02
+    cutoff: PositiveFloat = Field(3.0, description="truncate at ± cutoff × std")
+    residual_scaling: ResidualScaling = Field("depth", description=_RESIDUAL_SCALING_DOC)
+
+
+class TruncatedNormal(WeightInit):
+    """N(0, std²) truncated at ± cutoff·std (Llama-style pretraining, OLMo, torchtitan)."""
+
+    def __init__(
+        self, n_layer: int, std: float = 0.02, cutoff: float = 3.0, residual_scaling: ResidualScaling = "depth"
+    ):
+        super().__init__(n_layer, std, residual_scaling)
+        self.cutoff = cutoff
+
+    def _draw_(self, weight: torch.Tensor, std: float) -> None:
+        nn.init.trunc_normal_(weight, mean=0.0, std=std, a=-self.cutoff * std, b=self.cutoff * std)
+
+
+WEIGHT_INITS = {
+    "ScaledNormal": (ScaledNormal, ScaledNormalConfig),
+    "TruncatedNormal": (TruncatedNormal, TruncatedNormalConfig),
+}

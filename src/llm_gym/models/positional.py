@@ -1,0 +1,60 @@
+"""Where a token's position enters the model: learned absolute embeddings (GPT-2) or rotary embeddings (Llama).
+
+Rotary angles are computed in float32 from ``theta`` on every call rather than cached in a buffer: there is no
+state to materialise after a meta-device build, nothing for ``model.to(dtype)`` to round, and nothing for
+FSDP's input casting to touch. The cost (one outer product and a cos/sin per layer) is negligible beside the
+attention it feeds.
+"""
+
+from enum import Enum
+
+import torch
+from torch import nn
+
+
+class PositionalEncoding(str, Enum):
+    LEARNED = "learned"
+    ROPE = "rope"
+
+
+class LearnedPositionEmbedding(nn.Embedding):
+    """One learned vector per position, added to the token embeddings."""
+
+    def forward(self, hidden: torch.Tensor, start: int = 0) -> torch.Tensor:
+        positions = torch.arange(start, start + hidden.shape[1], device=hidden.device)
+        return hidden + super().forward(positions)
+
+
+class RotaryEmbedding(nn.Module):
+    """Rotates query and key heads by position-dependent angles (RoPE).
+
+    Uses the half-split layout of GPT-NeoX and Hugging Face Llama (dimension ``i`` pairs with
+    ``i + head_dim / 2``), so Llama weights map to and from ``transformers`` without permutation.
+    """
+
+    def __init__(self, head_dim: int, theta: float):
+        super().__init__()
+        self.head_dim = head_dim
+        self.theta = theta
+
+    def extra_repr(self) -> str:
+        return f"head_dim={self.head_dim}, theta={self.theta}"
+
+    def angles(self, start: int, length: int, device: torch.device) -> torch.Tensor:
+        """Angles ``[length, head_dim / 2]`` for positions ``start .. start + length - 1``, in float32."""
+        exponents = torch.arange(0, self.head_dim, 2, dtype=torch.int64, device=device).float() / self.head_dim
+        inverse_frequencies = 1.0 / (self.theta**exponents)
+        positions = torch.arange(start, start + length, device=device, dtype=torch.float32)
+        return positions[:, None] * inverse_frequencies[None, :]
+
+    def forward(self, query: torch.Tensor, key: torch.Tensor, start: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rotate ``[batch, heads, time, head_dim]`` queries and keys whose first position is ``start``."""
+        angles = self.angles(start, query.shape[2], query.device)
+        cos, sin = angles.cos(), angles.sin()
+        return _rotate(query, cos, sin), _rotate(key, cos, sin)
+
+
+def _rotate(heads: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    first, second = heads.float().chunk(2, dim=-1)
+    rotated = torch.cat((first * cos - second * sin, second * cos + first * sin), dim=-1)
+    return rotated.to(heads.dtype)
