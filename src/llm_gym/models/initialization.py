@@ -1,8 +1,11 @@
 """Weight initialisation schemes as registry components (``init``), built with ``init_factory(n_layer=...)``.
 
 A scheme only draws matrices; the model decides which matrix is which. Biases start at zero and norms at
-their identity (``reset_parameters``). Everything is in-place ``nn.init`` so that it works on the DTensor
-shards of an FSDP2 model after ``to_empty``.
+their identity (``reset_parameters``), in place, which works on the DTensor shards of an FSDP2 model after
+``to_empty``. Random matrices of a sharded model are drawn whole on every rank (same seed, same values) and
+each rank keeps its shard: the weights then do not depend on the number of ranks, at the cost of one full
+matrix of transient memory. (Drawing into the shards directly would repeat the same values in every shard
+on CPU, where DTensor has no offset-based RNG.)
 """
 
 import math
@@ -11,6 +14,7 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat
 from torch import nn
+from torch.distributed.tensor import DTensor, distribute_tensor
 
 ResidualScaling = Literal["n_layer", "depth", "none"]
 
@@ -29,14 +33,14 @@ class WeightInit:
         self.residual_scaling = residual_scaling
 
     def embedding_(self, weight: torch.Tensor) -> None:
-        self._draw_(weight, self.std)
+        self._draw_whole_(weight, self.std)
 
     def linear_(self, weight: torch.Tensor) -> None:
-        self._draw_(weight, self.std)
+        self._draw_whole_(weight, self.std)
 
     def residual_projection_(self, weight: torch.Tensor, layer_index: int) -> None:
         """The last projection of an attention or MLP, whose output is added to the residual stream."""
-        self._draw_(weight, self.residual_std(layer_index))
+        self._draw_whole_(weight, self.residual_std(layer_index))
 
     def residual_std(self, layer_index: int) -> float:
         if self.residual_scaling == "n_layer":
@@ -44,6 +48,14 @@ class WeightInit:
         if self.residual_scaling == "depth":
             return self.std / math.sqrt(2 * (layer_index + 1))
         return self.std
+
+    def _draw_whole_(self, weight: torch.Tensor, std: float) -> None:
+        if not isinstance(weight, DTensor):
+            self._draw_(weight, std)
+            return
+        whole = torch.empty(weight.shape, dtype=weight.dtype, device=weight.to_local().device)
+        self._draw_(whole, std)
+        weight.copy_(distribute_tensor(whole, weight.device_mesh, weight.placements))
 
     def _draw_(self, weight: torch.Tensor, std: float) -> None:
         raise NotImplementedError
