@@ -3,6 +3,7 @@
 from collections.abc import Iterator
 
 from llm_gym.config.app import TrainingAppConfig
+from llm_gym.models.flops import describe_model
 
 
 def describe_config(config: TrainingAppConfig, world_size: int) -> Iterator[str]:
@@ -12,3 +13,4 @@ def describe_config(config: TrainingAppConfig, world_size: int) -> Iterator[str]
         f"global batch: {training.samples_per_step(world_size)} samples × {training.sequence_length} tokens"
         f" = {training.samples_per_step(world_size) * training.sequence_length:,} tokens per step"
     )
+    yield from describe_model(config.model, training.sequence_length)
