@@ -137,3 +137,13 @@ def test_blocks_can_be_wrapped_for_activation_checkpointing():
         torch.testing.assert_close(grad, expected_grad, atol=1e-6, rtol=1e-6)
     torch.manual_seed(3)
     model.init_weights()
+
+
+@pytest.mark.slow
+def test_blocks_compile_without_graph_breaks():
+    model = build(LLAMA_STYLE)
+    tokens = random_tokens(model)
+    expected = model(tokens)
+    for block in model.blocks:
+        block.compile(fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(model(tokens), expected, atol=1e-6, rtol=1e-6)

@@ -27,7 +27,7 @@ def test_greedy_generation_with_cache_equals_without(style, new_tokens):
 def test_cached_logits_equal_full_forward_logits():
     model = build(LLAMA_STYLE).eval()
     tokens = random_tokens(model, length=12)
-    cache = model.new_kv_cache(batch_size=2)
+    cache = model.new_kv_cache()
     with torch.no_grad():
         expected = model(tokens)
         chunks = [model(tokens[:, :5], kv_cache=cache)] + [model(tokens[:, i : i + 1], kv_cache=cache) for i in (5, 6)]
@@ -119,3 +119,15 @@ def test_empty_prompt_is_a_user_error():
     model = build(GPT2_STYLE)
     with pytest.raises(UserError, match="non-empty"):
         generate(model, torch.zeros(1, 0, dtype=torch.long), 3)
+
+
+def test_cache_under_autocast_holds_the_lower_precision_keys():
+    model = build(LLAMA_STYLE).eval()
+    tokens = random_tokens(model, length=6)
+    cache = model.new_kv_cache()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        full = model(tokens)
+        model(tokens[:, :5], kv_cache=cache)
+        last = model(tokens[:, 5:], kv_cache=cache)
+    assert cache.layers[0].keys.dtype == torch.bfloat16
+    torch.testing.assert_close(last[:, -1].float(), full[:, -1].float(), atol=0.05, rtol=0.05)

@@ -168,18 +168,9 @@ class DecoderLM(nn.Module):
         if self.output is not None:
             self.weight_init.linear_(self.output.weight)
 
-    def new_kv_cache(self, batch_size: int, max_length: int | None = None) -> KVCache:
-        """An empty cache for generation, on the model's device and in its parameters' dtype."""
-        reference = self.token_embedding.weight
-        return KVCache(
-            self.n_layer,
-            batch_size,
-            self.n_head_kv,
-            max_length or self.sequence_length,
-            self.head_dim,
-            reference.dtype,
-            reference.device,
-        )
+    def new_kv_cache(self) -> KVCache:
+        """An empty cache for generation, with room for ``sequence_length`` positions."""
+        return KVCache(self.n_layer, self.sequence_length)
 
 
 MODELS = {"DecoderLM": (DecoderLM, DecoderLMConfig)}

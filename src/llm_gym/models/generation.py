@@ -79,7 +79,7 @@ def stream_tokens(
     model.eval()
     try:
         tokens = input_ids
-        cache = model.new_kv_cache(input_ids.shape[0]) if use_cache else None
+        cache = model.new_kv_cache() if use_cache else None
         new_positions = tokens
         finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
         for _ in range(max_new_tokens):

@@ -4,14 +4,22 @@ import torch
 
 
 class LayerKVCache:
-    """Preallocated ``[batch, kv_heads, max_length, head_dim]`` keys and values of one attention layer."""
+    """Keys and values ``[batch, kv_heads, max_length, head_dim]`` of one attention layer.
 
-    def __init__(self, keys: torch.Tensor, values: torch.Tensor):
-        self.keys = keys
-        self.values = values
+    Allocated on the first update, in the dtype and on the device of the keys it is given (which autocast
+    may have made lower-precision than the parameters).
+    """
+
+    def __init__(self, max_length: int):
+        self.max_length = max_length
+        self.keys: torch.Tensor | None = None
+        self.values: torch.Tensor | None = None
 
     def update(self, keys: torch.Tensor, values: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Store the new positions from ``start`` on; return keys and values of every position so far."""
+        if self.keys is None:
+            shape = (*keys.shape[:2], self.max_length, keys.shape[3])
+            self.keys, self.values = keys.new_zeros(shape), values.new_zeros(shape)
         end = start + keys.shape[2]
         self.keys[:, :, start:end] = keys
         self.values[:, :, start:end] = values
@@ -21,20 +29,6 @@ class LayerKVCache:
 class KVCache:
     """One ``LayerKVCache`` per block, and how many positions they hold."""
 
-    def __init__(
-        self,
-        n_layer: int,
-        batch_size: int,
-        n_head_kv: int,
-        max_length: int,
-        head_dim: int,
-        dtype: torch.dtype,
-        device: torch.device,
-    ):
-        shape = (batch_size, n_head_kv, max_length, head_dim)
-        self.layers = [
-            LayerKVCache(torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
-            for _ in range(n_layer)
-        ]
-        self.max_length = max_length
+    def __init__(self, n_layer: int, max_length: int):
+        self.layers = [LayerKVCache(max_length) for _ in range(n_layer)]
         self.length = 0
