@@ -63,20 +63,12 @@ def _bias_or_zeros(linear: torch.nn.Linear) -> torch.Tensor:
     return torch.zeros(linear.out_features, dtype=linear.weight.dtype, device=linear.weight.device)
 
 
-def _norm_eps(model: DecoderLM) -> float:
-    return model.final_norm.eps
-
-
-def _dropout(model: DecoderLM) -> float:
-    return model.embedding_dropout.p
-
-
 def _output_weight(model: DecoderLM) -> torch.Tensor:
     return _full(model.token_embedding.weight if model.output is None else model.output.weight)
 
 
 def _gpt2_config(transformers: Any, model: DecoderLM, eos_token_id: int | None) -> Any:
-    mlp = model.blocks[0].mlp
+    mlp, dropout = model.blocks[0].mlp, model.embedding_dropout.p
     return transformers.GPT2Config(
         vocab_size=model.vocab_size,
         n_positions=model.sequence_length,
@@ -85,10 +77,10 @@ def _gpt2_config(transformers: Any, model: DecoderLM, eos_token_id: int | None) 
         n_head=model.n_head,
         n_inner=mlp.input.out_features,
         activation_function="gelu_new" if mlp.approximate == "tanh" else "gelu",
-        resid_pdrop=_dropout(model),
-        embd_pdrop=_dropout(model),
-        attn_pdrop=_dropout(model),
-        layer_norm_epsilon=_norm_eps(model),
+        resid_pdrop=dropout,
+        embd_pdrop=dropout,
+        attn_pdrop=dropout,
+        layer_norm_epsilon=model.final_norm.eps,
         tie_word_embeddings=model.tie_embeddings,
         bos_token_id=eos_token_id,
         eos_token_id=eos_token_id,
@@ -142,12 +134,12 @@ def _llama_config(transformers: Any, model: DecoderLM, eos_token_id: int | None)
         head_dim=model.head_dim,
         hidden_act="silu",
         max_position_embeddings=model.sequence_length,
-        rms_norm_eps=_norm_eps(model),
+        rms_norm_eps=model.final_norm.eps,
         rope_theta=block.attention.rotary.theta,
         attention_bias=has_bias,
         mlp_bias=has_bias,
         # Llama has no embedding or residual dropout; only attention dropout carries over.
-        attention_dropout=_dropout(model),
+        attention_dropout=model.embedding_dropout.p,
         tie_word_embeddings=model.tie_embeddings,
         bos_token_id=eos_token_id,
         eos_token_id=eos_token_id,
