@@ -1,5 +1,9 @@
 """Every component llm_gym ships, by register key. Later concerns add their tables here."""
 
+from llm_gym.data.collators import COLLATORS
+from llm_gym.data.datasets import DATASETS
+from llm_gym.data.loaders import DATALOADERS
+from llm_gym.data.samplers import SAMPLERS
 from llm_gym.logging_broker.loggers import LOGGERS
 from llm_gym.parallel.strategies import PARALLELISM
 from llm_gym.registry.registry import ResolverRegistry
@@ -11,6 +15,10 @@ BUILTIN_COMPONENTS = {
     "lr_scheduler": SCHEDULERS,
     "parallelism": PARALLELISM,
     "logger": LOGGERS,
+    "dataset": DATASETS,
+    "sampler": SAMPLERS,
+    "collator": COLLATORS,
+    "dataloader": DATALOADERS,
 }
 
 
