@@ -50,7 +50,8 @@ def train_tokenizer(inputs: tuple[Path, ...], vocab_size: int, output_path: Path
     from llm_gym.data.tokenizer_training import train_bpe_tokenizer
 
     reached = train_bpe_tokenizer(inputs, vocab_size, output_path, text_key, force)
-    click.echo(f"{output_path}: byte-level BPE, {reached:,} tokens")
+    note = "" if reached == vocab_size else f" (of {vocab_size:,} asked: the input allows no more merges)"
+    click.echo(f"{output_path}: byte-level BPE, {reached:,} tokens{note}")
 
 
 @data.command("tokenize")
