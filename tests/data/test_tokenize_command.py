@@ -203,3 +203,14 @@ def test_inspect_rejects_a_truncated_corpus(tmp_path: Path):
     result = invoke("inspect", "--prefix", str(tmp_path / "out"))
     assert result.exit_code == 2
     assert "truncated or does not belong together" in result.stderr
+
+
+def test_lines_longer_than_a_block_and_line_numbers_across_blocks(tmp_path: Path, monkeypatch):
+    monkeypatch.setattr(documents, "BLOCK_BYTES", 16)
+    texts = ["x" * 100, "short", "y" * 40]
+    path = write_jsonl(tmp_path / "in.jsonl", texts)
+    path.write_bytes(path.read_bytes() + b"{bad\n")
+    blocks = list(documents.read_blocks(path))
+    assert len(blocks) > 1
+    assert [documents.parse_block(block, "text") for block in blocks][-1][1][0].line == 4
+    assert [text for block in blocks for text in documents.parse_block(block, "text")[0]] == texts

@@ -71,7 +71,7 @@ def read_blocks(path: Path, on_bytes_read=lambda count: None) -> Iterator[Block]
         return
     with open(path, "rb") as raw:
         file: BinaryIO = gzip.GzipFile(fileobj=raw) if path.name.endswith(".gz") else raw
-        line, position, carry = 1, 0, b""
+        line, position, unfinished = 1, 0, []  # unfinished: the pieces of a line not yet ended
         while True:
             try:
                 chunk = file.read(BLOCK_BYTES)
@@ -81,16 +81,17 @@ def read_blocks(path: Path, on_bytes_read=lambda count: None) -> Iterator[Block]
             position = raw.tell()
             if not chunk:
                 break
-            data = carry + chunk
-            end = data.rfind(b"\n") + 1
-            if end == 0:  # a line longer than a block: keep reading
-                carry = data
+            end = chunk.rfind(b"\n") + 1
+            if end == 0:  # inside a line longer than a block
+                unfinished.append(chunk)
                 continue
-            yield Block(str(path), line, data[:end])
-            line += data.count(b"\n", 0, end)
-            carry = data[end:]
-        if carry:
-            yield Block(str(path), line, carry)
+            data = b"".join([*unfinished, chunk[:end]])
+            unfinished = [chunk[end:]]
+            yield Block(str(path), line, data)
+            line += data.count(b"\n")
+        last = b"".join(unfinished)
+        if last:
+            yield Block(str(path), line, last)
 
 
 def parse_block(block: Block, text_key: str) -> tuple[list[str], list[Problem]]:
