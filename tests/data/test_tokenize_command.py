@@ -2,6 +2,11 @@
 
 import gzip
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -214,3 +219,32 @@ def test_lines_longer_than_a_block_and_line_numbers_across_blocks(tmp_path: Path
     assert len(blocks) > 1
     assert [documents.parse_block(block, "text") for block in blocks][-1][1][0].line == 4
     assert [text for block in blocks for text in documents.parse_block(block, "text")[0]] == texts
+
+
+_KILLED_RUN = """
+import sys, time
+from pathlib import Path
+from llm_gym.data.tokenization import tokenize_files
+
+def stall(progress):
+    Path(sys.argv[2]).touch()
+    time.sleep(60)
+
+tokenize_files([sys.argv[1]], "byte", sys.argv[3], num_workers=0, on_progress=stall)
+"""
+
+
+def test_killed_run_leaves_no_file_under_a_valid_name(tmp_path: Path):
+    inputs = write_jsonl(tmp_path / "in.jsonl", TEXTS)
+    started = tmp_path / "started"
+    process = subprocess.Popen([sys.executable, "-c", _KILLED_RUN, str(inputs), str(started), str(tmp_path / "out")])
+    try:
+        deadline = time.monotonic() + 30
+        while not started.exists() and time.monotonic() < deadline and process.poll() is None:
+            time.sleep(0.02)
+        assert started.exists()
+        os.kill(process.pid, signal.SIGKILL)
+    finally:
+        process.wait()
+    assert (tmp_path / "out.bin.incomplete").exists()
+    assert not (tmp_path / "out.bin").exists() and not (tmp_path / "out.idx").exists()
