@@ -44,12 +44,14 @@ def main(debug: bool) -> None:
 
 def _register_commands() -> None:
     from llm_gym.cli.config_commands import validate
+    from llm_gym.cli.data import data
     from llm_gym.cli.plot import plot
     from llm_gym.cli.run import run
 
     main.add_command(run, name="run")
     main.add_command(validate, name="validate")
     main.add_command(plot, name="plot")
+    main.add_command(data, name="data")
 
 
 _register_commands()

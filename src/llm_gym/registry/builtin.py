@@ -1,5 +1,9 @@
 """Every component llm_gym ships, by register key. Later concerns add their tables here."""
 
+from llm_gym.data.collators import COLLATORS
+from llm_gym.data.datasets import DATASETS
+from llm_gym.data.loaders import DATALOADERS
+from llm_gym.data.samplers import SAMPLERS
 from llm_gym.logging_broker.loggers import LOGGERS
 from llm_gym.models.attention import ATTENTION_KERNELS
 from llm_gym.models.decoder import MODELS
@@ -21,6 +25,10 @@ BUILTIN_COMPONENTS = {
     "attention": ATTENTION_KERNELS,
     "mlp": MLPS,
     "init": WEIGHT_INITS,
+    "dataset": DATASETS,
+    "sampler": SAMPLERS,
+    "collator": COLLATORS,
+    "dataloader": DATALOADERS,
 }
 
 

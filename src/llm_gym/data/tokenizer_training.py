@@ -1,0 +1,42 @@
+"""Training a byte-level BPE tokenizer (GPT-2 style) with the Hugging Face ``tokenizers`` library."""
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from llm_gym.data.documents import iter_texts
+from llm_gym.data.tokenizers import END_OF_DOCUMENT
+from llm_gym.errors import UserError
+
+BYTE_ALPHABET_SIZE = 256
+MIN_VOCAB_SIZE = BYTE_ALPHABET_SIZE + 1  # every byte, plus the end-of-document token
+
+
+def train_bpe_tokenizer(
+    inputs: Sequence[str | Path], vocab_size: int, output_path: Path, text_key: str = "text", force: bool = False
+) -> int:
+    """Train on ``inputs`` and save ``output_path``; returns the vocabulary size reached.
+
+    The vocabulary holds all 256 bytes, so any text encodes; ``<|endoftext|>`` ends a document.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    if vocab_size < MIN_VOCAB_SIZE:
+        raise UserError(f"--vocab_size must be at least {MIN_VOCAB_SIZE} (256 bytes + end of document)")
+    if output_path.exists() and not force:
+        raise UserError(f"{output_path} exists; pass --force to overwrite it")
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[END_OF_DOCUMENT],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(iter_texts(inputs, text_key), trainer=trainer)
+    output_path.parent.mkdir(parents=True, exist_ok=True)
+    incomplete = output_path.with_name(output_path.name + ".incomplete")
+    tokenizer.save(str(incomplete))
+    os.replace(incomplete, output_path)
+    return tokenizer.get_vocab_size(with_added_tokens=True)

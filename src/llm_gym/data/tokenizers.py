@@ -1,0 +1,112 @@
+"""Tokenizers by name: ``byte`` (built in) or the path of a Hugging Face ``tokenizer.json``.
+
+Text is encoded without the tokenizer's own special tokens (no BOS); a corpus marks document ends with
+the end-of-document token alone, which the writer appends.
+"""
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from llm_gym.errors import UserError
+
+BYTE_TOKENIZER = "byte"
+END_OF_DOCUMENT = "<|endoftext|>"
+# The end-of-document tokens of common tokenizers, first match wins: ours and GPT-2's, Llama 3's, then
+# the sentencepiece-style names.
+_END_OF_DOCUMENT_CANDIDATES = (END_OF_DOCUMENT, "<|end_of_text|>", "</s>", "<eos>", "<|eos|>")
+
+
+class Tokenizer(Protocol):
+    vocab_size: int
+    eos_id: int
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]: ...
+
+    def encode_batch_to_array(self, texts: Sequence[str], dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+        """All documents' tokens back to back, each followed by ``eos_id``, and the per-document lengths."""
+        ...
+
+    def decode(self, ids: Iterable[int]) -> str: ...
+
+
+class ByteTokenizer:
+    """Ids 0-255 are the UTF-8 bytes of the text, 256 ends a document."""
+
+    vocab_size = 257
+    eos_id = 256
+
+    def encode(self, text: str) -> list[int]:
+        return list(text.encode("utf-8"))
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        return [self.encode(text) for text in texts]
+
+    def encode_batch_to_array(self, texts: Sequence[str], dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+        # One join and one copy for the whole batch: 0xFF never occurs in UTF-8, so it marks the ends.
+        encoded = [text.encode("utf-8") for text in texts]
+        joined = np.frombuffer(b"\xff".join(encoded) + b"\xff", dtype=np.uint8)
+        tokens = joined.astype(dtype)
+        tokens[joined == 0xFF] = self.eos_id
+        lengths = np.fromiter((len(document) + 1 for document in encoded), np.int32, len(encoded))
+        return tokens, lengths
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return bytes(i for i in ids if i < 256).decode("utf-8", errors="replace")
+
+
+class HuggingFaceTokenizer:
+    """A ``tokenizer.json`` from the Hugging Face ``tokenizers`` library (GPT-2's, Llama 3's, or trained here)."""
+
+    def __init__(self, path: Path):
+        from tokenizers import Tokenizer as RustTokenizer
+
+        if not path.is_file():
+            raise UserError(f"{path}: no such tokenizer file (give 'byte' or the path of a tokenizer.json)")
+        try:
+            self._tokenizer = RustTokenizer.from_file(str(path))
+        except Exception as error:  # the library raises plain Exceptions for malformed files
+            raise UserError(f"{path}: not a valid Hugging Face tokenizer.json ({error})") from error
+        self.path = path
+        self.vocab_size = self._tokenizer.get_vocab_size(with_added_tokens=True)
+        eos_id = next(
+            (i for name in _END_OF_DOCUMENT_CANDIDATES if (i := self._tokenizer.token_to_id(name)) is not None), None
+        )
+        if eos_id is None:
+            raise UserError(
+                f"{path}: no end-of-document token; add one of {', '.join(_END_OF_DOCUMENT_CANDIDATES)} to it"
+            )
+        self.eos_id = eos_id
+        # encode_batch_fast (tokenizers >= 0.20) skips the character offsets nobody here reads.
+        self._encode_batch = getattr(self._tokenizer, "encode_batch_fast", self._tokenizer.encode_batch)
+
+    def encode(self, text: str) -> list[int]:
+        return self._tokenizer.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        return [encoding.ids for encoding in self._encode_batch(list(texts), add_special_tokens=False)]
+
+    def encode_batch_to_array(self, texts: Sequence[str], dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+        encodings = self._encode_batch(list(texts), add_special_tokens=False)
+        lengths = np.fromiter((len(encoding) + 1 for encoding in encodings), np.int32, len(encodings))
+        tokens = np.empty(int(lengths.sum(dtype=np.int64)), dtype=dtype)
+        end = 0
+        for encoding, length in zip(encodings, lengths.tolist(), strict=True):
+            tokens[end : end + length - 1] = encoding.ids
+            end += length
+            tokens[end - 1] = self.eos_id
+        return tokens, lengths
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self._tokenizer.decode(list(ids), skip_special_tokens=False)
+
+
+def load_tokenizer(spec: str | Path) -> Tokenizer:
+    """``"byte"`` or the path of a ``tokenizer.json``."""
+    if str(spec) == BYTE_TOKENIZER:
+        return ByteTokenizer()
+    return HuggingFaceTokenizer(Path(spec))

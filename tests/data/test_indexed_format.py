@@ -1,0 +1,112 @@
+"""The .bin/.idx files byte for byte against SPEC.md, and the rejection of damaged or foreign pairs."""
+
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+from corpus_helpers import write_corpus
+
+from llm_gym.data.indexed import DTYPE_CODES, IndexedDataset, IndexedDatasetWriter, token_dtype
+from llm_gym.errors import UserError
+
+DOCUMENTS = [[1, 2, 3], [4], [5, 6, 7, 8, 9], [10, 11]]
+
+
+@pytest.mark.parametrize("code", sorted(DTYPE_CODES))
+def test_round_trip_and_header_bytes(tmp_path: Path, code: int):
+    dtype = np.dtype(DTYPE_CODES[code])
+    prefix = write_corpus(tmp_path / "corpus", DOCUMENTS, dtype)
+
+    idx = (tmp_path / "corpus.idx").read_bytes()
+    sizes = [len(document) for document in DOCUMENTS]
+    n = len(DOCUMENTS)
+    assert idx[:9] == b"MMIDIDX\x00\x00"
+    assert struct.unpack_from("<Q", idx, 9) == (1,)
+    assert idx[17] == code
+    assert struct.unpack_from("<QQ", idx, 18) == (n, n + 1)
+    offset = 34
+    assert list(np.frombuffer(idx, np.int32, n, offset)) == sizes
+    offset += 4 * n
+    assert list(np.frombuffer(idx, np.int64, n, offset)) == list(np.cumsum([0, *sizes[:-1]]) * dtype.itemsize)
+    offset += 8 * n
+    assert list(np.frombuffer(idx, np.int64, n + 1, offset)) == list(range(n + 1))
+    assert len(idx) == offset + 8 * (n + 1)
+    flat = [token for document in DOCUMENTS for token in document]
+    assert (tmp_path / "corpus.bin").read_bytes() == np.array(flat, dtype).tobytes()
+
+    corpus = IndexedDataset(prefix)
+    assert corpus.dtype == dtype and len(corpus) == n and corpus.num_tokens == len(flat)
+    assert [corpus.document(i).tolist() for i in range(n)] == DOCUMENTS
+    assert corpus.tokens.tolist() == flat
+
+
+def test_dtype_follows_vocabulary_size():
+    assert token_dtype(257) == np.uint16
+    assert token_dtype(65_499) == np.uint16
+    assert token_dtype(65_500) == np.int32
+    assert token_dtype(128_256) == np.int32
+
+
+def test_reads_megatron_files_with_several_sequences_per_document(tmp_path: Path):
+    sizes, document_indices = np.array([2, 3, 1], np.int32), np.array([0, 2, 3], np.int64)
+    pointers = np.array([0, 4, 10], np.int64)
+    header = b"MMIDIDX\x00\x00" + struct.pack("<QBQQ", 1, 8, len(sizes), len(document_indices))
+    (tmp_path / "m.idx").write_bytes(header + sizes.tobytes() + pointers.tobytes() + document_indices.tobytes())
+    (tmp_path / "m.bin").write_bytes(np.arange(6, dtype=np.uint16).tobytes())
+    corpus = IndexedDataset(tmp_path / "m")
+    assert corpus.document(1).tolist() == [2, 3, 4]
+    assert corpus.document_indices.tolist() == [0, 2, 3]
+
+
+def test_discarded_writer_leaves_nothing(tmp_path: Path):
+    writer = IndexedDatasetWriter(tmp_path / "corpus", np.dtype(np.uint16))
+    writer.add_documents(np.arange(5), np.array([5]))
+    writer.discard()
+    assert list(tmp_path.iterdir()) == []
+
+
+def _damage(tmp_path: Path, how: str) -> Path:
+    prefix = write_corpus(tmp_path / "corpus", DOCUMENTS)
+    idx, bin_ = tmp_path / "corpus.idx", tmp_path / "corpus.bin"
+    data = bytearray(idx.read_bytes())
+    if how == "magic":
+        data[:7] = b"NOTMMID"
+    elif how == "version":
+        data[9:17] = struct.pack("<Q", 2)
+    elif how == "dtype":
+        data[17] = 9
+    elif how == "truncated_idx":
+        data = data[:-5]
+    elif how == "truncated_header":
+        data = data[:20]
+    elif how == "truncated_bin":
+        bin_.write_bytes(bin_.read_bytes()[:-2])
+    elif how == "foreign_bin":
+        bin_.write_bytes(bin_.read_bytes() * 2)
+    elif how == "pointers":
+        struct.pack_into("<q", data, 34 + 4 * len(DOCUMENTS) + 8, 2)
+    elif how == "no_bin":
+        bin_.unlink()
+    idx.write_bytes(bytes(data))
+    return prefix
+
+
+@pytest.mark.parametrize(
+    ("how", "message"),
+    [
+        ("magic", "bad magic"),
+        ("version", "unsupported index version 2"),
+        ("dtype", "unknown dtype code 9"),
+        ("truncated_idx", "does not match its header"),
+        ("truncated_header", "truncated header"),
+        ("truncated_bin", "truncated or does not belong together"),
+        ("foreign_bin", "truncated or does not belong together"),
+        ("pointers", "pointers do not match"),
+        ("no_bin", "corpus.bin: no such file"),
+    ],
+)
+def test_damaged_or_foreign_pairs_are_rejected_on_open(tmp_path: Path, how: str, message: str):
+    prefix = _damage(tmp_path, how)
+    with pytest.raises(UserError, match=message):
+        IndexedDataset(prefix)
