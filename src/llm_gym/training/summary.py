@@ -1,16 +1,110 @@
-"""What `llm_gym validate` prints after the resolved config: the figures a researcher checks first."""
+"""What `llm_gym validate` prints after the resolved config: the figures a researcher checks first.
+
+Validation builds what it can without a process group or the training data: the parallelism strategy
+(mesh degrees), the model on the meta device (shapes, no memory), optimizer and schedule over it, and
+each dataset when its files are present here.
+"""
 
 from collections.abc import Iterator
 
-from llm_gym.config.app import TrainingAppConfig
-from llm_gym.models.flops import describe_model
+import torch
+from torch import nn
+
+from llm_gym.config.app import ActivationCheckpointing, TrainingAppConfig
+from llm_gym.errors import UserError
+from llm_gym.models.flops import describe_model, num_parameters
+from llm_gym.parallel.distributed import DistributedEnvironment
+from llm_gym.parallel.strategies import FSDP2, HSDP, ParallelismStrategy
+from llm_gym.registry import get_registry
+from llm_gym.training.builder import build_optimization
+
+GIB = 2**30
+# Per-layer activations kept for backward, in elements per token of the hidden width, for a pre-norm
+# decoder with fused (flash/SDPA) attention: Korthikanti et al. 2022, the 34·s·b·h bytes at 2 bytes each,
+# without the attention-score term that fused kernels do not store.
+ACTIVATION_ELEMENTS_PER_LAYER = 17
+# fp32 master weights + fp32 gradients + AdamW's two fp32 moments.
+STATE_BYTES_PER_PARAMETER = 16
 
 
 def describe_config(config: TrainingAppConfig, world_size: int) -> Iterator[str]:
     training = config.training
-    yield f"world size: {world_size}"
+    env = DistributedEnvironment(0, 0, world_size, world_size, _planned_device(training.device))
+    parallelism = get_registry().build_component_by_config(config.parallelism, extra_kwargs={"env": env})
+    try:
+        training.check_batch_sizes(parallelism.data_parallel_size)
+    except ValueError as error:
+        raise UserError(str(error)) from error
     yield (
-        f"global batch: {training.samples_per_step(world_size)} samples × {training.sequence_length} tokens"
-        f" = {training.samples_per_step(world_size) * training.sequence_length:,} tokens per step"
+        f"world size: {world_size} on {env.device.type} ({type(parallelism).__name__}, "
+        f"{_shard_description(parallelism)}; plan for another device with training.device=cuda|cpu)"
     )
-    yield from describe_model(config.model, training.sequence_length)
+    samples = training.samples_per_step(parallelism.data_parallel_size)
+    yield (
+        f"global batch: {samples} samples × {training.sequence_length} tokens"
+        f" = {samples * training.sequence_length:,} tokens per step"
+    )
+    with torch.device("meta"):
+        model = get_registry().build_component_by_config(config.model)
+    build_optimization(config, model)
+    yield from describe_model(model, training.sequence_length)
+    yield from estimate_memory(model, config, parallelism)
+    yield from _check_datasets(config)
+
+
+def _planned_device(requested: str) -> torch.device:
+    cuda = requested == "cuda" or (requested == "auto" and torch.cuda.is_available())
+    return torch.device("cuda" if cuda else "cpu")
+
+
+def _shard_degree(parallelism: ParallelismStrategy) -> int:
+    if isinstance(parallelism, HSDP):
+        return parallelism.shard_degree
+    return parallelism.env.world_size if isinstance(parallelism, FSDP2) else 1
+
+
+def _shard_description(parallelism: ParallelismStrategy) -> str:
+    degree = _shard_degree(parallelism)
+    return f"parameters sharded over {degree} ranks" if degree > 1 else "parameters replicated"
+
+
+def estimate_memory(model: nn.Module, config: TrainingAppConfig, parallelism: ParallelismStrategy) -> list[str]:
+    """A planning figure per rank: sharded training state, activations and logits of one micro batch."""
+    training = config.training
+    parameters = num_parameters(model)
+    state = parameters * STATE_BYTES_PER_PARAMETER / _shard_degree(parallelism)
+    compute_bytes = torch.finfo(parallelism.compute_dtype).bits // 8
+    tokens = training.micro_batch_size * training.sequence_length
+    per_layer = ACTIVATION_ELEMENTS_PER_LAYER * tokens * model.dim * compute_bytes
+    if training.activation_checkpointing == ActivationCheckpointing.NONE:
+        stored_layers = model.n_layer
+    else:
+        # Checkpointed blocks keep their input only; one block at a time is recomputed in full.
+        step = (
+            1
+            if training.activation_checkpointing == ActivationCheckpointing.FULL
+            else (training.activation_checkpointing_every_k)
+        )
+        checkpointed = len(range(0, model.n_layer, step))
+        stored_layers = model.n_layer - checkpointed + checkpointed / ACTIVATION_ELEMENTS_PER_LAYER + 1
+    activations = per_layer * stored_layers
+    # Logits in the compute dtype, their fp32 copy for the loss, and its gradient.
+    logits = tokens * model.vocab_size * (compute_bytes + 8)
+    total = state + activations + logits
+    return [
+        f"memory per rank (estimate, AdamW with fp32 master weights, {parallelism.compute_dtype}): "
+        f"~{total / GIB:.2f} GiB = state {state / GIB:.2f} + activations {activations / GIB:.2f} "
+        f"(activation checkpointing: {training.activation_checkpointing.value}) + logits {logits / GIB:.2f}"
+    ]
+
+
+def _check_datasets(config: TrainingAppConfig) -> Iterator[str]:
+    registry = get_registry()
+    nodes = {"train": config.data.train_dataset, **config.data.eval_datasets}
+    for split, node in nodes.items():
+        try:
+            dataset = registry.build_component_by_config(node)
+        except UserError as error:
+            yield f"data {split}: not checked here ({error})"
+        else:
+            yield f"data {split}: {len(dataset):,} samples"

@@ -1,0 +1,64 @@
+"""Every shipped training config validates, and accepts SPEC.md's override keys with their meaning."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from llm_gym.cli import main
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "config_files"
+TRAINING_CONFIGS = sorted(CONFIG_DIR.glob("*.yaml"))
+SPEC_OVERRIDES = {
+    "experiment.output_dir": "/tmp/elsewhere",
+    "experiment.seed": 7,
+    "training.max_steps": 3000,
+    "training.micro_batch_size": 2,
+    "training.gradient_accumulation_steps": 3,
+    "training.eval_interval": 11,
+    "training.log_interval": 3,
+    "checkpointing.every_n_steps": 0,
+    "checkpointing.keep_last": -1,
+    "optimizer.type_hint": "AdamW",
+    "optimizer.config.lr": 0.0001,
+    "model.type_hint": "DecoderLM",
+    "model.config.n_layer": 2,
+}
+
+
+def validate(config: Path, *overrides: str):
+    return CliRunner().invoke(main, ["validate", "--config_file_path", str(config), *overrides])
+
+
+@pytest.mark.parametrize("config", TRAINING_CONFIGS, ids=lambda path: path.name)
+def test_shipped_config_validates_with_every_spec_override(config):
+    result = validate(config, *(f"{key}={value}" for key, value in SPEC_OVERRIDES.items()))
+    assert result.exit_code == 0, result.output
+    resolved = yaml.safe_load(result.output.split("\n---\n")[0])
+    for key, value in SPEC_OVERRIDES.items():
+        node = resolved
+        for part in key.split("."):
+            node = node[part]
+        assert node == value, key
+    assert "model parameters:" in result.output and "memory per rank" in result.output
+
+
+def test_gpt2_config_counts_gpt2_small_exactly():
+    result = validate(CONFIG_DIR / "config.yaml")
+    assert result.exit_code == 0, result.output
+    assert "model parameters: 124,439,808" in result.output
+    assert "training FLOPs per token: 855,166,464" in result.output
+    assert "global batch: 60 samples × 1024 tokens" in result.output
+
+
+def test_validate_checks_batch_sizes_for_the_planned_world_size():
+    config = CONFIG_DIR / "config.yaml"
+    ok = CliRunner().invoke(
+        main, ["validate", "--config_file_path", str(config), "--world_size", "8", "training.global_batch_size=480"]
+    )
+    assert ok.exit_code == 0, ok.output
+    bad = CliRunner().invoke(
+        main, ["validate", "--config_file_path", str(config), "--world_size", "4", "training.global_batch_size=480"]
+    )
+    assert bad.exit_code == 2 and "global_batch_size (480) must equal" in bad.output
