@@ -116,3 +116,28 @@ def test_resolve_resume_rejects_bad_targets(tmp_path):
     (tmp_path / "latest").write_text("step_9\n")
     with pytest.raises(UserError, match="step_9 does not exist"):
         resolve_resume("auto", tmp_path)
+
+
+def test_extra_strategies_save_at_chosen_steps_and_protect_milestones(tmp_path):
+    from llm_gym.checkpointing.strategies import KeepEveryNSteps, SaveAtSteps
+
+    toy = Toy(make_model())
+    manager = CheckpointManager(
+        tmp_path, every_n_steps=2, keep_last=1, strategies=[SaveAtSteps([3]), KeepEveryNSteps(4)]
+    )
+    saved = [step for step in range(1, 10) if manager.should_save(step, is_final=step == 9)]
+    assert saved == [2, 3, 4, 6, 8, 9]
+    for step in saved:
+        manager.save(step, toy.state(), {})
+    assert entries(tmp_path) == ["latest", "step_4", "step_8", "step_9"]
+
+
+def test_checkpoint_strategies_are_registry_components():
+    from llm_gym.config.app import CheckpointingSettings
+    from llm_gym.registry import get_registry
+
+    settings = CheckpointingSettings.model_validate(
+        {"strategies": [{"type_hint": "KeepEveryNSteps", "config": {"every_n_steps": 100}}]}
+    )
+    strategy = get_registry().build_component_by_config(settings.strategies[0])
+    assert strategy.protects(200, newer_steps=[300]) and not strategy.protects(250, newer_steps=[300])

@@ -67,3 +67,28 @@ def test_inconsistent_parallel_settings_are_refused(byte_corpus, tmp_path, overr
     )
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_fresh_run_refuses_a_directory_with_checkpoints(single_process_run, byte_corpus):
+    result = llm_gym(
+        "run", "--config_file_path", str(TINY_CONFIG), *tiny_overrides(byte_corpus, single_process_run), check=False
+    )
+    assert result.returncode == 2
+    assert "already holds checkpoints" in result.stderr and "--resume auto" in result.stderr
+
+
+@pytest.mark.slow
+def test_warm_start_loads_weights_and_starts_a_fresh_schedule(single_process_run, byte_corpus, tmp_path):
+    checkpoint = single_process_run / "checkpoints" / "step_6"
+    overrides = tiny_overrides(byte_corpus, tmp_path, **{"checkpointing.warm_start_from": checkpoint})
+    llm_gym("run", "--config_file_path", str(TINY_CONFIG), *overrides)
+    fresh = read_metrics(single_process_run / "metrics.jsonl")
+    warm = read_metrics(tmp_path / "metrics.jsonl")
+    assert warm[0]["step"] == 1 and warm[0]["lr"] == fresh[0]["lr"]  # the schedule starts over
+    assert warm[0]["loss"] < fresh[0]["loss"] - 0.5  # the weights do not
+    bad = llm_gym(
+        "run", "--config_file_path", str(TINY_CONFIG),
+        *tiny_overrides(byte_corpus, tmp_path / "bad", **{"checkpointing.warm_start_from": tmp_path / "none.pt"}),
+        check=False,
+    )  # fmt: skip
+    assert bad.returncode == 2 and "does not exist" in bad.stderr

@@ -10,6 +10,7 @@ import logging
 import os
 import re
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from llm_gym.checkpointing import collectives
 from llm_gym.checkpointing.integrity import file_fingerprints
 from llm_gym.checkpointing.state import ModelState, assert_finite
 from llm_gym.checkpointing.storage import DCP_METADATA_FILE
+from llm_gym.checkpointing.strategies import CheckpointStrategy, KeepLast, SaveAtEnd, SaveEveryNSteps
 
 logger = logging.getLogger(__name__)
 
@@ -55,18 +57,25 @@ def write_file_atomically(path: Path, text: str) -> None:
 
 
 class CheckpointManager:
-    """Saves every ``every_n_steps`` steps (0 = only at the end) and keeps the ``keep_last`` newest (-1 = all)."""
+    """Saves every ``every_n_steps`` steps (0 = only at the end) and keeps the ``keep_last`` newest (-1 = all),
+    plus whatever the extra ``strategies`` ask to save or protect."""
 
-    def __init__(self, checkpoint_root: Path, every_n_steps: int, keep_last: int):
+    def __init__(
+        self,
+        checkpoint_root: Path,
+        every_n_steps: int,
+        keep_last: int,
+        strategies: Sequence[CheckpointStrategy] = (),
+    ):
         if every_n_steps < 0:
             raise ValueError(f"every_n_steps must be >= 0, got {every_n_steps}")
         if keep_last == 0 or keep_last < -1:
             raise ValueError(f"keep_last must be -1 (keep all) or at least 1, got {keep_last}")
         self.checkpoint_root = Path(checkpoint_root)
-        self.every_n_steps, self.keep_last = every_n_steps, keep_last
+        self.strategies = [SaveEveryNSteps(every_n_steps), SaveAtEnd(), KeepLast(keep_last), *strategies]
 
     def should_save(self, step: int, is_final: bool) -> bool:
-        return is_final or (self.every_n_steps > 0 and step % self.every_n_steps == 0)
+        return any(strategy.should_save(step, is_final) for strategy in self.strategies)
 
     def save(self, step: int, state: dict[str, Stateful], metadata: dict[str, Any]) -> Path:
         """Write a complete checkpoint of ``state`` for ``step``; every rank calls this. Returns its directory."""
@@ -105,7 +114,7 @@ class CheckpointManager:
         logger.info("saved checkpoint %s", final_dir)
 
     def _prune(self, keep: Path) -> None:
-        """Delete unfinished saves, and complete checkpoints older than the ``keep_last`` newest.
+        """Delete unfinished saves, and complete checkpoints older than ``keep`` that no strategy protects.
 
         Checkpoints numbered above ``keep`` belong to a run this one resumed from an earlier point;
         they are left alone.
@@ -113,15 +122,19 @@ class CheckpointManager:
         for entry in self.checkpoint_root.iterdir():
             if entry.name.startswith(TMP_PREFIX) and entry.is_dir():
                 shutil.rmtree(entry, ignore_errors=True)
-        if self.keep_last == -1:
-            return
         kept_step = int(_STEP_DIR.match(keep.name).group(1))
-        older = sorted(
+        complete = sorted(
             (int(match.group(1)), entry)
             for entry in self.checkpoint_root.iterdir()
-            if (match := _STEP_DIR.match(entry.name)) and entry.is_dir() and int(match.group(1)) < kept_step
+            if (match := _STEP_DIR.match(entry.name)) and entry.is_dir() and int(match.group(1)) <= kept_step
         )
-        for _, entry in older[: max(0, len(older) - (self.keep_last - 1))]:
+        steps = [step for step, _ in complete]
+        doomed_entries = [
+            entry
+            for index, (step, entry) in enumerate(complete[:-1])
+            if not any(strategy.protects(step, steps[index + 1 :]) for strategy in self.strategies)
+        ]
+        for entry in doomed_entries:
             # Renamed first, so that a run killed mid-delete leaves no half checkpoint under a valid name.
             doomed = entry.with_name(f"{TMP_PREFIX}deleting_{entry.name}")
             os.replace(entry, doomed)

@@ -82,6 +82,14 @@ class TrainingSettings(_Section):
 class CheckpointingSettings(_Section):
     every_n_steps: NonNegativeInt = Field(0, description="save every this many steps; 0 = only at the end")
     keep_last: int = Field(1, ge=-1, description="keep this many newest checkpoints; -1 = all")
+    strategies: list[Component("checkpoint_strategy")] = Field(
+        default_factory=list, description="more saving/retention strategies, e.g. KeepEveryNSteps"
+    )
+    warm_start_from: Path | None = Field(
+        None,
+        description="initialise model weights from this checkpoint directory or weights file "
+        "(.safetensors, .pt); optimizer and schedule start fresh",
+    )
 
     @model_validator(mode="after")
     def _keep_last_not_zero(self) -> "CheckpointingSettings":

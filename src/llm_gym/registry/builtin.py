@@ -1,5 +1,6 @@
 """Every component llm_gym ships, by register key. Later concerns add their tables here."""
 
+from llm_gym.checkpointing.strategies import CHECKPOINT_STRATEGIES
 from llm_gym.data.collators import COLLATORS
 from llm_gym.data.datasets import DATASETS
 from llm_gym.data.loaders import DATALOADERS
@@ -20,6 +21,7 @@ BUILTIN_COMPONENTS = {
     "lr_scheduler": SCHEDULERS,
     "parallelism": PARALLELISM,
     "logger": LOGGERS,
+    "checkpoint_strategy": CHECKPOINT_STRATEGIES,
     "model": MODELS,
     "norm": NORMS,
     "attention": ATTENTION_KERNELS,

@@ -7,9 +7,11 @@ import torch
 import yaml
 
 from llm_gym.checkpointing import (
+    LATEST_FILE,
     CheckpointManager,
     config_differences,
     load_checkpoint,
+    load_model_weights,
     resolve_resume,
     training_state,
 )
@@ -19,6 +21,7 @@ from llm_gym.errors import ConfigError
 from llm_gym.logging_broker import TextMessage
 from llm_gym.models.flops import flops_per_token
 from llm_gym.parallel.distributed import destroy_distributed, init_distributed
+from llm_gym.registry import get_registry
 from llm_gym.training.builder import build_broker, build_data, build_model, build_optimization, build_parallelism
 from llm_gym.training.hardware import HardwareMetrics
 from llm_gym.training.loop import Trainer, TrainingProgress
@@ -48,12 +51,23 @@ def run_training(
 
 def _train(config: TrainingAppConfig, resolved: dict, env, resume: str, allow_config_change: bool) -> None:
     output_dir = Path(config.experiment.output_dir)
+    settings = config.checkpointing
     checkpoints = CheckpointManager(
-        output_dir / "checkpoints", config.checkpointing.every_n_steps, config.checkpointing.keep_last
+        output_dir / "checkpoints",
+        settings.every_n_steps,
+        settings.keep_last,
+        [get_registry().build_component_by_config(node) for node in settings.strategies],
     )
     resume_dir = resolve_resume(resume, checkpoints.checkpoint_root)
+    if resume_dir is None and (checkpoints.checkpoint_root / LATEST_FILE).exists():
+        raise ConfigError(
+            f"{checkpoints.checkpoint_root} already holds checkpoints of an earlier run: continue it with "
+            "--resume auto, or set another experiment.output_dir"
+        )
     parallelism = build_parallelism(config, env)
     built = build_model(config, parallelism)
+    if settings.warm_start_from is not None and resume_dir is None:
+        load_model_weights(built.model, settings.warm_start_from)
     optimizer, lr_scheduler = build_optimization(config, built.model)
     data = build_data(config, parallelism)
     progress = TrainingProgress()
