@@ -16,6 +16,7 @@ for split in train val test; do
     --tokenizer "$DATA/tokenizer.json" --output_prefix "$DATA/${split}_bpe"
 done
 
+rm -rf "$EXPERIMENT"  # each demo is a fresh run
 torchrun --standalone --nproc_per_node "$NPROC" src/llm_gym/__main__.py run \
   --config_file_path config_files/demo_cpu.yaml "$@"
 llm_gym plot --metrics_path "$EXPERIMENT/metrics.jsonl" --output_path "$EXPERIMENT/curves.png"

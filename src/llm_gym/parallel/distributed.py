@@ -5,7 +5,6 @@ laptop and on a cluster. gloo on CPU, NCCL on GPU.
 """
 
 import os
-import socket
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -46,12 +45,6 @@ def select_device(requested: str, local_rank: int) -> torch.device:
     return torch.device("cuda", local_rank)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def init_distributed(requested_device: str = "auto", timeout_minutes: float = 30) -> DistributedEnvironment:
     """Join torchrun's process group, or create a one-rank group when launched without torchrun."""
     launched_by_torchrun = "RANK" in os.environ and "WORLD_SIZE" in os.environ
@@ -62,14 +55,15 @@ def init_distributed(requested_device: str = "auto", timeout_minutes: float = 30
     device = select_device(requested_device, local_rank)
     env = DistributedEnvironment(rank, local_rank, world_size, local_world_size, device)
     if not dist.is_initialized():
-        init_method = "env://" if launched_by_torchrun else f"tcp://127.0.0.1:{_free_port()}"
+        # Without torchrun there is one rank: an in-process store needs no port that another job could hold.
+        rendezvous = {"init_method": "env://"} if launched_by_torchrun else {"store": dist.HashStore()}
         dist.init_process_group(
             backend=env.backend,
-            init_method=init_method,
             rank=rank,
             world_size=world_size,
             timeout=timedelta(minutes=timeout_minutes),
             device_id=device if device.type == "cuda" else None,
+            **rendezvous,
         )
     return env
 
