@@ -12,6 +12,7 @@ from llm_gym.checkpointing import (
     config_differences,
     load_checkpoint,
     load_model_weights,
+    read_checkpoint_meta,
     resolve_resume,
     training_state,
 )
@@ -49,6 +50,17 @@ def run_training(
         destroy_distributed()
 
 
+def _refuse_inequivalent_resume(checkpoint_dir: Path, resolved: dict, world_size: int) -> None:
+    saved = read_checkpoint_meta(checkpoint_dir)
+    differences = config_differences(saved["resolved_config"], resolved, saved["world_size"], world_size)
+    if differences:
+        raise ConfigError(
+            f"the config differs from the checkpoint's in ways that break an exact resume ({checkpoint_dir}):\n  "
+            + "\n  ".join(differences)
+            + "\npass --allow_config_change to resume anyway"
+        )
+
+
 def _train(config: TrainingAppConfig, resolved: dict, env, resume: str, allow_config_change: bool) -> None:
     output_dir = Path(config.experiment.output_dir)
     settings = config.checkpointing
@@ -64,6 +76,8 @@ def _train(config: TrainingAppConfig, resolved: dict, env, resume: str, allow_co
             f"{checkpoints.checkpoint_root} already holds checkpoints of an earlier run: continue it with "
             "--resume auto, or set another experiment.output_dir"
         )
+    if resume_dir is not None and not allow_config_change:
+        _refuse_inequivalent_resume(resume_dir, resolved, env.world_size)
     parallelism = build_parallelism(config, env)
     built = build_model(config, parallelism)
     if settings.warm_start_from is not None and resume_dir is None:
@@ -77,14 +91,7 @@ def _train(config: TrainingAppConfig, resolved: dict, env, resume: str, allow_co
     metadata = {"resolved_config": resolved, "world_size": env.world_size}
     resume_step = None
     if resume_dir is not None:
-        saved = load_checkpoint(resume_dir, state)
-        differences = config_differences(saved["resolved_config"], resolved, saved["world_size"], env.world_size)
-        if differences and not allow_config_change:
-            raise ConfigError(
-                f"the config differs from the checkpoint's in ways that break an exact resume ({resume_dir}):\n  "
-                + "\n  ".join(differences)
-                + "\npass --allow_config_change to resume anyway"
-            )
+        load_checkpoint(resume_dir, state)
         resume_step = progress.step
     if env.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
