@@ -73,6 +73,16 @@ def test_logs_evaluates_and_offers_a_checkpoint_on_schedule():
     assert tokens_seen == 6 * (4 * 8 - 3)
 
 
+def _schedule_with_initial_evaluation() -> list:
+    trainer, recorder = make_trainer(eval_at_start=True, max_steps=3)
+    trainer.train()
+    return records(recorder)
+
+
+def test_can_evaluate_before_the_first_step():
+    assert run_on_ranks(_schedule_with_initial_evaluation, 1)[0] == [(0, "val"), (2, "train"), (3, "train"), (3, "val")]
+
+
 def _diverge(action: str) -> tuple:
     trainer, recorder = make_trainer(poison_at_step=3, on_nonfinite=action, max_steps=4)
     try:

@@ -51,6 +51,7 @@ class TrainingSettings(_Section):
         None, description="samples per optimizer step; must equal micro × accumulation × data-parallel ranks"
     )
     eval_interval: PositiveInt = Field(description="evaluate every this many steps, and at the end")
+    eval_at_start: bool = Field(False, description="also evaluate before the first step (logged as step 0)")
     eval_batches: PositiveInt | None = Field(
         None, description="micro batches per rank and split per evaluation; null = the whole split"
     )

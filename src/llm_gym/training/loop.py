@@ -64,6 +64,8 @@ class Trainer:
         settings, progress = self.settings, self.progress
         batches = iter(self.train_batches)
         self.model.train()
+        if settings.eval_at_start and progress.step == 0:
+            self._evaluate_all()
         window_tokens, window_start = 0, time.perf_counter()
         while progress.step < settings.max_steps:
             result = self._optimizer_step(batches)
