@@ -84,3 +84,10 @@ def gpt2_checkpoints(byte_corpus, bpe_corpus, tmp_path_factory) -> Path:
             "data.eval_datasets.val.config.path_prefix": bpe_corpus / "val_bpe",
         },
     )
+
+
+@pytest.fixture(scope="session")
+def unexportable_checkpoints(byte_corpus, tmp_path_factory) -> Path:
+    """Learned positions with RMSNorm: neither GPT2LMHeadModel nor LlamaForCausalLM."""
+    overrides = {"training.max_steps": 1, "training.eval_interval": 1, "model.config.positional": "learned"}
+    return train(byte_corpus, tmp_path_factory.mktemp("unexportable"), **overrides)

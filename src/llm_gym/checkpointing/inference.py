@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import TypeAdapter, ValidationError
+from pydantic import BaseModel, ValidationError
 from torch import nn
 
 from llm_gym.checkpointing.loading import read_checkpoint_meta, resolve_resume
@@ -63,6 +63,10 @@ class TrainedModel:
         return tokenizer
 
 
+class _ModelSection(BaseModel):
+    model: Component("model")
+
+
 def _model_config(meta: dict[str, Any], checkpoint_dir: Path) -> tuple[dict[str, Any], ComponentNode]:
     """The run's resolved config and its validated model node."""
     resolved = meta.get("resolved_config")
@@ -73,11 +77,11 @@ def _model_config(meta: dict[str, Any], checkpoint_dir: Path) -> tuple[dict[str,
         )
     import_user_modules(resolved, Path.cwd())
     try:
-        return resolved, TypeAdapter(Component("model")).validate_python(resolved["model"])
+        return resolved, _ModelSection.model_validate({"model": resolved["model"]}).model
     except ValidationError as error:
         raise UserError(
-            f"the model config in {checkpoint_dir / META_FILE} is not valid for this llm_gym:\n"
-            + format_validation_error(error)
+            f"the run config saved in {checkpoint_dir / META_FILE} is not valid for this llm_gym "
+            f"(written by another version?): {format_validation_error(error)}"
         ) from None
 
 
