@@ -159,7 +159,7 @@ def _set_model_option(key, value):
 
 
 BAD_CHECKPOINTS = {
-    "missing": (lambda root: root / "absent", r"checkpoint path .*absent does not exist"),
+    "missing": (lambda root: root / "absent", r"checkpoint directory .*absent does not exist"),
     "file": (lambda root: root / "latest", r"checkpoint path .*latest is not a directory"),
     "unfinished save": (_damaged(lambda c: (c / ".metadata").unlink()), r"not a complete checkpoint: it has no DCP"),
     "no meta": (_damaged(lambda c: (c / "llm_gym_meta.json").unlink()), r"llm_gym_meta\.json is missing"),

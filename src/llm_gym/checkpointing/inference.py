@@ -24,15 +24,10 @@ from llm_gym.registry import get_registry
 
 
 def find_checkpoint(path: Path) -> Path:
-    """``path`` itself when it is a checkpoint directory (``step_<N>``); the one ``latest`` names when it is a
-    ``checkpoints/`` root. Either way the directory returned is a complete checkpoint."""
+    """The checkpoint directory ``path`` means: itself (a ``step_<N>`` directory), or the checkpoint that
+    ``latest`` names when ``path`` is a ``checkpoints/`` directory."""
     path = Path(path)
-    if not path.exists():
-        raise UserError(f"checkpoint path {path} does not exist")
-    if (path / LATEST_FILE).is_file():
-        return resolve_resume("auto", path)
-    read_checkpoint_meta(path)
-    return path
+    return resolve_resume("auto", path) if (path / LATEST_FILE).is_file() else path
 
 
 @dataclass
@@ -86,7 +81,8 @@ def _model_config(meta: dict[str, Any], checkpoint_dir: Path) -> tuple[dict[str,
 
 
 def load_trained_model(checkpoint_path: Path, device: torch.device | str = "cpu") -> TrainedModel:
-    """The model of a checkpoint (a ``step_<N>`` directory or a ``checkpoints/`` root), weights loaded."""
+    """The model of a checkpoint (a ``step_<N>`` directory or a ``checkpoints/`` directory), weights loaded.
+    Raises ``UserError`` naming the problem for a missing, partial, corrupted or incompatible checkpoint."""
     checkpoint_dir = find_checkpoint(checkpoint_path)
     meta = read_checkpoint_meta(checkpoint_dir)
     resolved, node = _model_config(meta, checkpoint_dir)
