@@ -12,7 +12,7 @@ from llm_gym.cli.options import checkpoint_path_option
 @click.option("--output_dir", type=click.Path(path_type=Path), required=True, help="Directory to write the model into.")
 @click.option("--force", is_flag=True, help="Replace a non-empty output directory.")
 def export_hf(checkpoint_path: Path, output_dir: Path, force: bool) -> None:
-    """Write config.json and model.safetensors (and tokenizer files) that transformers loads."""
+    """Export a checkpoint as a Hugging Face transformers model directory (GPT-2 or Llama)."""
     from llm_gym.checkpointing.hf_export import export_to_hf
 
     export = export_to_hf(checkpoint_path, output_dir, force)
