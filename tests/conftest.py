@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 import llm_gym.registry
+from experiment_runs import write_byte_corpus
 
 
 @pytest.fixture
@@ -35,3 +36,9 @@ def isolated_imports(monkeypatch):
     yield
     for name in set(sys.modules) - before:
         del sys.modules[name]
+
+
+@pytest.fixture(scope="session")
+def byte_corpus(tmp_path_factory) -> Path:
+    """A small real corpus, byte-tokenized, for end-to-end runs (see ``write_byte_corpus``)."""
+    return write_byte_corpus(tmp_path_factory.mktemp("corpus"))

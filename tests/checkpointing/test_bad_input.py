@@ -1,7 +1,6 @@
 """Missing, partial, corrupted or incompatible checkpoints: a UserError (exit 2) naming the problem, raised
 before anything is restored, and never DCP's internals."""
 
-import json
 import os
 import pickle
 import shutil
@@ -10,6 +9,7 @@ from fractions import Fraction
 
 import pytest
 import torch
+from checkpoint_damage import edit_meta, flip_byte_in_the_middle, shard
 from checkpoint_toys import FakeLoader, Toy, assert_same, make_model, snapshot
 
 from llm_gym.checkpointing import CheckpointManager, ModelState, OptimizerState, load_checkpoint, resolve_resume
@@ -31,26 +31,9 @@ def checkpoint(pristine, tmp_path):
     return copy
 
 
-def shard(checkpoint):
-    return max(checkpoint.glob("*.distcp"), key=lambda path: path.stat().st_size)
-
-
-def flip_byte_in_the_middle(path):
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    path.write_bytes(bytes(data))
-
-
 class _RunsCode:
     def __reduce__(self):
         return (os.system, ("touch pwned",))
-
-
-def edit_meta(checkpoint, edit):
-    path = checkpoint / "llm_gym_meta.json"
-    meta = json.loads(path.read_text())
-    edit(meta)
-    path.write_text(json.dumps(meta))
 
 
 def forge(checkpoint, name, content):

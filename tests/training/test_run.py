@@ -3,7 +3,7 @@
 import pytest
 import yaml
 
-from conftest import TINY_CONFIG, llm_gym, read_metrics, tiny_overrides, torchrun
+from experiment_runs import TINY_CONFIG, llm_gym, read_metrics, tiny_overrides, torchrun
 
 SPEC_TRAIN_KEYS = {"step", "split", "loss", "lr", "grad_norm", "tokens_seen", "tokens_per_s"}
 

@@ -45,6 +45,8 @@ def main(debug: bool) -> None:
 def _register_commands() -> None:
     from llm_gym.cli.config_commands import validate
     from llm_gym.cli.data import data
+    from llm_gym.cli.export import export_hf
+    from llm_gym.cli.generate import generate
     from llm_gym.cli.plot import plot
     from llm_gym.cli.run import run
 
@@ -52,6 +54,8 @@ def _register_commands() -> None:
     main.add_command(validate, name="validate")
     main.add_command(plot, name="plot")
     main.add_command(data, name="data")
+    main.add_command(generate, name="generate")
+    main.add_command(export_hf, name="export_hf")
 
 
 _register_commands()

@@ -11,3 +11,9 @@ config_file_option = click.option(
     help="YAML config of the experiment.",
 )
 overrides_argument = click.argument("overrides", nargs=-1, metavar="[dotted.key=value]...")
+checkpoint_path_option = click.option(
+    "--checkpoint_path",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="A checkpoint directory (step_<N>), or a checkpoints/ directory to take its latest.",
+)

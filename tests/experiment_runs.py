@@ -1,14 +1,14 @@
+"""Real ``llm_gym`` runs for end-to-end tests: the CLI in a subprocess, torchrun, a small real corpus."""
+
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from distributed import free_port
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 TINY_CONFIG = ROOT / "config_files" / "tiny_cpu.yaml"
 
 
@@ -42,10 +42,9 @@ def read_metrics(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-@pytest.fixture(scope="session")
-def byte_corpus(tmp_path_factory) -> Path:
-    """Train and val splits of a small real corpus, byte-tokenized: ``<dir>/{train,val}_byte.{bin,idx}``."""
-    directory = tmp_path_factory.mktemp("corpus")
+def write_byte_corpus(directory: Path) -> Path:
+    """Train and val splits of a small real corpus, ``<dir>/{train,val}.jsonl``, byte-tokenized:
+    ``<dir>/{train,val}_byte.{bin,idx}``."""
     sources = sorted(Path(json.__file__).parent.glob("*.py")) + sorted(Path(subprocess.__file__).parent.glob("a*.py"))
     documents = [path.read_text(encoding="utf-8") for path in sources]
     for split, docs in (("train", documents[2:]), ("val", documents[:2])):

@@ -1,0 +1,80 @@
+"""A checkpoint as a Hugging Face ``transformers`` model directory: ``config.json`` and ``model.safetensors``,
+plus the tokenizer files when the run used a ``tokenizer.json``.
+
+The directory is written under a temporary name and renamed when complete, so a failed export leaves
+nothing that looks like a model.
+"""
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from llm_gym.checkpointing.inference import load_trained_model
+from llm_gym.data.tokenizers import HuggingFaceTokenizer
+from llm_gym.errors import UserError
+from llm_gym.models.hf_conversion import to_hf
+
+_PARTIAL_PREFIX = ".tmp_"
+
+
+@dataclass
+class HFExport:
+    output_dir: Path
+    architecture: str
+    checkpoint_dir: Path
+    tokenizer_saved: bool
+    """False for the byte tokenizer, which transformers has no class for."""
+
+
+def _check_output_dir(output_dir: Path, force: bool) -> None:
+    if output_dir.exists() and not output_dir.is_dir():
+        raise UserError(f"output directory {output_dir} exists and is not a directory")
+    if output_dir.is_dir() and any(output_dir.iterdir()) and not force:
+        raise UserError(f"output directory {output_dir} exists and is not empty; pass --force to replace it")
+
+
+def _save_tokenizer(transformers: Any, tokenizer: HuggingFaceTokenizer, model_max_length: int, directory: Path) -> None:
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_file=str(tokenizer.path), model_max_length=model_max_length)
+    # Like GPT-2: the end-of-text token also begins a text, as the exported config says.
+    end_of_text = fast.convert_ids_to_tokens(tokenizer.eos_id)
+    fast.eos_token = fast.bos_token = end_of_text
+    fast.save_pretrained(directory)
+
+
+def _publish(partial: Path, output_dir: Path) -> None:
+    """Move the finished export into place; an existing ``output_dir`` (already cleared to go) is replaced."""
+    replaced = output_dir.with_name(f"{_PARTIAL_PREFIX}replaced_{output_dir.name}")
+    if output_dir.exists():
+        shutil.rmtree(replaced, ignore_errors=True)
+        os.replace(output_dir, replaced)
+    os.replace(partial, output_dir)
+    shutil.rmtree(replaced, ignore_errors=True)
+
+
+def export_to_hf(checkpoint_path: Path, output_dir: Path, force: bool = False) -> HFExport:
+    """Write the model of a checkpoint (a ``step_<N>`` directory or a ``checkpoints/`` root) to ``output_dir``,
+    loadable with ``transformers.AutoModelForCausalLM.from_pretrained``. Refuses a non-empty ``output_dir``
+    unless ``force``, and models that transformers cannot express."""
+    output_dir = Path(output_dir)
+    _check_output_dir(output_dir, force)
+    trained = load_trained_model(checkpoint_path, device="cpu")
+    tokenizer = trained.load_tokenizer()
+    hf_config, state_dict = to_hf(trained.model, eos_token_id=tokenizer.eos_id)
+    import transformers  # to_hf has checked that it is installed
+
+    hf_model = transformers.AutoModelForCausalLM.from_config(hf_config)
+    hf_model.load_state_dict(state_dict, strict=True)
+    target = output_dir.resolve()  # has a name even when given as "."
+    partial = target.with_name(f"{_PARTIAL_PREFIX}{target.name}")
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        hf_model.save_pretrained(partial, safe_serialization=True)
+        is_hf_tokenizer = isinstance(tokenizer, HuggingFaceTokenizer)
+        if is_hf_tokenizer:
+            _save_tokenizer(transformers, tokenizer, trained.model.sequence_length, partial)
+        _publish(partial, target)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    return HFExport(output_dir, type(hf_model).__name__, trained.checkpoint_dir, is_hf_tokenizer)

@@ -1,0 +1,137 @@
+"""A trained model on one process, for sampling and export: rebuilt from the checkpoint's own config.
+
+Whatever world size wrote the checkpoint, DCP reassembles whole tensors here; no process group is needed.
+"""
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ValidationError
+from torch import nn
+
+from llm_gym.checkpointing.loading import read_checkpoint_meta, resolve_resume
+from llm_gym.checkpointing.manager import LATEST_FILE, META_FILE
+from llm_gym.checkpointing.warm_start import load_model_weights
+from llm_gym.config.component import Component, ComponentNode
+from llm_gym.config.loading import format_validation_error, import_user_modules
+from llm_gym.data.tokenizers import BYTE_TOKENIZER, Tokenizer, load_tokenizer
+from llm_gym.errors import UserError
+from llm_gym.models.generation import stream_tokens
+from llm_gym.registry import get_registry
+
+
+def find_checkpoint(path: Path) -> Path:
+    """The checkpoint directory ``path`` means: itself (a ``step_<N>`` directory), or the checkpoint that
+    ``latest`` names when ``path`` is a ``checkpoints/`` directory."""
+    path = Path(path)
+    return resolve_resume("auto", path) if (path / LATEST_FILE).is_file() else path
+
+
+@dataclass
+class TrainedModel:
+    model: nn.Module
+    """In eval mode, on the device it was loaded to."""
+    checkpoint_dir: Path
+    step: int
+    resolved_config: dict[str, Any]
+    """The full resolved config of the run that wrote the checkpoint."""
+
+    def load_tokenizer(self) -> Tokenizer:
+        """The tokenizer the run trained with (``data.tokenizer``), checked to fit the model."""
+        spec = str(self.resolved_config.get("data", {}).get("tokenizer", BYTE_TOKENIZER))
+        if spec != BYTE_TOKENIZER and not Path(spec).is_file():
+            where = "" if Path(spec).is_absolute() else f" (relative to {Path.cwd()})"
+            raise UserError(
+                f"the tokenizer this model was trained with, {spec}{where}, no longer exists: run from the "
+                f"directory the training ran in, or put the tokenizer.json back at that path "
+                f"(it is data.tokenizer in {self.checkpoint_dir / META_FILE})"
+            )
+        tokenizer = load_tokenizer(spec)
+        if tokenizer.vocab_size > self.model.vocab_size:
+            raise UserError(
+                f"tokenizer {spec} has {tokenizer.vocab_size} ids but the model only {self.model.vocab_size}: "
+                "they do not belong together"
+            )
+        return tokenizer
+
+
+class _ModelSection(BaseModel):
+    model: Component("model")
+
+
+def _model_config(meta: dict[str, Any], checkpoint_dir: Path) -> tuple[dict[str, Any], ComponentNode]:
+    """The run's resolved config and its validated model node."""
+    resolved = meta.get("resolved_config")
+    if not isinstance(resolved, dict) or not isinstance(resolved.get("model"), dict):
+        raise UserError(
+            f"{checkpoint_dir / META_FILE} has no model config (resolved_config.model): "
+            "only checkpoints written by `llm_gym run` can be loaded without a config"
+        )
+    import_user_modules(resolved, Path.cwd())
+    try:
+        return resolved, _ModelSection.model_validate({"model": resolved["model"]}).model
+    except ValidationError as error:
+        raise UserError(
+            f"the run config saved in {checkpoint_dir / META_FILE} is not valid for this llm_gym "
+            f"(written by another version?): {format_validation_error(error)}"
+        ) from None
+
+
+def load_trained_model(checkpoint_path: Path, device: torch.device | str = "cpu") -> TrainedModel:
+    """The model of a checkpoint (a ``step_<N>`` directory or a ``checkpoints/`` directory), weights loaded.
+    Raises ``UserError`` naming the problem for a missing, partial, corrupted or incompatible checkpoint."""
+    checkpoint_dir = find_checkpoint(checkpoint_path)
+    meta = read_checkpoint_meta(checkpoint_dir)
+    resolved, node = _model_config(meta, checkpoint_dir)
+    with torch.device(device):
+        model = get_registry().build_component_by_config(node)
+    load_model_weights(model, checkpoint_dir)
+    return TrainedModel(model.eval(), checkpoint_dir, meta["step"], resolved)
+
+
+def stream_text(
+    model: nn.Module,
+    tokenizer: Tokenizer,
+    prompt: str,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int = 0,
+) -> Iterator[str]:
+    """The text that follows ``prompt``, piece by piece as tokens are sampled; stops at end of text.
+
+    An empty prompt starts a new document (the end-of-text token). A piece is yielded only once it decodes
+    to whole characters, so a character split across tokens (bytes of UTF-8) comes out in one piece.
+    """
+    device = next(model.parameters()).device
+    prompt_ids = tokenizer.encode(prompt) or [tokenizer.eos_id]
+    generator = torch.Generator(device).manual_seed(seed)
+    tokens = stream_tokens(
+        model,
+        torch.tensor([prompt_ids], device=device),
+        max_new_tokens,
+        temperature,
+        top_k,
+        top_p,
+        generator,
+        eos_id=tokenizer.eos_id,
+    )
+    # Decoding the prompt with the new ids keeps what depends on the context (a BPE's leading space) right.
+    prompt_text = tokenizer.decode(prompt_ids)
+    new_ids: list[int] = []
+    emitted = 0
+    for token in tokens:
+        if int(token) == tokenizer.eos_id:
+            break
+        new_ids.append(int(token))
+        text = tokenizer.decode(prompt_ids + new_ids)[len(prompt_text) :]
+        # An incomplete character decodes to U+FFFD until its last byte arrives.
+        if len(text) > emitted and not text.endswith("\ufffd"):
+            yield text[emitted:]
+            emitted = len(text)
+    if new_ids and (rest := tokenizer.decode(prompt_ids + new_ids)[len(prompt_text) + emitted :]):
+        yield rest
