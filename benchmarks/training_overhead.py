@@ -10,7 +10,8 @@ with one final evaluation batch and a final checkpoint outside the measured step
     python benchmarks/training_overhead.py [--steps 20] [--warmup_steps 3] [--repeats 5] [--threads N]
                                            [--smoke]
 
-Exit status 1 when llm_gym with the default parallelism is below 0.97 × the plain loop (not with --smoke).
+Exit status 1 when llm_gym with the default parallelism is below 0.97 × the plain loop in tokens/s or in
+tokens per CPU second (not with --smoke).
 """
 
 import argparse
@@ -146,20 +147,26 @@ def main() -> int:
         f"load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores\n"
     )
     print(f"{'variant':<32}" + "".join(f"{name:>18}{'vs plain':>10}" for name in columns))
-    ratios = {}
+    ratios: dict[str, dict[str, float]] = {}
     for variant in variants:
         line = f"{variant + (' (default)' if variant.endswith(default_parallelism) else ''):<32}"
         for figure in columns.values():
-            ratio = median(variant, figure) / median(variants[0], figure)
-            ratios.setdefault(variant, ratio)
-            line += f"{median(variant, figure):>18,.0f}{ratio:>10.3f}"
+            ratios.setdefault(variant, {})[figure] = median(variant, figure) / median(variants[0], figure)
+            line += f"{median(variant, figure):>18,.0f}{ratios[variant][figure]:>10.3f}"
         print(line)
-    default_ratio = ratios[f"llm_gym {default_parallelism}"]
-    passed = default_ratio >= TARGET_RATIO
-    print(
-        f"\n{'PASS' if passed else 'FAIL'}: llm_gym ({default_parallelism}, the default) runs at {default_ratio:.3f}"
-        f" × the plain loop (target ≥ {TARGET_RATIO})"
-    )
+    # Wall-clock time is what a user waits for; CPU time is what survives other load on the machine. A
+    # verdict needs both, so a busy machine cannot turn a slow framework into a PASS.
+    print()
+    for variant in variants[1:]:
+        wall, cpu = ratios[variant]["median_step_tokens_per_s"], ratios[variant]["median_step_tokens_per_cpu_s"]
+        verdict = "PASS" if min(wall, cpu) >= TARGET_RATIO else "FAIL"
+        default = ", the default" if variant.endswith(default_parallelism) else ""
+        print(
+            f"{verdict}: {variant}{default}: {wall:.3f} × the plain loop's tokens/s, {cpu:.3f} × its tokens per"
+            f" CPU second (target: both ≥ {TARGET_RATIO})"
+        )
+        if default:
+            passed = verdict == "PASS"
     return 0 if passed or args.smoke else 1
 
 

@@ -28,7 +28,7 @@ def test_training_overhead_smoke():
     output = run_benchmark("training_overhead.py", "--smoke").stdout
     for variant in ("plain PyTorch loop", "llm_gym NoParallelism", "llm_gym FSDP2 (default)"):
         assert variant in output
-    assert "× the plain loop (target ≥ 0.97)" in output
+    assert "(target: both ≥ 0.97)" in output
 
 
 @pytest.mark.slow
