@@ -20,6 +20,7 @@ shapes on the CPU without compilation for 3 steps: it checks that the script wor
 import argparse
 import gc
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -113,7 +114,9 @@ def measure(name: str, variant: str, path: Path, overrides: list[str], args, wor
     if variant == PLAIN:
         figures = run_plain_loop(config, args.warmup_steps, device)
     else:
-        figures = run_llm_gym(path, overrides, work / f"{name}_{variant}", args.warmup_steps)
+        output_dir = work / f"{name}_{variant}"
+        figures = run_llm_gym(path, overrides, output_dir, args.warmup_steps)
+        shutil.rmtree(output_dir)  # the 1B model's checkpoint alone is ~15 GB
     return _row(name, variant, config, figures, device, time.perf_counter() - start)
 
 
