@@ -1,0 +1,48 @@
+"""The training benchmarks run end to end in their smoke modes (tiny shapes, CPU, a few steps)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_benchmark(script: str, *args: str) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / script), *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"},
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+@pytest.mark.slow
+def test_training_overhead_smoke():
+    output = run_benchmark("training_overhead.py", "--smoke").stdout
+    for variant in ("plain PyTorch loop", "llm_gym NoParallelism", "llm_gym FSDP2 (default)"):
+        assert variant in output
+    assert "(target: both ≥ 0.97)" in output
+
+
+@pytest.mark.slow
+def test_gpu_throughput_smoke(tmp_path):
+    results = tmp_path / "results.jsonl"
+    output = run_benchmark("gpu_throughput.py", "--smoke", "--output", str(results)).stdout
+    rows = [json.loads(line) for line in results.read_text().splitlines()]
+    assert [(row["model"], row["variant"]) for row in rows] == [
+        ("gpt2_124m", "FSDP2"),
+        ("gpt2_124m", "plain PyTorch loop"),
+        ("llama_1b", "FSDP2"),
+        ("llama_1b", "plain PyTorch loop"),
+    ]
+    for row in rows:
+        assert "error" not in row and row["tokens_per_s"] > 0 and row["tokens_per_step"] == 2 * 32
+        assert row["mfu"] is None  # no GPU peak to measure against on a CPU
+    assert "logged tok/s" in output
