@@ -62,3 +62,14 @@ def test_validate_checks_batch_sizes_for_the_planned_world_size():
         main, ["validate", "--config_file_path", str(config), "--world_size", "4", "training.global_batch_size=480"]
     )
     assert bad.exit_code == 2 and "global_batch_size (480) must equal" in bad.output
+
+
+def test_validate_for_another_world_size_leaves_the_environment_alone(monkeypatch):
+    import os
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    result = CliRunner().invoke(
+        main, ["validate", "--config_file_path", str(CONFIG_DIR / "tiny_cpu.yaml"), "--world_size", "8"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "world size: 8" in result.output and "WORLD_SIZE" not in os.environ

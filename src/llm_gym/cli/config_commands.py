@@ -1,6 +1,8 @@
 """``llm_gym validate``: everything a run does before its first step, and a summary of the result."""
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
@@ -24,10 +26,25 @@ def validate(config_file_path: Path, world_size: int | None, overrides: tuple[st
     from llm_gym.config.loading import load_config
     from llm_gym.training.summary import describe_config
 
-    if world_size is not None:
-        os.environ["WORLD_SIZE"] = str(world_size)
-    config, resolved = load_config(config_file_path, TrainingAppConfig, overrides)
-    click.echo(yaml.safe_dump(resolved, sort_keys=False).rstrip())
-    click.echo("---")
-    for line in describe_config(config, int(os.environ.get("WORLD_SIZE", 1))):
-        click.echo(line)
+    world_size = world_size or int(os.environ.get("WORLD_SIZE", 1))
+    # ${dist:world_size} resolves as it would on that many ranks; the variable is restored afterwards.
+    with _environment(WORLD_SIZE=str(world_size)):
+        config, resolved = load_config(config_file_path, TrainingAppConfig, overrides)
+        click.echo(yaml.safe_dump(resolved, sort_keys=False).rstrip())
+        click.echo("---")
+        for line in describe_config(config, world_size):
+            click.echo(line)
+
+
+@contextlib.contextmanager
+def _environment(**variables: str) -> Iterator[None]:
+    saved = {name: os.environ.get(name) for name in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

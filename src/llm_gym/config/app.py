@@ -4,7 +4,6 @@ Cross-field rules that need the whole picture (batch sizes against the world siz
 checked here too, before anything heavy is built.
 """
 
-import os
 from enum import Enum
 from pathlib import Path
 
@@ -119,8 +118,3 @@ class TrainingAppConfig(_Section):
     lr_scheduler: Component("lr_scheduler")
     data: DataSettings
     loggers: list[Component("logger")] = Field(default_factory=list)
-
-    @model_validator(mode="after")
-    def _batch_sizes_fit_world(self) -> "TrainingAppConfig":
-        self.training.check_batch_sizes(int(os.environ.get("WORLD_SIZE", 1)))
-        return self

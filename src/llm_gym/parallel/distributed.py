@@ -48,6 +48,11 @@ def select_device(requested: str, local_rank: int) -> torch.device:
 def init_distributed(requested_device: str = "auto", timeout_minutes: float = 30) -> DistributedEnvironment:
     """Join torchrun's process group, or create a one-rank group when launched without torchrun."""
     launched_by_torchrun = "RANK" in os.environ and "WORLD_SIZE" in os.environ
+    if not launched_by_torchrun and int(os.environ.get("WORLD_SIZE", 1)) != 1:
+        raise UserError(
+            f"WORLD_SIZE={os.environ['WORLD_SIZE']} is set but RANK is not: launch several ranks with torchrun, "
+            "or unset WORLD_SIZE for one process"
+        )
     rank = int(os.environ.get("RANK", 0))
     world_size = int(os.environ.get("WORLD_SIZE", 1))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
