@@ -6,6 +6,7 @@ Runs stop at step 4, where the reference evaluates too: a run always evaluates a
 stop elsewhere would add one evaluation line that the reference does not have.
 """
 
+import json
 import os
 import shutil
 import signal
@@ -272,10 +273,33 @@ def test_a_resume_that_breaks_equivalence_is_refused_with_the_differences(byte_c
 
 
 @pytest.mark.slow
+def test_a_checkpoint_that_does_not_record_its_config_is_refused(byte_corpus, stopped_at_4, tmp_path):
+    experiment = stopped_at_4(1, tmp_path / "experiment")
+    meta_path = experiment / "checkpoints" / "step_4" / "llm_gym_meta.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["resolved_config"]
+    meta_path.write_text(json.dumps(meta))
+    before = listing(experiment)
+
+    result = train(byte_corpus, experiment, 1, "--resume", "auto", check=False)
+
+    assert result.returncode == 2, result.stderr
+    assert "llm_gym_meta.json does not record the config" in result.stderr and "Traceback" not in result.stderr
+    assert listing(experiment) == before
+
+
+@pytest.mark.slow
 def test_allow_config_change_resumes_with_another_seed(byte_corpus, reference, stopped_at_4, tmp_path):
     experiment = stopped_at_4(1, tmp_path / "experiment")
 
-    train(byte_corpus, experiment, 1, "--resume", "auto", "--allow_config_change", **{"experiment.seed": 7})
+    loggers = "[{type_hint: Console, config: {progress_bar: false}}, {type_hint: MetricsJsonl, config: {}}]"
+    result = train(
+        byte_corpus, experiment, 1, "--resume", "auto", "--allow_config_change",
+        **{"experiment.seed": 7, "loggers": loggers},
+    )  # fmt: skip
+
+    assert "config changes allowed on resume" in result.stdout
+    assert "experiment.seed: checkpoint 42, now 7" in result.stdout
 
     actual, expected = recorded(experiment), recorded(reference(1))
     assert [line[:2] for line in actual] == [line[:2] for line in expected]
