@@ -14,26 +14,30 @@ TINY_CONFIG = ROOT / "config_files" / "tiny_cpu.yaml"
 
 def llm_gym(*args: str, cwd: Path | None = None, check: bool = True) -> subprocess.CompletedProcess:
     result = subprocess.run(
-        [sys.executable, "-m", "llm_gym", *args], cwd=cwd, capture_output=True, text=True, env=_env()
+        [sys.executable, "-m", "llm_gym", *args], cwd=cwd, capture_output=True, text=True, env=subprocess_env()
     )
     if check and result.returncode != 0:
         raise AssertionError(f"llm_gym {' '.join(args)} failed ({result.returncode}):\n{result.stderr}")
     return result
 
 
-def torchrun(nproc: int, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    command = [
+def torchrun_command(nproc: int, *args: str) -> list[str]:
+    """The command line of ``llm_gym ARGS`` on ``nproc`` ranks under torchrun, on a free port."""
+    return [
         sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
         "--master_addr=127.0.0.1", f"--master_port={free_port()}",
         str(ROOT / "src" / "llm_gym" / "__main__.py"), *args,
     ]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, env=_env())
+
+
+def torchrun(nproc: int, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(torchrun_command(nproc, *args), capture_output=True, text=True, env=subprocess_env())
     if check and result.returncode != 0:
         raise AssertionError(f"torchrun {' '.join(args)} failed ({result.returncode}):\n{result.stderr[-4000:]}")
     return result
 
 
-def _env() -> dict[str, str]:
+def subprocess_env() -> dict[str, str]:
     # One thread per process keeps 2-rank runs on a 2-core machine deterministic and fast.
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
 

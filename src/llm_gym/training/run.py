@@ -8,6 +8,7 @@ import yaml
 
 from llm_gym.checkpointing import (
     LATEST_FILE,
+    META_FILE,
     CheckpointManager,
     config_differences,
     load_checkpoint,
@@ -50,15 +51,12 @@ def run_training(
         destroy_distributed()
 
 
-def _refuse_inequivalent_resume(checkpoint_dir: Path, resolved: dict, world_size: int) -> None:
+def _resume_differences(checkpoint_dir: Path, resolved: dict, world_size: int) -> list[str]:
+    """How this run would differ from the one that wrote the checkpoint; compared before anything is loaded."""
     saved = read_checkpoint_meta(checkpoint_dir)
-    differences = config_differences(saved["resolved_config"], resolved, saved["world_size"], world_size)
-    if differences:
-        raise ConfigError(
-            f"the config differs from the checkpoint's in ways that break an exact resume ({checkpoint_dir}):\n  "
-            + "\n  ".join(differences)
-            + "\npass --allow_config_change to resume anyway"
-        )
+    if "resolved_config" not in saved or "world_size" not in saved:
+        return [f"{META_FILE} does not record the config and world size of the run that wrote it"]
+    return config_differences(saved["resolved_config"], resolved, saved["world_size"], world_size)
 
 
 def _train(config: TrainingAppConfig, resolved: dict, env, resume: str, allow_config_change: bool) -> None:
@@ -76,8 +74,13 @@ def _train(config: TrainingAppConfig, resolved: dict, env, resume: str, allow_co
             f"{checkpoints.checkpoint_root} already holds checkpoints of an earlier run: continue it with "
             "--resume auto, or set another experiment.output_dir"
         )
-    if resume_dir is not None and not allow_config_change:
-        _refuse_inequivalent_resume(resume_dir, resolved, env.world_size)
+    differences = [] if resume_dir is None else _resume_differences(resume_dir, resolved, env.world_size)
+    if differences and not allow_config_change:
+        raise ConfigError(
+            f"the config differs from the checkpoint's in ways that break an exact resume ({resume_dir}):\n  "
+            + "\n  ".join(differences)
+            + "\npass --allow_config_change to resume anyway"
+        )
     parallelism = build_parallelism(config, env)
     built = build_model(config, parallelism)
     if settings.warm_start_from is not None and resume_dir is None:
@@ -100,6 +103,8 @@ def _train(config: TrainingAppConfig, resolved: dict, env, resume: str, allow_co
     with broker:
         if resume_dir is not None:
             broker.publish(TextMessage(f"resumed from {resume_dir} at step {progress.step}"))
+        if differences:
+            broker.publish(TextMessage("config changes allowed on resume:\n  " + "\n  ".join(differences)))
         trainer = Trainer(
             settings=config.training,
             model=built.model,
