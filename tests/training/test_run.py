@@ -92,3 +92,14 @@ def test_warm_start_loads_weights_and_starts_a_fresh_schedule(single_process_run
         check=False,
     )  # fmt: skip
     assert bad.returncode == 2 and "does not exist" in bad.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["full", "every_k"])
+def test_activation_checkpointing_recomputes_without_changing_the_losses(
+    single_process_run, byte_corpus, tmp_path, mode
+):
+    overrides = tiny_overrides(byte_corpus, tmp_path, **{"training.activation_checkpointing": mode})
+    llm_gym("run", "--config_file_path", str(TINY_CONFIG), *overrides)
+    expected = losses(read_metrics(single_process_run / "metrics.jsonl"))
+    assert losses(read_metrics(tmp_path / "metrics.jsonl")) == expected
