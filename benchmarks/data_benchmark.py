@@ -3,11 +3,11 @@
 1. ``llm_gym data tokenize`` (the whole pipeline: read, parse, tokenize, write) against the bare
    ``tokenizers`` batch encoding of the same texts already in memory, on the same cores. Each bare run
    gets a fresh tokenizer, as each tokenizing worker does, so neither side profits from a warm cache.
-2. Training batches per second from the dataloader, against what a small GPT-style model's training
-   step consumes on this machine.
+2. Training samples per second from the dataloader, against what the demo model's training step
+   (``config_files/demo_cpu.yaml``: its model, batch shape and AdamW) consumes on this machine.
 
     python benchmarks/data_benchmark.py [--input FILE.jsonl] [--tokenizer tokenizer.json] [--copies 1]
-                                        [--repeats 3]
+                                        [--repeats 3] [--steps 5]
 
 Without ``--input`` it benchmarks on the demo corpus (this Python's standard library) and trains a
 4,096-token BPE tokenizer on it.
@@ -15,10 +15,12 @@ Without ``--input`` it benchmarks on the demo corpus (this Python's standard lib
 
 import argparse
 import os
+import platform
 import tempfile
 import time
 from itertools import islice
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 # Only light imports at the top: tokenizing workers are spawned and re-import this module; torch and the
 # modules that need it are imported where used.
@@ -26,7 +28,11 @@ from llm_gym.data.demo_corpus import write_demo_corpus
 from llm_gym.data.documents import iter_texts
 from llm_gym.data.tokenization import tokenize_files, usable_cpus
 from llm_gym.data.tokenizer_training import train_bpe_tokenizer
-from llm_gym.data.tokenizers import load_tokenizer
+
+if TYPE_CHECKING:
+    from llm_gym.config.app import TrainingAppConfig
+
+DEMO_CONFIG = Path(__file__).resolve().parents[1] / "config_files" / "demo_cpu.yaml"
 
 
 def bare_encode_seconds(tokenizer_path: Path, texts: list[str], method: str) -> float:
@@ -57,36 +63,21 @@ def loader_samples_per_s(prefix: Path, sequence_length: int, micro_batch_size: i
     return count * micro_batch_size / (time.perf_counter() - start)
 
 
-def train_step_samples_per_s(vocab_size: int, sequence_length: int, micro_batch_size: int) -> float:
-    """Forward, backward and AdamW step of a stand-in for the demo model: 4 pre-norm layers, width 256."""
+def demo_step_samples_per_s(steps: int) -> tuple[float, "TrainingAppConfig"]:
+    """Forward, backward, clipping and AdamW step of the demo model (``config_files/demo_cpu.yaml``'s model node,
+    built through the registry with its seed, optimizer settings and batch shape), in this process.
+
+    Returns samples per second at the median step time and the loaded config.
+    """
     import torch
-    from torch import nn
 
-    from llm_gym.data.collators import CausalLMCollator
+    from training_harness import load_run_config, run_plain_loop
 
-    width = 256
-    torch.manual_seed(0)
-    layer = nn.TransformerEncoderLayer(width, 4, 4 * width, dropout=0.0, batch_first=True, norm_first=True)
-    embedding, blocks = nn.Embedding(vocab_size, width), nn.TransformerEncoder(layer, 4, enable_nested_tensor=False)
-    head = nn.Linear(width, vocab_size, bias=False)
-    model = nn.ModuleList([embedding, blocks, head])
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    batch = CausalLMCollator()(list(torch.randint(0, vocab_size, (micro_batch_size, sequence_length + 1))))
-    mask = nn.Transformer.generate_square_subsequent_mask(sequence_length)
-
-    def step() -> None:
-        logits = head(blocks(embedding(batch["input_ids"]), mask=mask, is_causal=True))
-        loss = nn.functional.cross_entropy(logits.flatten(0, 1), batch["target_ids"].flatten())
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    step()
-    count = 5
-    start = time.perf_counter()
-    for _ in range(count):
-        step()
-    return count * micro_batch_size / (time.perf_counter() - start)
+    # The scheduler's warm-up must fit in the few steps timed here; the plain loop does not use it.
+    overrides = [f"training.max_steps={steps + 1}", "lr_scheduler.config.warmup_steps=0"]
+    config = load_run_config(DEMO_CONFIG, overrides)
+    figures = run_plain_loop(config, warmup_steps=1, device=torch.device("cpu"))
+    return figures.median_step_tokens_per_s / config.training.sequence_length, config
 
 
 def main() -> None:
@@ -96,8 +87,7 @@ def main() -> None:
     parser.add_argument("--copies", type=int, default=1, help="tokenize this many copies of the input, one file")
     parser.add_argument("--num_workers", type=int, default=usable_cpus())
     parser.add_argument("--repeats", type=int, default=3, help="best of this many runs of each")
-    parser.add_argument("--sequence_length", type=int, default=256)
-    parser.add_argument("--micro_batch_size", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=5, help="timed training steps of the demo model")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as workdir:
@@ -136,15 +126,25 @@ def main() -> None:
         for method in ("encode_batch", "encode_batch_fast"):
             print(f"  ratio pipeline / bare {method:<20} {best[method] / best['pipeline']:.2f}")
 
-        print(f"\ntraining batches (sequence_length {args.sequence_length}, micro_batch_size {args.micro_batch_size}):")
-        prefix = work / "corpus"
+        step_rate, config = demo_step_samples_per_s(args.steps)
+        shape = config.training
+        model = config.model.config
+        print(
+            f"\ntraining batches of the demo model (sequence_length {shape.sequence_length}, micro_batch_size "
+            f"{shape.micro_batch_size}; DecoderLM {model.n_layer} layers, width {model.dim}, vocab {model.vocab_size}):"
+        )
+        print(f"  training step (forward, backward, clip, AdamW): {step_rate:12,.1f} samples/s")
         for num_workers in (0, 2):
-            rate = loader_samples_per_s(prefix, args.sequence_length, args.micro_batch_size, num_workers)
-            print(f"  dataloader, num_workers {num_workers}: {rate:12,.0f} samples/s")
-        vocab_size = load_tokenizer(tokenizer_path).vocab_size
-        step_rate = train_step_samples_per_s(vocab_size, args.sequence_length, args.micro_batch_size)
-        print(f"  training step of a 4-layer, width-256 GPT:   {step_rate:12,.0f} samples/s")
-        print(f"  (load average during the run: {os.getloadavg()[0]:.1f})")
+            rate = loader_samples_per_s(work / "corpus", shape.sequence_length, shape.micro_batch_size, num_workers)
+            ratio = rate / step_rate
+            print(f"  dataloader, num_workers {num_workers}: {rate:21,.0f} samples/s  ({ratio:,.0f}× the step)")
+        import torch
+
+        print(
+            f"\nmachine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads, Python {platform.python_version()}; "
+            f"load average during the run: {os.getloadavg()[0]:.1f}"
+        )
 
 
 if __name__ == "__main__":
