@@ -1,12 +1,16 @@
 """The .bin/.idx files byte for byte against SPEC.md, and the rejection of damaged or foreign pairs."""
 
+import re
 import struct
 from pathlib import Path
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 from corpus_helpers import write_corpus
 
+from llm_gym.cli import main
+from llm_gym.data.datasets import PackedDataset
 from llm_gym.data.indexed import DTYPE_CODES, IndexedDataset, IndexedDatasetWriter, token_dtype
 from llm_gym.errors import UserError
 
@@ -35,6 +39,10 @@ def test_round_trip_and_header_bytes(tmp_path: Path, code: int):
     flat = [token for document in DOCUMENTS for token in document]
     assert (tmp_path / "corpus.bin").read_bytes() == np.array(flat, dtype).tobytes()
 
+    if not np.issubdtype(dtype, np.integer):
+        with pytest.raises(UserError, match=f"corpus.idx: token dtype {dtype} is not an integer type"):
+            IndexedDataset(prefix)
+        return
     corpus = IndexedDataset(prefix)
     assert corpus.dtype == dtype and len(corpus) == n and corpus.num_tokens == len(flat)
     assert [corpus.document(i).tolist() for i in range(n)] == DOCUMENTS
@@ -88,6 +96,14 @@ def _damage(tmp_path: Path, how: str) -> Path:
         struct.pack_into("<q", data, 34 + 4 * len(DOCUMENTS) + 8, 2)
     elif how == "no_bin":
         bin_.unlink()
+    elif how.startswith("document_indices"):
+        n = len(DOCUMENTS)
+        damaged = {
+            "document_indices_start": [1, 1, 2, 3, 4],
+            "document_indices_end": [0, 1, 2, 3, 3],
+            "document_indices_order": [0, 2, 1, 3, 4],
+        }[how]
+        struct.pack_into(f"<{n + 1}q", data, 34 + 12 * n, *damaged)
     idx.write_bytes(bytes(data))
     return prefix
 
@@ -104,9 +120,82 @@ def _damage(tmp_path: Path, how: str) -> Path:
         ("foreign_bin", "truncated or does not belong together"),
         ("pointers", "pointers do not match"),
         ("no_bin", "corpus.bin: no such file"),
+        ("document_indices_start", "damaged index"),
+        ("document_indices_end", "damaged index"),
+        ("document_indices_order", "damaged index"),
     ],
 )
 def test_damaged_or_foreign_pairs_are_rejected_on_open(tmp_path: Path, how: str, message: str):
     prefix = _damage(tmp_path, how)
     with pytest.raises(UserError, match=message):
         IndexedDataset(prefix)
+
+
+def _write_megatron_idx(path: Path, dtype_code: int, sizes: list[int], document_indices: list[int]) -> None:
+    sizes_array = np.array(sizes, np.int32)
+    pointers = np.concatenate([[0], np.cumsum(sizes_array[:-1], dtype=np.int64)]).astype(np.int64)
+    pointers *= np.dtype(DTYPE_CODES[dtype_code]).itemsize
+    header = b"MMIDIDX\x00\x00" + struct.pack("<QBQQ", 1, dtype_code, len(sizes), len(document_indices))
+    path.write_bytes(
+        header + sizes_array.tobytes() + pointers.tobytes() + np.array(document_indices, np.int64).tobytes()
+    )
+
+
+def test_empty_documents_keep_document_indices_valid(tmp_path: Path):
+    # Megatron's builder may end a document with no new sequence: equal neighbours are valid.
+    _write_megatron_idx(tmp_path / "m.idx", 8, [2, 3], [0, 1, 1, 2])
+    (tmp_path / "m.bin").write_bytes(np.arange(5, dtype=np.uint16).tobytes())
+    assert IndexedDataset(tmp_path / "m").document_indices.tolist() == [0, 1, 1, 2]
+
+
+@pytest.mark.parametrize("code", [6, 7])
+def test_float_corpus_is_refused_for_training(tmp_path: Path, code: int):
+    dtype = np.dtype(DTYPE_CODES[code])
+    prefix = write_corpus(tmp_path / "corpus", [list(range(50))], dtype)
+    with pytest.raises(UserError, match=re.escape(f"{tmp_path / 'corpus.idx'}: token dtype {dtype} is not an integer")):
+        PackedDataset(prefix, sequence_length=8)
+
+
+def inspect(prefix: Path):
+    return CliRunner().invoke(main, ["data", "inspect", "--prefix", str(prefix)])
+
+
+@pytest.mark.parametrize(
+    ("how", "message"),
+    [
+        ("magic", "bad magic"),
+        ("version", "unsupported index version 2"),
+        ("dtype", "unknown dtype code 9"),
+        ("document_indices_end", "damaged index"),
+    ],
+)
+def test_inspect_exits_2_on_a_damaged_index(tmp_path: Path, how: str, message: str):
+    result = inspect(_damage(tmp_path, how))
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("code", [6, 7])
+def test_inspect_exits_2_naming_a_float_dtype(tmp_path: Path, code: int):
+    dtype = np.dtype(DTYPE_CODES[code])
+    result = inspect(write_corpus(tmp_path / "corpus", DOCUMENTS, dtype))
+    assert result.exit_code == 2, result.output
+    assert f"token dtype {dtype} is not an integer type" in result.stderr
+
+
+def test_inspect_shows_an_empty_first_sequence(tmp_path: Path):
+    _write_megatron_idx(tmp_path / "m.idx", 8, [0, 3], [0, 1, 2])
+    (tmp_path / "m.bin").write_bytes(np.array([104, 105, 256], np.uint16).tobytes())
+    result = inspect(tmp_path / "m")
+    assert result.exit_code == 0, result.output
+    assert "document 0, first 0 of 0 tokens:" in result.output and "(an empty sequence)" in result.output
+    result = CliRunner().invoke(main, ["data", "inspect", "--prefix", str(tmp_path / "m"), "--document", "1"])
+    assert result.exit_code == 0, result.output
+    assert "| hi" in result.output
+
+
+def test_inspect_shows_negative_ids_rather_than_decoding_them(tmp_path: Path):
+    result = inspect(write_corpus(tmp_path / "corpus", [[-3, 5, 7]], np.int8))
+    assert result.exit_code == 0, result.output
+    assert "ids: [-3, 5, 7]" in result.output

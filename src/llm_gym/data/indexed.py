@@ -5,6 +5,8 @@ sequence count, ``<Q`` document count, then int32 sequence lengths, int64 byte p
 int64 document indices. Files written here have one sequence per document, so document indices are
 ``0..sequence count``. Both files are written under temporary names and renamed when complete, ``.idx``
 last, so a valid ``.idx`` name always describes a complete ``.bin``.
+
+Token ids are integers: a corpus whose dtype code is a float type (a foreign file) is refused when opened.
 """
 
 import os
@@ -113,7 +115,12 @@ class IndexedDataset:
             if not path.is_file():
                 raise UserError(f"{path}: no such file (expected a tokenized corpus PREFIX.bin + PREFIX.idx)")
         self.dtype, self.sizes, self.pointers, self.document_indices = self._read_index()
+        if not np.issubdtype(self.dtype, np.integer):
+            raise UserError(
+                f"{self.idx_path}: token dtype {self.dtype} is not an integer type; token ids must be integers"
+            )
         self._check_against_bin()
+        self._check_document_indices()
         self._tokens: np.ndarray | None = None
 
     def _read_index(self) -> tuple[np.dtype, np.ndarray, np.ndarray, np.ndarray]:
@@ -158,6 +165,15 @@ class IndexedDataset:
             or (np.diff(self.pointers) != self.sizes[:-1].astype(np.int64) * itemsize).any()
         ):
             raise UserError(f"{self.idx_path}: sequence pointers do not match the sequence lengths")
+
+    def _check_document_indices(self) -> None:
+        """Megatron's convention: one more entry than documents, from 0 to the sequence count, never decreasing."""
+        indices = self.document_indices
+        if len(indices) == 0 or indices[0] != 0 or indices[-1] != len(self.sizes) or (np.diff(indices) < 0).any():
+            raise UserError(
+                f"{self.idx_path}: damaged index: document indices must rise from 0 to the sequence count "
+                f"({len(self.sizes)})"
+            )
 
     @property
     def tokens(self) -> np.ndarray:

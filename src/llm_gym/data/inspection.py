@@ -22,9 +22,12 @@ def describe_corpus(prefix: Path, tokenizer_spec: str | None, document: int, max
     if document >= len(corpus):
         raise UserError(f"--document {document} is out of range: the corpus has {len(corpus)} documents")
     ids = corpus.document(document)[:max_tokens].tolist()
-    if tokenizer_spec is None and max(ids) <= ByteTokenizer.eos_id:
-        tokenizer_spec = BYTE_TOKENIZER
     yield f"document {document}, first {len(ids)} of {int(sizes[document]):,} tokens:"
+    if not ids:
+        yield "  (an empty sequence)"
+        return
+    if tokenizer_spec is None and min(ids) >= 0 and max(ids) <= ByteTokenizer.eos_id:
+        tokenizer_spec = BYTE_TOKENIZER
     if tokenizer_spec is None:
         yield f"  ids: {ids}"
         yield "  (ids beyond bytes: pass --tokenizer tokenizer.json to decode)"

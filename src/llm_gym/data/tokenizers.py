@@ -56,7 +56,7 @@ class ByteTokenizer:
         return tokens, lengths
 
     def decode(self, ids: Iterable[int]) -> str:
-        return bytes(i for i in ids if i < 256).decode("utf-8", errors="replace")
+        return bytes(i for i in ids if 0 <= i < 256).decode("utf-8", errors="replace")
 
 
 class HuggingFaceTokenizer:
