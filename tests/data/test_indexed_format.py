@@ -1,5 +1,6 @@
 """The .bin/.idx files byte for byte against SPEC.md, and the rejection of damaged or foreign pairs."""
 
+import os
 import re
 import struct
 from pathlib import Path
@@ -10,6 +11,7 @@ from click.testing import CliRunner
 from corpus_helpers import write_corpus
 
 from llm_gym.cli import main
+from llm_gym.data import indexed
 from llm_gym.data.datasets import PackedDataset
 from llm_gym.data.indexed import DTYPE_CODES, IndexedDataset, IndexedDatasetWriter, token_dtype
 from llm_gym.errors import UserError
@@ -199,3 +201,24 @@ def test_inspect_shows_negative_ids_rather_than_decoding_them(tmp_path: Path):
     result = inspect(write_corpus(tmp_path / "corpus", [[-3, 5, 7]], np.int8))
     assert result.exit_code == 0, result.output
     assert "ids: [-3, 5, 7]" in result.output
+
+
+def test_crash_between_renames_never_pairs_a_new_bin_with_an_old_idx(tmp_path: Path, monkeypatch):
+    prefix = write_corpus(tmp_path / "corpus", DOCUMENTS)
+    writer = IndexedDatasetWriter(prefix, np.dtype(np.uint16))
+    writer.add_documents(np.arange(7), np.array([7]))
+    real_replace, calls = os.replace, []
+
+    def replace_then_crash(source, destination):
+        calls.append(destination)
+        if len(calls) > 1:
+            raise OSError("crash after the first rename")
+        real_replace(source, destination)
+
+    monkeypatch.setattr(indexed.os, "replace", replace_then_crash)
+    with pytest.raises(OSError, match="crash after the first rename"):
+        writer.finalize()
+    assert calls == [tmp_path / "corpus.bin", tmp_path / "corpus.idx"]
+    assert not (tmp_path / "corpus.idx").exists()
+    with pytest.raises(UserError, match=re.escape("corpus.idx: no such file")):
+        IndexedDataset(prefix)

@@ -3,8 +3,9 @@
 ``.idx`` layout, little-endian: magic ``b"MMIDIDX\\x00\\x00"``, ``<Q`` version, ``<B`` dtype code, ``<Q``
 sequence count, ``<Q`` document count, then int32 sequence lengths, int64 byte pointers into ``.bin`` and
 int64 document indices. Files written here have one sequence per document, so document indices are
-``0..sequence count``. Both files are written under temporary names and renamed when complete, ``.idx``
-last, so a valid ``.idx`` name always describes a complete ``.bin``.
+``0..sequence count``. Both files are written under temporary names and renamed when complete: an existing
+``.idx`` is removed first and the new ``.idx`` renamed last, so a valid ``.idx`` name always describes the
+``.bin`` beside it.
 
 Token ids are integers: a corpus whose dtype code is a float type (a foreign file) is refused when opened.
 """
@@ -92,6 +93,9 @@ class IndexedDatasetWriter:
             file.write(lengths.tobytes())
             file.write(pointers.tobytes())
             file.write(document_indices.tobytes())
+        # The old .idx goes first: a crash between the renames then leaves a .bin without an .idx (refused
+        # as missing), never a new .bin under an old .idx that describes other tokens.
+        self._idx.unlink(missing_ok=True)
         os.replace(_incomplete(self._bin), self._bin)
         os.replace(incomplete_idx, self._idx)
 
