@@ -8,6 +8,7 @@ from click.testing import CliRunner
 from corpus_helpers import write_jsonl
 
 from llm_gym.cli import main
+from llm_gym.data import demo_corpus
 from llm_gym.data.demo_corpus import split_of, write_demo_corpus
 from llm_gym.data.tokenizers import load_tokenizer
 
@@ -37,6 +38,25 @@ def fake_stdlib(tmp_path: Path) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(content if isinstance(content, bytes) else content.encode())
     return root
+
+
+def test_interrupted_demo_corpus_leaves_earlier_outputs_and_no_partial_files(
+    tmp_path: Path, fake_stdlib: Path, monkeypatch
+):
+    output = tmp_path / "out"
+    write_demo_corpus(output, root=fake_stdlib)
+    before = {path.name: path.read_bytes() for path in output.iterdir()}
+    real_split_of = demo_corpus.split_of
+
+    def interrupt_after_the_first_document(relative_path: str) -> str:
+        if relative_path != "json/decoder.py":
+            raise KeyboardInterrupt
+        return real_split_of(relative_path)
+
+    monkeypatch.setattr(demo_corpus, "split_of", interrupt_after_the_first_document)
+    with pytest.raises(KeyboardInterrupt):
+        write_demo_corpus(output, force=True, root=fake_stdlib)
+    assert {path.name: path.read_bytes() for path in output.iterdir()} == before
 
 
 def test_demo_corpus_keeps_library_sources_only_split_by_path(tmp_path: Path, fake_stdlib: Path):

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import deque
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from click.testing import CliRunner
 from corpus_helpers import write_jsonl
 
 from llm_gym.cli import main
-from llm_gym.data import documents
+from llm_gym.data import documents, tokenization
 from llm_gym.data.indexed import IndexedDataset
 from llm_gym.data.tokenization import tokenize_files
 from llm_gym.data.tokenizer_training import train_bpe_tokenizer
@@ -83,6 +84,43 @@ def test_worker_processes_write_the_same_file_as_one_process(tmp_path: Path, bpe
     tokenize_files(inputs, str(bpe_tokenizer), tmp_path / "parallel", num_workers=2)
     for suffix in (".bin", ".idx"):
         assert (tmp_path / f"serial{suffix}").read_bytes() == (tmp_path / f"parallel{suffix}").read_bytes()
+
+
+class _PendingBlocks(deque):
+    """The tokenizer's queue of blocks in flight, noting the most it ever held."""
+
+    most = 0
+
+    def append(self, item) -> None:
+        super().append(item)
+        _PendingBlocks.most = max(_PendingBlocks.most, len(self))
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_blocks_in_flight_are_bounded_by_the_workers_not_the_input(tmp_path: Path, monkeypatch, num_workers: int):
+    monkeypatch.setattr(documents, "BLOCK_BYTES", 8192)
+    monkeypatch.setattr(tokenization, "deque", _PendingBlocks)
+    monkeypatch.setattr(_PendingBlocks, "most", 0)
+    path = write_jsonl(tmp_path / "in.jsonl", [f"{index} " + "x" * 1000 for index in range(2000)])
+    blocks = []
+    tokenize_files([path], "byte", tmp_path / "out", num_workers=num_workers, on_progress=blocks.append)
+    bound = 2 * num_workers + 1 if num_workers else 1
+    assert path.stat().st_size > 2_000_000 and len(blocks) > 200
+    assert _PendingBlocks.most == bound
+
+
+def test_progress_reports_add_up_to_the_summary(tmp_path: Path, monkeypatch):
+    monkeypatch.setattr(documents, "BLOCK_BYTES", 256)
+    path = write_jsonl(tmp_path / "in.jsonl", TEXTS * 10)
+    path.write_bytes(path.read_bytes() + b'{"text": ""}\n')  # skipped: counted in bytes, not documents
+    reports = []
+    summary = tokenize_files(
+        [path], "byte", tmp_path / "out", num_workers=0, on_error="skip", on_progress=reports.append
+    )
+    assert len(reports) > 1
+    assert sum(report.documents for report in reports) == summary.documents == len(TEXTS) * 10
+    assert sum(report.tokens for report in reports) == summary.tokens == IndexedDataset(tmp_path / "out").num_tokens
+    assert sum(report.input_bytes for report in reports) == summary.input_bytes == path.stat().st_size
 
 
 BAD_LINES = {
