@@ -281,3 +281,61 @@ def test_dist_resolver_under_torchrun(write_config, tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert {file.name: file.read_text() for file in tmp_path.glob("rank*")} == {"rank0": "2", "rank1": "2"}
+
+
+# ---- swapping a component, deleting a key ----------------------------------------------------------
+
+
+def test_swap_drops_the_old_types_keys_and_keeps_the_shared_ones(write_config):
+    path = write_config(TOY_YAML.replace("    lr: 3.0e-4", "    lr: 3.0e-4\n    betas: [0.9, 0.95]"))
+    config, resolved = load_config(path, ToyConfig, ["optimizer.type_hint=SGD", "optimizer.config.momentum=0.9"])
+    assert (config.optimizer.config.lr, config.optimizer.config.momentum) == (pytest.approx(3e-4), 0.9)
+    assert resolved["optimizer"]["config"] == {"lr": 3e-4, "momentum": 0.9}  # what config.yaml records
+
+
+def test_swap_to_the_same_type_drops_nothing(write_config):
+    path = write_config(TOY_YAML.replace("    lr: 3.0e-4", "    lr: 3.0e-4\n    betaz: 1"))
+    assert "optimizer.config.betaz: unknown key" in config_error(path, ["optimizer.type_hint=AdamW"])
+
+
+def test_swap_keeps_a_whole_config_given_after_it(write_config):
+    message = config_error(write_config(TOY_YAML), ["optimizer.type_hint=SGD", "optimizer.config={betas: [1, 2]}"])
+    assert "optimizer.config.betas: unknown key" in message
+
+
+def test_keys_set_before_the_swap_are_dropped_with_the_file_ones(write_config):
+    config, _ = load_config(write_config(TOY_YAML), ToyConfig, ["optimizer.config.eps=1e-6", "optimizer.type_hint=SGD"])
+    assert "eps" not in type(config.optimizer.config).model_fields
+
+
+def test_swap_to_a_type_from_user_modules(write_config, isolated_imports, fresh_registry):
+    write_config(
+        "from pydantic import BaseModel, ConfigDict\nfrom llm_gym.registry import register_component\n"
+        "class HalvingConfig(BaseModel):\n    model_config = ConfigDict(extra='forbid')\n    every: int = 2\n"
+        "@register_component('lr_scheduler', 'Halving', config_model=HalvingConfig)\n"
+        "class Halving:\n    def __init__(self, optimizer, every: int = 2): ...\n",
+        name="my_schedules.py",
+    )
+    path = write_config("user_modules: [my_schedules]\n" + TOY_YAML)
+    config, resolved = load_config(path, ToyConfig, ["lr_scheduler.type_hint=Halving"])
+    assert resolved["lr_scheduler"] == {"type_hint": "Halving", "config": {}}
+    assert config.lr_scheduler.config.every == 2
+
+
+def test_delete_override(write_config):
+    path = write_config(TOY_YAML.replace("  warmup_steps: 10", "  warmup_steps: 10\n  name: mine"))
+    config, resolved = load_config(path, ToyConfig, ["~training.name"])
+    assert "name" not in resolved["training"]
+    assert config.training.name == "toy"  # the schema's default
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("~training.absent", "bad override '~training.absent': there is no key 'training.absent' to delete"),
+        ("~training.max_steps=100", "bad override '~training.max_steps=100': expected ~dotted.key"),
+        ("~", "bad override '~': expected ~dotted.key"),
+    ],
+)
+def test_bad_delete_override(write_config, override, message):
+    assert config_error(write_config(TOY_YAML), [override]).startswith(message)
