@@ -51,6 +51,13 @@ def test_missing_file(tmp_path):
     assert stderr == f"error: config file not found: {tmp_path / 'absent.yaml'}\n"
 
 
+def test_file_that_is_not_utf8(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n\x00")
+    stderr = assert_user_error(validate("--config_file_path", str(path)), tmp_path, ["config.yaml"])
+    assert stderr == f"error: cannot read {path}: not UTF-8 text (invalid start byte at byte 0)\n"
+
+
 def test_yaml_syntax_error_names_file_and_line(write_config, tmp_path):
     path = write_config("training:\n  max_steps: 10\n  sequence_length: [8\n")
     stderr = assert_user_error(validate("--config_file_path", str(path)), tmp_path, ["config.yaml"])

@@ -339,3 +339,23 @@ def test_delete_override(write_config):
 )
 def test_bad_delete_override(write_config, override, message):
     assert config_error(write_config(TOY_YAML), [override]).startswith(message)
+
+
+# ---- unreadable files --------------------------------------------------------------------------
+
+
+def test_file_that_is_not_utf8(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_bytes(b"training:\n  name: \xff\xfe\n")
+    assert config_error(path) == f"cannot read {path}: not UTF-8 text (invalid start byte at byte 18)"
+
+
+def test_directory_instead_of_a_file(tmp_path):
+    assert config_error(tmp_path) == f"cannot read {tmp_path}: Is a directory"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
+def test_file_without_read_permission(write_config):
+    path = write_config(TOY_YAML)
+    path.chmod(0)
+    assert config_error(path) == f"cannot read {path}: Permission denied"

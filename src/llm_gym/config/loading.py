@@ -67,10 +67,14 @@ def _yaml_problem(error: yaml.YAMLError) -> str:
 def read_config_file(path: Path) -> DictConfig:
     """Read the YAML as it is written; nothing is resolved yet."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise ConfigError(f"config file not found: {path}")
     try:
         raw = OmegaConf.load(path)
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"cannot read {path}: not UTF-8 text ({error.reason} at byte {error.start})") from error
+    except OSError as error:  # a directory, no permission, an I/O error
+        raise ConfigError(f"cannot read {path}: {error.strerror or error}") from error
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
