@@ -84,7 +84,12 @@ def test_unknown_key(write_config):
     result = validate("--config_file_path", str(write_config(VALID_SECTIONS)), "training.max_step=3")
     assert_user_error(result)
     assert error_lines(result)[0].startswith("error: invalid config (")
-    assert "training.max_step: unknown key" in error_lines(result)
+    assert "training.max_step: unknown key; did you mean 'max_steps'?" in error_lines(result)
+
+
+def test_unknown_key_in_a_large_section_lists_nothing(write_config):
+    result = validate("--config_file_path", str(write_config(VALID_SECTIONS)), "training.zzz=3")
+    assert "training.zzz: unknown key" in error_lines(result)  # training has too many keys to list
 
 
 def test_wrong_type(write_config):
@@ -105,7 +110,12 @@ def test_out_of_range(write_config):
 def test_unknown_type_hint_lists_valid_names(write_config):
     result = validate("--config_file_path", str(write_config(VALID_SECTIONS)), "optimizer.type_hint=AdamWW")
     assert_user_error(result)
-    assert "optimizer: unknown type_hint 'AdamWW' for 'optimizer'; valid names: Adam, AdamW, SGD" in error_lines(result)
+    assert (
+        "optimizer: unknown type_hint 'AdamWW' for 'optimizer'; did you mean 'AdamW'? valid names: Adam, AdamW, SGD"
+        in error_lines(result)
+    )
+    result = validate("--config_file_path", str(write_config(VALID_SECTIONS)), "optimizer.type_hint=Lion")
+    assert "optimizer: unknown type_hint 'Lion' for 'optimizer'; valid names: Adam, AdamW, SGD" in error_lines(result)
 
 
 def test_component_config_error_names_the_full_path(write_config):

@@ -133,12 +133,30 @@ def test_top_level_list_is_refused(write_config):
 
 def test_unknown_key_names_its_dotted_path(write_config):
     message = config_error(write_config(TOY_YAML.replace("  max_steps: 100", "  max_steps: 100\n  max_step: 5")))
-    assert message.splitlines() == ["invalid config (1 error):", "  training.max_step: unknown key"]
+    assert message.splitlines() == [
+        "invalid config (1 error):",
+        "  training.max_step: unknown key; did you mean 'max_steps'?",
+    ]
+
+
+def test_unknown_key_far_from_any_lists_the_valid_ones(write_config):
+    message = config_error(write_config(TOY_YAML.replace("  max_steps: 100", "  max_steps: 100\n  zzz: 5")))
+    assert "  training.zzz: unknown key; valid keys: max_steps, warmup_steps, world_size, rank, name" in (
+        message.splitlines()
+    )
 
 
 def test_unknown_key_inside_a_component_config(write_config):
     message = config_error(write_config(TOY_YAML.replace("    lr: 3.0e-4", "    lr: 3.0e-4\n    learning_rate: 1")))
-    assert "  optimizer.config.learning_rate: unknown key" in message.splitlines()
+    assert (
+        "  optimizer.config.learning_rate: unknown key; valid keys: lr, weight_decay, betas, eps, foreach, fused"
+        in (message.splitlines())
+    )
+
+
+def test_unknown_key_beside_type_hint_lists_the_node_keys(write_config):
+    message = config_error(write_config(TOY_YAML), ["optimizer.configs.lr=1"])
+    assert "  optimizer.configs: unknown key; did you mean 'config'?" in message.splitlines()
 
 
 def test_wrong_type(write_config):
@@ -175,7 +193,7 @@ def test_unknown_type_hint_lists_valid_names(write_config):
     message = config_error(write_config(TOY_YAML), ["optimizer.type_hint=AdamWW"])
     assert message.splitlines() == [
         "invalid config (1 error):",
-        "  optimizer: unknown type_hint 'AdamWW' for 'optimizer'; valid names: Adam, AdamW, SGD",
+        "  optimizer: unknown type_hint 'AdamWW' for 'optimizer'; did you mean 'AdamW'? valid names: Adam, AdamW, SGD",
     ]
 
 
@@ -229,7 +247,7 @@ def test_override_reaching_into_a_scalar(write_config):
 
 def test_override_of_an_unknown_key_is_an_unknown_key(write_config):
     message = config_error(write_config(TOY_YAML), ["training.max_step=5"])
-    assert "  training.max_step: unknown key" in message.splitlines()
+    assert "  training.max_step: unknown key; did you mean 'max_steps'?" in message.splitlines()
 
 
 # ---- user modules -------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ A field annotated ``Component("optimizer")`` accepts any component registered un
 mistake produces one precise error at ``optimizer.config.<field>`` rather than one per union member.
 """
 
+import difflib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import UnionType
@@ -32,6 +33,12 @@ class ComponentNode(BaseModel):
         return {"type_hint": self.type_hint.name, "config": self.config.model_dump(mode="json")}
 
 
+def did_you_mean(name: str, valid: Sequence[str]) -> str:
+    """``did you mean 'AdamW'?`` when one of ``valid`` is close to ``name`` (a typo), else an empty string."""
+    matches = difflib.get_close_matches(name, valid, n=1)
+    return f"did you mean '{matches[0]}'?" if matches else ""
+
+
 def _validate_node(register_key: str, value: Any) -> ComponentNode:
     if isinstance(value, ComponentNode):
         return value
@@ -54,10 +61,17 @@ def _validate_node(register_key: str, value: Any) -> ComponentNode:
         )
     entry = registry.find_entry(register_key, value["type_hint"])
     if entry is None:
+        hint = str(value["type_hint"])
+        suggestion = did_you_mean(hint, registry.type_hint_names(register_key))
         raise PydanticCustomError(
             "unknown_type_hint",
-            "unknown type_hint '{hint}' for '{key}'; valid names: {valid}",
-            {"hint": str(value["type_hint"]), "key": register_key, "valid": valid},
+            "unknown type_hint '{hint}' for '{key}'; {suggestion}valid names: {valid}",
+            {
+                "hint": hint,
+                "key": register_key,
+                "suggestion": f"{suggestion} " if suggestion else "",
+                "valid": valid,
+            },
         )
     return entry.node_model.model_validate({**value, "type_hint": entry.type_hint})
 
@@ -104,13 +118,13 @@ def value_at(config: Any, path: Sequence[str]) -> Any:
     return config
 
 
-def find_component_entry(
+def _annotation_at(
     schema: type[BaseModel], path: Sequence[str], config: Mapping[str, Any]
-) -> "ComponentEntry | None":
-    """The registry entry of the component node at ``path`` in ``config``, a resolved dict for ``schema``.
+) -> tuple[Any, Sequence[Any]]:
+    """The annotation (and its field metadata) that validates the value at ``path`` of ``config``.
 
     The walk follows the schema's fields, ``dict``/``list`` items and, inside a component, the config model
-    of the type_hint the node names. None when ``path`` is no component node, or names an unknown type_hint.
+    of the type_hint the node names. ``(None, ())`` where the schema does not reach.
     """
     annotation: Any = schema
     metadata: Sequence[Any] = ()
@@ -121,7 +135,7 @@ def find_component_entry(
         if slot is not None:
             entry = _entry_of_node(slot, value_at(config, path[:depth])) if part == "config" else None
             if entry is None:
-                return None
+                return None, ()
             annotation, metadata = entry.config_model, ()
         elif isinstance(annotation, type) and issubclass(annotation, BaseModel) and part in annotation.model_fields:
             field = annotation.model_fields[part]
@@ -131,9 +145,30 @@ def find_component_entry(
         elif get_origin(annotation) is list and part.isdigit():
             annotation, metadata = get_args(annotation)[0], ()
         else:
-            return None
-    slot = _slot_of(_without_none(annotation), metadata)
+            return None, ()
+    return _without_none(annotation), metadata
+
+
+def find_component_entry(
+    schema: type[BaseModel], path: Sequence[str], config: Mapping[str, Any]
+) -> "ComponentEntry | None":
+    """The registry entry of the component node at ``path`` in ``config``, a resolved dict for ``schema``.
+
+    None when ``path`` is no component node, or names an unknown type_hint.
+    """
+    slot = _slot_of(*_annotation_at(schema, path, config))
     return None if slot is None else _entry_of_node(slot, value_at(config, path))
+
+
+def model_at(schema: type[BaseModel], path: Sequence[str], config: Mapping[str, Any]) -> type[BaseModel] | None:
+    """The pydantic model that validates the mapping at ``path`` in ``config`` (a component node's own model
+    for a node), or None where the schema does not say."""
+    annotation, metadata = _annotation_at(schema, path, config)
+    slot = _slot_of(annotation, metadata)
+    if slot is not None:
+        entry = _entry_of_node(slot, value_at(config, path))
+        return None if entry is None else entry.node_model
+    return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
 
 
 def _entry_of_node(slot: ComponentSlot, node: Any) -> "ComponentEntry | None":

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from pydantic import BaseModel, ValidationError
 
-from llm_gym.config.component import find_component_entry, value_at
+from llm_gym.config.component import did_you_mean, find_component_entry, model_at, value_at
 from llm_gym.errors import ConfigError
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
@@ -226,13 +226,20 @@ def import_user_modules(config: dict[str, Any], config_dir: Path) -> None:
             ) from error
 
 
-def format_validation_error(error: ValidationError) -> str:
+def format_validation_error(
+    error: ValidationError, schema: type[BaseModel] | None = None, config: dict[str, Any] | None = None
+) -> str:
+    """One line per error, at its dotted key; with the ``schema`` and ``config`` validated, an unknown key
+    also gets the closest valid one (or the few valid ones)."""
     lines = []
     for detail in error.errors():
         location = ""
         for part in detail["loc"]:
             location += f"[{part}]" if isinstance(part, int) else (f".{part}" if location else str(part))
-        lines.append(f"  {location or '<root>'}: {_message(detail)}" + _input_hint(detail))
+        message = _message(detail)
+        if detail["type"] == "extra_forbidden" and schema is not None and config is not None:
+            message += _valid_keys_hint(detail["loc"], schema, config)
+        lines.append(f"  {location or '<root>'}: {message}" + _input_hint(detail))
     count = len(lines)
     return f"invalid config ({count} error{'s' if count > 1 else ''}):\n" + "\n".join(lines)
 
@@ -240,11 +247,25 @@ def format_validation_error(error: ValidationError) -> str:
 # pydantic's wording speaks of fields and inputs; a YAML author thinks in keys.
 _MESSAGES = {"missing": "missing required key", "extra_forbidden": "unknown key"}
 
+# Listing a section's keys helps while the list stays short; a long one is what the docs are for.
+_MAX_KEYS_LISTED = 12
+
 
 def _message(detail: dict[str, Any]) -> str:
     if detail["type"] in _MESSAGES:
         return _MESSAGES[detail["type"]]
     return detail["msg"].removeprefix("Value error, ")
+
+
+def _valid_keys_hint(location: tuple[str | int, ...], schema: type[BaseModel], config: dict[str, Any]) -> str:
+    """``; did you mean 'max_steps'?`` for a near miss, else ``; valid keys: ...`` for a short section."""
+    section = model_at(schema, [str(part) for part in location[:-1]], config)
+    if section is None:
+        return ""
+    valid = [info.alias or name for name, info in section.model_fields.items()]
+    if suggestion := did_you_mean(str(location[-1]), valid):
+        return f"; {suggestion}"
+    return f"; valid keys: {', '.join(valid)}" if len(valid) <= _MAX_KEYS_LISTED else ""
 
 
 def _input_hint(detail: dict[str, Any]) -> str:
@@ -260,7 +281,7 @@ def validate_config(resolved: dict[str, Any], model: type[ModelT]) -> ModelT:
     try:
         return model.model_validate(resolved)
     except ValidationError as error:
-        raise ConfigError(format_validation_error(error)) from error
+        raise ConfigError(format_validation_error(error, model, resolved)) from error
 
 
 def load_config(path: Path, model: type[ModelT], overrides: Sequence[str] = ()) -> tuple[ModelT, dict[str, Any]]:
