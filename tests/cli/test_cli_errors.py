@@ -1,5 +1,8 @@
 """Every kind of bad config through the real CLI: exit status 2, one `error:` message naming the key, no traceback."""
 
+import subprocess
+import sys
+
 import pytest
 from click.testing import CliRunner
 
@@ -152,3 +155,24 @@ def test_help_lists_every_command_with_its_whole_purpose():
         assert f"  {name} " in commands
         assert command.help, f"{name} has no docstring"
     assert "..." not in commands
+
+
+# A command that fails by a bug, not a user's mistake, run as a real process so the traceback is what reaches stderr.
+FAILING_COMMAND = """
+import sys
+from llm_gym.cli import main
+
+@main.command("fail")
+def fail():
+    raise RuntimeError("an internal error")
+
+main([*sys.argv[1:], "fail"], prog_name="llm_gym")
+"""
+
+
+@pytest.mark.parametrize("args", [[], ["--debug"]], ids=["plain", "debug"])
+def test_internal_error_exits_1_with_its_traceback(args):
+    result = subprocess.run([sys.executable, "-c", FAILING_COMMAND, *args], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.startswith("Traceback (most recent call last):")
+    assert result.stderr.rstrip().endswith("RuntimeError: an internal error")
