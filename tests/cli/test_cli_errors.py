@@ -3,10 +3,12 @@
 import subprocess
 import sys
 
+import click
 import pytest
 from click.testing import CliRunner
 
 from llm_gym.cli import DEBUG_ENV, main
+from llm_gym.cli.group import CommandGroup
 
 VALID_SECTIONS = """
 experiment:
@@ -147,11 +149,21 @@ def test_only_rank_zero_reports_under_torchrun(tmp_path, monkeypatch):
     assert result.stderr == ""
 
 
-def test_help_lists_every_command_with_its_whole_purpose():
-    result = CliRunner().invoke(main, ["--help"])
+def groups(group: click.Group = main, path: tuple[str, ...] = ()):
+    """Every group of the command line, with the arguments that reach it: (), ("data",)."""
+    yield path, group
+    for name, command in group.commands.items():
+        if isinstance(command, click.Group):
+            yield from groups(command, (*path, name))
+
+
+@pytest.mark.parametrize(("path", "group"), list(groups()), ids=lambda value: getattr(value, "name", None))
+def test_help_lists_every_command_with_its_whole_purpose(path, group):
+    assert isinstance(group, CommandGroup)  # user errors handled, and help written, the same way everywhere
+    result = CliRunner().invoke(main, [*path, "--help"])
     assert result.exit_code == 0
     commands = result.stdout.split("Commands:")[1]
-    for name, command in main.commands.items():
+    for name, command in group.commands.items():
         assert f"  {name} " in commands
         assert command.help, f"{name} has no docstring"
     assert "..." not in commands
