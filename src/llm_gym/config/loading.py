@@ -120,7 +120,7 @@ def apply_overrides(raw: DictConfig, overrides: Sequence[str]) -> tuple[DictConf
 
 
 def _type_hint_at(raw: DictConfig, key: str) -> Any:
-    if not key.endswith("type_hint"):
+    if key.rpartition(".")[2] != "type_hint":
         return None
     try:
         return OmegaConf.select(raw, key, throw_on_resolution_failure=False)
