@@ -1,8 +1,10 @@
 # Two commands from a fresh machine: `make demo` and `make test`. Both create .venv on first use.
 PYTHON ?= python3
 VENV ?= .venv
-# CPU build for local work; GPU hosts bring their own torch (the package itself needs torch>=2.6).
+# torch comes from pip's configured index: on Linux PyPI that is the CUDA build. For a CPU-only machine set
+# TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu (the package itself needs torch>=2.6).
 TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX_URL ?=
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
@@ -11,7 +13,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q "$(TORCH_SPEC)" $(if $(TORCH_INDEX_URL),--index-url "$(TORCH_INDEX_URL)")
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $(STAMP)
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # The demo behind `make demo`: corpus → tokenizer → tokenized splits → 2-process FSDP2 training → plot → sample.
+# It also byte-tokenizes train and val, the inputs of config_files/tiny_cpu.yaml (the commands atop that file).
 # Each data step is skipped when its output exists; delete data/demo to start over.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +15,10 @@ EXPERIMENT=experiments/demo_cpu
 for split in train val test; do
   [ -f "$DATA/${split}_bpe.idx" ] || llm_gym data tokenize --input "$DATA/$split.jsonl" \
     --tokenizer "$DATA/tokenizer.json" --output_prefix "$DATA/${split}_bpe"
+done
+for split in train val; do
+  [ -f "$DATA/${split}_byte.idx" ] || llm_gym data tokenize --input "$DATA/$split.jsonl" \
+    --tokenizer byte --output_prefix "$DATA/${split}_byte"
 done
 
 rm -rf "$EXPERIMENT"  # each demo is a fresh run

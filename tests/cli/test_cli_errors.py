@@ -1,9 +1,14 @@
 """Every kind of bad config through the real CLI: exit status 2, one `error:` message naming the key, no traceback."""
 
+import subprocess
+import sys
+
+import click
 import pytest
 from click.testing import CliRunner
 
 from llm_gym.cli import DEBUG_ENV, main
+from llm_gym.cli.group import CommandGroup
 
 VALID_SECTIONS = """
 experiment:
@@ -51,6 +56,13 @@ def test_missing_file(tmp_path):
     assert stderr == f"error: config file not found: {tmp_path / 'absent.yaml'}\n"
 
 
+def test_file_that_is_not_utf8(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n\x00")
+    stderr = assert_user_error(validate("--config_file_path", str(path)), tmp_path, ["config.yaml"])
+    assert stderr == f"error: cannot read {path}: not UTF-8 text (invalid start byte at byte 0)\n"
+
+
 def test_yaml_syntax_error_names_file_and_line(write_config, tmp_path):
     path = write_config("training:\n  max_steps: 10\n  sequence_length: [8\n")
     stderr = assert_user_error(validate("--config_file_path", str(path)), tmp_path, ["config.yaml"])
@@ -77,7 +89,12 @@ def test_unknown_key(write_config):
     result = validate("--config_file_path", str(write_config(VALID_SECTIONS)), "training.max_step=3")
     assert_user_error(result)
     assert error_lines(result)[0].startswith("error: invalid config (")
-    assert "training.max_step: unknown key" in error_lines(result)
+    assert "training.max_step: unknown key; did you mean 'max_steps'?" in error_lines(result)
+
+
+def test_unknown_key_in_a_large_section_lists_nothing(write_config):
+    result = validate("--config_file_path", str(write_config(VALID_SECTIONS)), "training.zzz=3")
+    assert "training.zzz: unknown key" in error_lines(result)  # training has too many keys to list
 
 
 def test_wrong_type(write_config):
@@ -98,7 +115,12 @@ def test_out_of_range(write_config):
 def test_unknown_type_hint_lists_valid_names(write_config):
     result = validate("--config_file_path", str(write_config(VALID_SECTIONS)), "optimizer.type_hint=AdamWW")
     assert_user_error(result)
-    assert "optimizer: unknown type_hint 'AdamWW' for 'optimizer'; valid names: Adam, AdamW, SGD" in error_lines(result)
+    assert (
+        "optimizer: unknown type_hint 'AdamWW' for 'optimizer'; did you mean 'AdamW'? valid names: Adam, AdamW, SGD"
+        in error_lines(result)
+    )
+    result = validate("--config_file_path", str(write_config(VALID_SECTIONS)), "optimizer.type_hint=Lion")
+    assert "optimizer: unknown type_hint 'Lion' for 'optimizer'; valid names: Adam, AdamW, SGD" in error_lines(result)
 
 
 def test_component_config_error_names_the_full_path(write_config):
@@ -127,11 +149,42 @@ def test_only_rank_zero_reports_under_torchrun(tmp_path, monkeypatch):
     assert result.stderr == ""
 
 
-def test_help_lists_every_command_with_its_whole_purpose():
-    result = CliRunner().invoke(main, ["--help"])
+def groups(group: click.Group = main, path: tuple[str, ...] = ()):
+    """Every group of the command line, with the arguments that reach it: (), ("data",)."""
+    yield path, group
+    for name, command in group.commands.items():
+        if isinstance(command, click.Group):
+            yield from groups(command, (*path, name))
+
+
+@pytest.mark.parametrize(("path", "group"), list(groups()), ids=lambda value: getattr(value, "name", None))
+def test_help_lists_every_command_with_its_whole_purpose(path, group):
+    assert isinstance(group, CommandGroup)  # user errors handled, and help written, the same way everywhere
+    result = CliRunner().invoke(main, [*path, "--help"])
     assert result.exit_code == 0
     commands = result.stdout.split("Commands:")[1]
-    for name, command in main.commands.items():
+    for name, command in group.commands.items():
         assert f"  {name} " in commands
         assert command.help, f"{name} has no docstring"
     assert "..." not in commands
+
+
+# A command that fails by a bug, not a user's mistake, run as a real process so the traceback is what reaches stderr.
+FAILING_COMMAND = """
+import sys
+from llm_gym.cli import main
+
+@main.command("fail")
+def fail():
+    raise RuntimeError("an internal error")
+
+main([*sys.argv[1:], "fail"], prog_name="llm_gym")
+"""
+
+
+@pytest.mark.parametrize("args", [[], ["--debug"]], ids=["plain", "debug"])
+def test_internal_error_exits_1_with_its_traceback(args):
+    result = subprocess.run([sys.executable, "-c", FAILING_COMMAND, *args], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.startswith("Traceback (most recent call last):")
+    assert result.stderr.rstrip().endswith("RuntimeError: an internal error")

@@ -133,12 +133,30 @@ def test_top_level_list_is_refused(write_config):
 
 def test_unknown_key_names_its_dotted_path(write_config):
     message = config_error(write_config(TOY_YAML.replace("  max_steps: 100", "  max_steps: 100\n  max_step: 5")))
-    assert message.splitlines() == ["invalid config (1 error):", "  training.max_step: unknown key"]
+    assert message.splitlines() == [
+        "invalid config (1 error):",
+        "  training.max_step: unknown key; did you mean 'max_steps'?",
+    ]
+
+
+def test_unknown_key_far_from_any_lists_the_valid_ones(write_config):
+    message = config_error(write_config(TOY_YAML.replace("  max_steps: 100", "  max_steps: 100\n  zzz: 5")))
+    assert "  training.zzz: unknown key; valid keys: max_steps, warmup_steps, world_size, rank, name" in (
+        message.splitlines()
+    )
 
 
 def test_unknown_key_inside_a_component_config(write_config):
     message = config_error(write_config(TOY_YAML.replace("    lr: 3.0e-4", "    lr: 3.0e-4\n    learning_rate: 1")))
-    assert "  optimizer.config.learning_rate: unknown key" in message.splitlines()
+    assert (
+        "  optimizer.config.learning_rate: unknown key; valid keys: lr, weight_decay, betas, eps, foreach, fused"
+        in (message.splitlines())
+    )
+
+
+def test_unknown_key_beside_type_hint_lists_the_node_keys(write_config):
+    message = config_error(write_config(TOY_YAML), ["optimizer.configs.lr=1"])
+    assert "  optimizer.configs: unknown key; did you mean 'config'?" in message.splitlines()
 
 
 def test_wrong_type(write_config):
@@ -175,7 +193,7 @@ def test_unknown_type_hint_lists_valid_names(write_config):
     message = config_error(write_config(TOY_YAML), ["optimizer.type_hint=AdamWW"])
     assert message.splitlines() == [
         "invalid config (1 error):",
-        "  optimizer: unknown type_hint 'AdamWW' for 'optimizer'; valid names: Adam, AdamW, SGD",
+        "  optimizer: unknown type_hint 'AdamWW' for 'optimizer'; did you mean 'AdamW'? valid names: Adam, AdamW, SGD",
     ]
 
 
@@ -229,7 +247,7 @@ def test_override_reaching_into_a_scalar(write_config):
 
 def test_override_of_an_unknown_key_is_an_unknown_key(write_config):
     message = config_error(write_config(TOY_YAML), ["training.max_step=5"])
-    assert "  training.max_step: unknown key" in message.splitlines()
+    assert "  training.max_step: unknown key; did you mean 'max_steps'?" in message.splitlines()
 
 
 # ---- user modules -------------------------------------------------------------------------------
@@ -281,3 +299,81 @@ def test_dist_resolver_under_torchrun(write_config, tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert {file.name: file.read_text() for file in tmp_path.glob("rank*")} == {"rank0": "2", "rank1": "2"}
+
+
+# ---- swapping a component, deleting a key ----------------------------------------------------------
+
+
+def test_swap_drops_the_old_types_keys_and_keeps_the_shared_ones(write_config):
+    path = write_config(TOY_YAML.replace("    lr: 3.0e-4", "    lr: 3.0e-4\n    betas: [0.9, 0.95]"))
+    config, resolved = load_config(path, ToyConfig, ["optimizer.type_hint=SGD", "optimizer.config.momentum=0.9"])
+    assert (config.optimizer.config.lr, config.optimizer.config.momentum) == (pytest.approx(3e-4), 0.9)
+    assert resolved["optimizer"]["config"] == {"lr": 3e-4, "momentum": 0.9}  # what config.yaml records
+
+
+def test_swap_to_the_same_type_drops_nothing(write_config):
+    path = write_config(TOY_YAML.replace("    lr: 3.0e-4", "    lr: 3.0e-4\n    betaz: 1"))
+    assert "optimizer.config.betaz: unknown key" in config_error(path, ["optimizer.type_hint=AdamW"])
+
+
+def test_swap_keeps_a_whole_config_given_after_it(write_config):
+    message = config_error(write_config(TOY_YAML), ["optimizer.type_hint=SGD", "optimizer.config={betas: [1, 2]}"])
+    assert "optimizer.config.betas: unknown key" in message
+
+
+def test_keys_set_before_the_swap_are_dropped_with_the_file_ones(write_config):
+    config, _ = load_config(write_config(TOY_YAML), ToyConfig, ["optimizer.config.eps=1e-6", "optimizer.type_hint=SGD"])
+    assert "eps" not in type(config.optimizer.config).model_fields
+
+
+def test_swap_to_a_type_from_user_modules(write_config, isolated_imports, fresh_registry):
+    write_config(
+        "from pydantic import BaseModel, ConfigDict\nfrom llm_gym.registry import register_component\n"
+        "class HalvingConfig(BaseModel):\n    model_config = ConfigDict(extra='forbid')\n    every: int = 2\n"
+        "@register_component('lr_scheduler', 'Halving', config_model=HalvingConfig)\n"
+        "class Halving:\n    def __init__(self, optimizer, every: int = 2): ...\n",
+        name="my_schedules.py",
+    )
+    path = write_config("user_modules: [my_schedules]\n" + TOY_YAML)
+    config, resolved = load_config(path, ToyConfig, ["lr_scheduler.type_hint=Halving"])
+    assert resolved["lr_scheduler"] == {"type_hint": "Halving", "config": {}}
+    assert config.lr_scheduler.config.every == 2
+
+
+def test_delete_override(write_config):
+    path = write_config(TOY_YAML.replace("  warmup_steps: 10", "  warmup_steps: 10\n  name: mine"))
+    config, resolved = load_config(path, ToyConfig, ["~training.name"])
+    assert "name" not in resolved["training"]
+    assert config.training.name == "toy"  # the schema's default
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("~training.absent", "bad override '~training.absent': there is no key 'training.absent' to delete"),
+        ("~training.max_steps=100", "bad override '~training.max_steps=100': expected ~dotted.key"),
+        ("~", "bad override '~': expected ~dotted.key"),
+    ],
+)
+def test_bad_delete_override(write_config, override, message):
+    assert config_error(write_config(TOY_YAML), [override]).startswith(message)
+
+
+# ---- unreadable files --------------------------------------------------------------------------
+
+
+def test_file_that_is_not_utf8(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_bytes(b"training:\n  name: \xff\xfe\n")
+    assert config_error(path) == f"cannot read {path}: not UTF-8 text (invalid start byte at byte 18)"
+
+
+def test_directory_instead_of_a_file(tmp_path):
+    assert config_error(tmp_path) == f"cannot read {tmp_path}: Is a directory"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
+def test_file_without_read_permission(write_config):
+    path = write_config(TOY_YAML)
+    path.chmod(0)
+    assert config_error(path) == f"cannot read {path}: Permission denied"

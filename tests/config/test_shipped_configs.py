@@ -73,3 +73,45 @@ def test_validate_for_another_world_size_leaves_the_environment_alone(monkeypatc
     )
     assert result.exit_code == 0, result.output
     assert "world size: 8" in result.output and "WORLD_SIZE" not in os.environ
+
+
+def resolved_config(result) -> dict:
+    assert result.exit_code == 0, result.output
+    return yaml.safe_load(result.output.split("\n---\n")[0])
+
+
+def test_swapping_the_optimizer_drops_the_keys_only_the_old_one_takes():
+    resolved = resolved_config(validate(CONFIG_DIR / "tiny_cpu.yaml", "optimizer.type_hint=SGD"))
+    assert resolved["optimizer"] == {"type_hint": "SGD", "config": {"lr": 3.0e-3, "weight_decay": 0.1}}
+
+
+def test_swapping_the_optimizer_applies_the_new_ones_keys_given_with_it():
+    result = validate(CONFIG_DIR / "tiny_cpu.yaml", "optimizer.type_hint=SGD", "optimizer.config.momentum=0.9")
+    assert resolved_config(result)["optimizer"]["config"] == {"lr": 3.0e-3, "weight_decay": 0.1, "momentum": 0.9}
+
+
+def test_a_key_given_with_the_swap_is_still_checked():
+    result = validate(CONFIG_DIR / "tiny_cpu.yaml", "optimizer.type_hint=SGD", "optimizer.config.betas=[0.9,0.9]")
+    assert result.exit_code == 2
+    assert "optimizer.config.betas: unknown key" in result.stderr
+
+
+def test_swapping_a_nested_component():
+    result = validate(
+        CONFIG_DIR / "tiny_cpu.yaml", "model.config.norm.type_hint=LayerNorm", "data.dataloader.type_hint=x"
+    )
+    assert result.exit_code == 2 and "unknown type_hint 'x'" in result.stderr  # an unknown type is reported, not pruned
+    model = resolved_config(validate(CONFIG_DIR / "tiny_cpu.yaml", "model.config.norm.type_hint=LayerNorm"))["model"]
+    assert model["config"]["norm"] == {"type_hint": "LayerNorm", "config": {"eps": 1.0e-5}}
+    assert model["config"]["mlp"]["config"] == {"hidden_dim": 352}
+
+
+def test_swapping_the_schedule_keeps_its_shared_keys_and_takes_new_ones():
+    result = validate(CONFIG_DIR / "tiny_cpu.yaml", "lr_scheduler.type_hint=StepLR", "lr_scheduler.config.step_size=10")
+    assert resolved_config(result)["lr_scheduler"] == {"type_hint": "StepLR", "config": {"step_size": 10}}
+
+
+def test_delete_override_removes_a_key():
+    resolved = resolved_config(validate(CONFIG_DIR / "tiny_cpu.yaml", "~optimizer.config.betas", "~loggers.1"))
+    assert "betas" not in resolved["optimizer"]["config"]
+    assert [logger["type_hint"] for logger in resolved["loggers"]] == ["Console"]

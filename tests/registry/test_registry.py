@@ -109,7 +109,9 @@ def test_build_component_by_key_query(registry):
 
 
 def test_build_component_by_key_query_unknown_type_hint_lists_valid_names(registry):
-    with pytest.raises(ConfigError, match=r"unknown type_hint 'Norn' for 'toy_norm'; valid names: Norm$"):
+    with pytest.raises(
+        ConfigError, match=r"unknown type_hint 'Norn' for 'toy_norm'; did you mean 'Norm'\? valid names: Norm$"
+    ):
         registry.build_component_by_key_query("toy_norm", "Norn")
     with pytest.raises(ConfigError, match="valid names: none registered"):
         registry.build_component_by_key_query("no_such_key", "Norm")

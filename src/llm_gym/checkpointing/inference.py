@@ -71,12 +71,13 @@ def _model_config(meta: dict[str, Any], checkpoint_dir: Path) -> tuple[dict[str,
             "only checkpoints written by `llm_gym run` can be loaded without a config"
         )
     import_user_modules(resolved, Path.cwd())
+    section = {"model": resolved["model"]}
     try:
-        return resolved, _ModelSection.model_validate({"model": resolved["model"]}).model
+        return resolved, _ModelSection.model_validate(section).model
     except ValidationError as error:
         raise UserError(
             f"the run config saved in {checkpoint_dir / META_FILE} is not valid for this llm_gym "
-            f"(written by another version?): {format_validation_error(error)}"
+            f"(written by another version?): {format_validation_error(error, _ModelSection, section)}"
         ) from None
 
 

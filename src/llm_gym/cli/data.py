@@ -4,6 +4,8 @@ from pathlib import Path
 
 import click
 
+from llm_gym.cli.group import CommandGroup
+
 input_option = click.option(
     "--input",
     "inputs",
@@ -18,7 +20,7 @@ text_key_option = click.option(
 force_option = click.option("--force", is_flag=True, help="Overwrite existing outputs.")
 
 
-@click.group()
+@click.group(cls=CommandGroup)
 def data() -> None:
     """Prepare training data: corpus, tokenizer, tokenized files."""
 

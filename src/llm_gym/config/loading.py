@@ -9,15 +9,17 @@ import os
 import re
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 import omegaconf
 import yaml
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from pydantic import BaseModel, ValidationError
 
+from llm_gym.config.component import did_you_mean, find_component_entry, model_at, value_at
 from llm_gym.errors import ConfigError
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
@@ -62,13 +64,17 @@ def _yaml_problem(error: yaml.YAMLError) -> str:
     return getattr(error, "problem", None) or str(error).splitlines()[0]
 
 
-def load_raw_config(path: Path, overrides: Sequence[str] = ()) -> DictConfig:
-    """Read the YAML and merge ``dotted.key=value`` overrides; nothing is resolved yet."""
+def read_config_file(path: Path) -> DictConfig:
+    """Read the YAML as it is written; nothing is resolved yet."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise ConfigError(f"config file not found: {path}")
     try:
         raw = OmegaConf.load(path)
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"cannot read {path}: not UTF-8 text ({error.reason} at byte {error.start})") from error
+    except OSError as error:  # a directory, no permission, an I/O error
+        raise ConfigError(f"cannot read {path}: {error.strerror or error}") from error
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -78,22 +84,113 @@ def load_raw_config(path: Path, overrides: Sequence[str] = ()) -> DictConfig:
         raise ConfigError(f"{key}: invalid interpolation in {path}: {_omegaconf_message(error)}") from error
     if not isinstance(raw, DictConfig):
         raise ConfigError(f"{path} must hold a mapping at the top level, not a list")
-    for override in overrides:
-        raw = _apply_override(raw, override)
     return raw
 
 
-def _apply_override(raw: DictConfig, override: str) -> DictConfig:
+@dataclass
+class TypeHintSwap:
+    """An override changed the type_hint of the node at ``node_path``.
+
+    The node's config was written for the old type, so the keys the new type's config model does not accept
+    are dropped (see ``drop_keys_of_replaced_types``); ``set_after`` holds the config keys overrides set after
+    the swap, which stay whatever they are, so a mistake among them is still reported.
+    """
+
+    node_path: tuple[str, ...]
+    set_after: set[str] = field(default_factory=set)
+
+
+def apply_overrides(raw: DictConfig, overrides: Sequence[str]) -> tuple[DictConfig, list[TypeHintSwap]]:
+    """Merge ``dotted.key=value`` overrides and apply ``~dotted.key`` deletions, in order."""
+    swaps: dict[tuple[str, ...], TypeHintSwap] = {}
+    for override in overrides:
+        if override.startswith("~"):
+            _delete_key(raw, override)
+            continue
+        key = _override_key(override)
+        parts = tuple(key.split("."))
+        parsed = _parse_override(override)
+        previous = _type_hint_at(raw, key)
+        raw = _merge_override(raw, parsed, override)
+        for swap in swaps.values():
+            _note_set_after(swap, parts, OmegaConf.select(parsed, key))
+        if parts[-1] == "type_hint" and parts[:-1] not in swaps and _type_hint_at(raw, key) != previous:
+            swaps[parts[:-1]] = TypeHintSwap(parts[:-1])
+    return raw, list(swaps.values())
+
+
+def _type_hint_at(raw: DictConfig, key: str) -> Any:
+    if key.rpartition(".")[2] != "type_hint":
+        return None
+    try:
+        return OmegaConf.select(raw, key, throw_on_resolution_failure=False)
+    except OmegaConfBaseException:  # the path runs through a scalar or a list; the merge reports it
+        return None
+
+
+def _note_set_after(swap: TypeHintSwap, override_parts: tuple[str, ...], value: Any) -> None:
+    config_path = (*swap.node_path, "config")
+    if override_parts[: len(config_path)] != config_path:
+        return
+    if len(override_parts) > len(config_path):
+        swap.set_after.add(override_parts[len(config_path)])
+    elif isinstance(value, DictConfig):  # the whole config given at once: `optimizer.config={momentum: 0.9}`
+        swap.set_after.update(str(name) for name in value)
+
+
+def _override_key(override: str) -> str:
     key, sep, _ = override.partition("=")
     if not sep or not key.strip() or any(not part for part in key.split(".")):
         raise ConfigError(f"bad override '{override}': expected dotted.key=value, e.g. training.max_steps=100")
+    return key
+
+
+def _parse_override(override: str) -> DictConfig:
     try:
-        return OmegaConf.merge(raw, OmegaConf.from_dotlist([override]))
+        return OmegaConf.from_dotlist([override])
     except yaml.YAMLError as error:
         raise ConfigError(f"bad override '{override}': the value is not valid YAML: {_yaml_problem(error)}") from error
     except (OmegaConfBaseException, TypeError, ValueError) as error:
+        raise ConfigError(f"bad override '{override}': {str(error).splitlines()[0]}") from error
+
+
+def _merge_override(raw: DictConfig, parsed: DictConfig, override: str) -> DictConfig:
+    try:
+        return OmegaConf.merge(raw, parsed)
+    except (OmegaConfBaseException, TypeError, ValueError) as error:
         # e.g. a dotted key reaching into a list or a scalar: OmegaConf refuses to merge it.
         raise ConfigError(f"bad override '{override}': {str(error).splitlines()[0]}") from error
+
+
+def _delete_key(raw: DictConfig, override: str) -> None:
+    """``~dotted.key`` removes the key, as in Hydra; a list item is named by its index (``~loggers.1``)."""
+    key = override[1:]
+    if "=" in key or not key.strip() or any(not part for part in key.split(".")):
+        raise ConfigError(f"bad override '{override}': expected ~dotted.key, e.g. ~optimizer.config.betas")
+    parent_key, _, name = key.rpartition(".")
+    parent = OmegaConf.select(raw, parent_key, throw_on_resolution_failure=False) if parent_key else raw
+    if isinstance(parent, DictConfig) and name in parent:
+        del parent[name]
+    elif isinstance(parent, ListConfig) and name.isdigit() and int(name) < len(parent):
+        del parent[int(name)]
+    else:
+        raise ConfigError(f"bad override '{override}': there is no key '{key}' to delete")
+
+
+def drop_keys_of_replaced_types(
+    resolved: dict[str, Any], schema: type[BaseModel], swaps: Sequence[TypeHintSwap]
+) -> None:
+    """Drop the config keys an overridden type_hint's config model does not accept, e.g. AdamW's ``betas``
+    after ``optimizer.type_hint=SGD``; the keys it accepts (``lr``) keep their values."""
+    for swap in swaps:
+        entry = find_component_entry(schema, swap.node_path, resolved)
+        config = value_at(resolved, (*swap.node_path, "config"))
+        if entry is None or not isinstance(config, dict):
+            continue  # not a component node the schema knows, or an unknown type_hint: validation says which
+        fields = entry.config_model.model_fields
+        accepted = set(fields) | {info.alias for info in fields.values() if info.alias}
+        for name in [name for name in config if name not in accepted and name not in swap.set_after]:
+            del config[name]
 
 
 def resolve(raw: DictConfig) -> dict[str, Any]:
@@ -129,13 +226,20 @@ def import_user_modules(config: dict[str, Any], config_dir: Path) -> None:
             ) from error
 
 
-def format_validation_error(error: ValidationError) -> str:
+def format_validation_error(
+    error: ValidationError, schema: type[BaseModel] | None = None, config: dict[str, Any] | None = None
+) -> str:
+    """One line per error, at its dotted key; with the ``schema`` and ``config`` validated, an unknown key
+    also gets the closest valid one (or the few valid ones)."""
     lines = []
     for detail in error.errors():
         location = ""
         for part in detail["loc"]:
             location += f"[{part}]" if isinstance(part, int) else (f".{part}" if location else str(part))
-        lines.append(f"  {location or '<root>'}: {_message(detail)}" + _input_hint(detail))
+        message = _message(detail)
+        if detail["type"] == "extra_forbidden" and schema is not None and config is not None:
+            message += _valid_keys_hint(detail["loc"], schema, config)
+        lines.append(f"  {location or '<root>'}: {message}" + _input_hint(detail))
     count = len(lines)
     return f"invalid config ({count} error{'s' if count > 1 else ''}):\n" + "\n".join(lines)
 
@@ -143,11 +247,25 @@ def format_validation_error(error: ValidationError) -> str:
 # pydantic's wording speaks of fields and inputs; a YAML author thinks in keys.
 _MESSAGES = {"missing": "missing required key", "extra_forbidden": "unknown key"}
 
+# Listing a section's keys helps while the list stays short; a long one is what the docs are for.
+_MAX_KEYS_LISTED = 12
+
 
 def _message(detail: dict[str, Any]) -> str:
     if detail["type"] in _MESSAGES:
         return _MESSAGES[detail["type"]]
     return detail["msg"].removeprefix("Value error, ")
+
+
+def _valid_keys_hint(location: tuple[str | int, ...], schema: type[BaseModel], config: dict[str, Any]) -> str:
+    """``; did you mean 'max_steps'?`` for a near miss, else ``; valid keys: ...`` for a short section."""
+    section = model_at(schema, [str(part) for part in location[:-1]], config)
+    if section is None:
+        return ""
+    valid = [info.alias or name for name, info in section.model_fields.items()]
+    if suggestion := did_you_mean(str(location[-1]), valid):
+        return f"; {suggestion}"
+    return f"; valid keys: {', '.join(valid)}" if len(valid) <= _MAX_KEYS_LISTED else ""
 
 
 def _input_hint(detail: dict[str, Any]) -> str:
@@ -163,11 +281,13 @@ def validate_config(resolved: dict[str, Any], model: type[ModelT]) -> ModelT:
     try:
         return model.model_validate(resolved)
     except ValidationError as error:
-        raise ConfigError(format_validation_error(error)) from error
+        raise ConfigError(format_validation_error(error, model, resolved)) from error
 
 
 def load_config(path: Path, model: type[ModelT], overrides: Sequence[str] = ()) -> tuple[ModelT, dict[str, Any]]:
     """Load, override, resolve and validate. Returns the validated model and the resolved plain dict."""
-    resolved = resolve(load_raw_config(path, overrides))
+    raw, swaps = apply_overrides(read_config_file(path), overrides)
+    resolved = resolve(raw)
     import_user_modules(resolved, Path(path).resolve().parent)
+    drop_keys_of_replaced_types(resolved, model, swaps)
     return validate_config(resolved, model), resolved
