@@ -115,3 +115,22 @@ def test_delete_override_removes_a_key():
     resolved = resolved_config(validate(CONFIG_DIR / "tiny_cpu.yaml", "~optimizer.config.betas", "~loggers.1"))
     assert "betas" not in resolved["optimizer"]["config"]
     assert [logger["type_hint"] for logger in resolved["loggers"]] == ["Console"]
+
+
+def _state_gib(result) -> float:
+    line = next(line for line in result.output.splitlines() if line.startswith("memory per rank"))
+    return float(line.split("state ")[1].split()[0])
+
+
+def test_memory_estimate_counts_the_configured_optimizers_state():
+    config = CONFIG_DIR / "config.yaml"
+    adamw = validate(config)
+    sgd = validate(config, "optimizer.type_hint=SGD", "optimizer.config.momentum=0.9")
+    plain_sgd = validate(config, "optimizer.type_hint=SGD")
+    for result in (adamw, sgd, plain_sgd):
+        assert result.exit_code == 0, result.output
+    assert "AdamW: 2 fp32 moments" in adamw.output and "SGD: a momentum buffer" in sgd.output
+    assert "SGD: no state" in plain_sgd.output
+    # fp32 weights + gradients (8 bytes) plus 4 bytes per state tensor: 16, 12 and 8 bytes per parameter.
+    assert _state_gib(adamw) / _state_gib(sgd) == pytest.approx(16 / 12, rel=0.02)
+    assert _state_gib(adamw) / _state_gib(plain_sgd) == pytest.approx(16 / 8, rel=0.02)

@@ -23,8 +23,8 @@ GIB = 2**30
 # decoder with fused (flash/SDPA) attention: Korthikanti et al. 2022, the 34·s·b·h bytes at 2 bytes each,
 # without the attention-score term that fused kernels do not store.
 ACTIVATION_ELEMENTS_PER_LAYER = 17
-# fp32 master weights + fp32 gradients + AdamW's two fp32 moments.
-STATE_BYTES_PER_PARAMETER = 16
+# fp32 master weights and fp32 gradients, before the optimizer's own state.
+WEIGHT_AND_GRADIENT_BYTES_PER_PARAMETER = 8
 
 
 def describe_config(config: TrainingAppConfig, world_size: int) -> Iterator[str]:
@@ -46,9 +46,9 @@ def describe_config(config: TrainingAppConfig, world_size: int) -> Iterator[str]
     )
     with torch.device("meta"):
         model = get_registry().build_component_by_config(config.model)
-    build_optimization(config, model)
+    optimizer, _ = build_optimization(config, model)
     yield from describe_model(model, training.sequence_length)
-    yield from estimate_memory(model, config, parallelism)
+    yield from estimate_memory(model, config, parallelism, optimizer)
     yield from _check_datasets(config)
 
 
@@ -68,11 +68,29 @@ def _shard_description(parallelism: ParallelismStrategy) -> str:
     return f"parameters sharded over {degree} ranks" if degree > 1 else "parameters replicated"
 
 
-def estimate_memory(model: nn.Module, config: TrainingAppConfig, parallelism: ParallelismStrategy) -> list[str]:
+def optimizer_state_tensors(optimizer: torch.optim.Optimizer) -> tuple[int, str]:
+    """fp32 state tensors the optimizer keeps per parameter, and how the estimate names them."""
+    name = type(optimizer).__name__
+    defaults = optimizer.defaults
+    if isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)):
+        count = 3 if defaults.get("amsgrad") else 2
+        return count, f"{name}: {count} fp32 moments"
+    if isinstance(optimizer, torch.optim.SGD):
+        count = 1 if defaults.get("momentum") else 0
+        return count, f"{name}: {'a momentum buffer' if count else 'no state'}"
+    # A user's optimizer: Adam-like state is the common case and errs on the safe side.
+    return 2, f"{name}: assumed 2 fp32 state tensors"
+
+
+def estimate_memory(
+    model: nn.Module, config: TrainingAppConfig, parallelism: ParallelismStrategy, optimizer: torch.optim.Optimizer
+) -> list[str]:
     """A planning figure per rank: sharded training state, activations and logits of one micro batch."""
     training = config.training
     parameters = num_parameters(model)
-    state = parameters * STATE_BYTES_PER_PARAMETER / _shard_degree(parallelism)
+    state_tensors, optimizer_description = optimizer_state_tensors(optimizer)
+    state_bytes_per_parameter = WEIGHT_AND_GRADIENT_BYTES_PER_PARAMETER + 4 * state_tensors
+    state = parameters * state_bytes_per_parameter / _shard_degree(parallelism)
     compute_bytes = torch.finfo(parallelism.compute_dtype).bits // 8
     tokens = training.micro_batch_size * training.sequence_length
     per_layer = ACTIVATION_ELEMENTS_PER_LAYER * tokens * model.dim * compute_bytes
@@ -92,7 +110,7 @@ def estimate_memory(model: nn.Module, config: TrainingAppConfig, parallelism: Pa
     logits = tokens * model.vocab_size * (compute_bytes + 8)
     total = state + activations + logits
     return [
-        f"memory per rank (estimate, AdamW with fp32 master weights, {parallelism.compute_dtype}): "
+        f"memory per rank (estimate, fp32 master weights, {optimizer_description}, {parallelism.compute_dtype}): "
         f"~{total / GIB:.2f} GiB = state {state / GIB:.2f} + activations {activations / GIB:.2f} "
         f"(activation checkpointing: {training.activation_checkpointing.value}) + logits {logits / GIB:.2f}"
     ]
