@@ -322,3 +322,15 @@ def test_resume_from_a_named_checkpoint_and_keep_only_the_newest(byte_corpus, re
     assert recorded(experiment) == recorded(reference(1))  # lines after step 2 were dropped and written again
     assert sorted(entry.name for entry in checkpoints.iterdir()) == ["latest", "step_7", "step_8"]
     assert (checkpoints / "latest").read_text().strip() == "step_8"
+
+
+@pytest.mark.slow
+def test_a_model_with_dropout_resumes_to_the_losses_of_an_uninterrupted_run(byte_corpus, tmp_path):
+    dropout = {"model.config.dropout": 0.1}
+    reference_dir, experiment = tmp_path / "reference", tmp_path / "experiment"
+    train(byte_corpus, reference_dir, 1, **dropout)
+    train(byte_corpus, experiment, 1, **dropout, **{"training.max_steps": 4})
+
+    train(byte_corpus, experiment, 1, "--resume", "auto", **dropout)
+
+    assert recorded(experiment) == recorded(reference_dir)
