@@ -334,3 +334,24 @@ def test_a_model_with_dropout_resumes_to_the_losses_of_an_uninterrupted_run(byte
     train(byte_corpus, experiment, 1, "--resume", "auto", **dropout)
 
     assert recorded(experiment) == recorded(reference_dir)
+
+
+@pytest.mark.slow
+def test_a_run_extended_on_resume_follows_the_schedule_of_the_longer_run(byte_corpus, tmp_path):
+    def longer_run(steps: int) -> dict[str, int]:
+        return {"training.max_steps": steps, "lr_scheduler.config.total_steps": steps}
+
+    fresh, experiment = tmp_path / "fresh", tmp_path / "experiment"
+    train(byte_corpus, fresh, 1, **longer_run(12))
+    train(byte_corpus, experiment, 1, **longer_run(6))
+
+    result = train(byte_corpus, experiment, 1, "--resume", "auto", **longer_run(12))
+
+    def train_lrs(experiment_dir: Path) -> dict[int, float]:
+        return {step: lr for step, split, _, lr, *_ in recorded(experiment_dir) if split == "train"}
+
+    resumed_lrs, fresh_lrs = train_lrs(experiment), train_lrs(fresh)
+    assert sorted(resumed_lrs) == list(range(1, 13))
+    assert [resumed_lrs[step] for step in range(7, 13)] == [fresh_lrs[step] for step in range(7, 13)]
+    for change in ("lr_scheduler.config.total_steps: checkpoint 6, now 12", "training.max_steps: checkpoint 6, now 12"):
+        assert change in result.stderr
