@@ -91,12 +91,6 @@ def _train(config: TrainingAppConfig, resolved: dict, env, resume: str, allow_co
             + "\n  ".join(differences)
             + "\npass --allow_config_change to resume anyway"
         )
-    if changed_hyperparameters and env.is_main_process:
-        logger.warning(
-            "resuming with the config's hyperparameters, which differ from the checkpoint's "
-            "(the checkpoint restores weights, optimizer moments, counters and the data position):\n  "
-            + "\n  ".join(changed_hyperparameters)
-        )
     parallelism = build_parallelism(config, env)
     built = build_model(config, parallelism)
     if settings.warm_start_from is not None and resume_dir is None:
@@ -112,6 +106,12 @@ def _train(config: TrainingAppConfig, resolved: dict, env, resume: str, allow_co
     if resume_dir is not None:
         load_checkpoint(resume_dir, state)
         resume_step = progress.step
+        if changed_hyperparameters and env.is_main_process:
+            logger.warning(
+                "resuming with the config's hyperparameters, which differ from the checkpoint's "
+                "(the checkpoint restores weights, optimizer moments, counters and the data position):\n  "
+                + "\n  ".join(changed_hyperparameters)
+            )
     if env.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
