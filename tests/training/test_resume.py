@@ -355,3 +355,32 @@ def test_a_run_extended_on_resume_follows_the_schedule_of_the_longer_run(byte_co
     assert [resumed_lrs[step] for step in range(7, 13)] == [fresh_lrs[step] for step in range(7, 13)]
     for change in ("lr_scheduler.config.total_steps: checkpoint 6, now 12", "training.max_steps: checkpoint 6, now 12"):
         assert change in result.stderr
+
+
+def assert_one_error_line(result: subprocess.CompletedProcess, expected: str) -> None:
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith("error: ") and expected in result.stderr
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+
+
+def test_resume_from_a_missing_directory_is_one_error(byte_corpus, tmp_path):
+    missing = tmp_path / "experiment" / "checkpoints" / "step_4"
+
+    result = train(byte_corpus, tmp_path / "experiment", 1, "--resume", str(missing), check=False)
+
+    assert_one_error_line(result, f"checkpoint directory {missing} does not exist")
+    assert not (tmp_path / "experiment").exists()
+
+
+@pytest.mark.slow
+def test_resume_from_a_damaged_checkpoint_is_one_error(byte_corpus, stopped_at_4, tmp_path):
+    experiment = stopped_at_4(1, tmp_path / "experiment")
+    shard = next((experiment / "checkpoints" / "step_4").glob("*.distcp"))
+    shard.write_bytes(shard.read_bytes()[:-1])
+    before = listing(experiment)
+
+    result = train(byte_corpus, experiment, 1, "--resume", "auto", check=False)
+
+    assert_one_error_line(result, f"checkpoint {experiment / 'checkpoints' / 'step_4'} is corrupted: {shard.name}")
+    assert listing(experiment) == before
