@@ -1,7 +1,8 @@
 """``llm_gym run --resume``: a stopped or killed run, resumed, writes the metrics an uninterrupted run writes.
 
-Every run here trains 8 steps at most with the schedule pinned to 8 steps, so a run stopped early by a
-smaller ``training.max_steps`` and its resumption follow the same learning-rate curve as the reference.
+Unless a test says otherwise, every run here trains 8 steps at most with the schedule pinned to 8 steps, so
+a run stopped early by a smaller ``training.max_steps`` and its resumption follow the same learning-rate
+curve as the reference.
 Runs stop at step 4, where the reference evaluates too: a run always evaluates at its last step, so a
 stop elsewhere would add one evaluation line that the reference does not have.
 """
