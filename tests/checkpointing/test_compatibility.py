@@ -1,10 +1,10 @@
-"""Which config changes break an exact resume."""
+"""Which config changes break an exact resume, and which change hyperparameters."""
 
 import copy
 
 import pytest
 
-from llm_gym.checkpointing import config_differences
+from llm_gym.checkpointing import config_differences, hyperparameter_changes
 
 CONFIG = {
     "experiment": {"seed": 42, "output_dir": "experiments/a"},
@@ -77,3 +77,18 @@ def test_values_compare_as_they_were_stored_in_json():
     saved = changed(model__config={"n_layer": 2, "n_embd": 64, "betas": [0.9, 0.95]})
     current = changed(model__config={"n_layer": 2, "n_embd": 64, "betas": (0.9, 0.95)})
     assert config_differences(saved, current, 2, 2) == []
+
+
+def test_changed_hyperparameters_are_listed_apart_from_differences():
+    current = changed(
+        training__max_steps=200,
+        optimizer__config={"lr": 5e-4},
+        lr_scheduler={"type_hint": "CosineAnnealingLR", "config": {"T_max": 200}},
+    )
+    assert hyperparameter_changes(CONFIG, CONFIG) == []
+    assert hyperparameter_changes(CONFIG, current) == [
+        "optimizer.config.lr: checkpoint 0.001, now 0.0005",
+        "lr_scheduler: checkpoint '<absent>', now {'type_hint': 'CosineAnnealingLR', 'config': {'T_max': 200}}",
+        "training.max_steps: checkpoint 100, now 200",
+    ]
+    assert hyperparameter_changes(CONFIG, changed(experiment__seed=1)) == []

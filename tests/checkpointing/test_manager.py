@@ -5,7 +5,13 @@ import torch
 from checkpoint_toys import Toy, make_model
 
 import llm_gym.checkpointing.manager as manager_module
-from llm_gym.checkpointing import CheckpointManager, NonFiniteWeightsError, load_checkpoint, resolve_resume
+from llm_gym.checkpointing import (
+    CheckpointManager,
+    NonFiniteWeightsError,
+    load_checkpoint,
+    read_checkpoint_meta,
+    resolve_resume,
+)
 from llm_gym.errors import UserError
 
 
@@ -141,3 +147,32 @@ def test_checkpoint_strategies_are_registry_components():
     )
     strategy = get_registry().build_component_by_config(settings.strategies[0])
     assert strategy.protects(200, newer_steps=[300]) and not strategy.protects(250, newer_steps=[300])
+
+
+class _Killed(BaseException):
+    """Stands in for SIGKILL: nothing after it runs."""
+
+
+@pytest.mark.parametrize("kill_before", ["old checkpoint moved aside", "new checkpoint renamed into place"])
+def test_latest_names_a_complete_checkpoint_while_a_step_is_saved_again(tmp_path, monkeypatch, kill_before):
+    toy = Toy(make_model())
+    manager = CheckpointManager(tmp_path, every_n_steps=1, keep_last=-1)
+    for step in (2, 4):
+        manager.save(step, toy.state(), {"run": "first"})
+    real_replace = manager_module.os.replace
+    moved = {"old checkpoint moved aside": "step_4", "new checkpoint renamed into place": ".tmp_step_4"}[kill_before]
+
+    def replace(source, target):
+        if manager_module.Path(source).name == moved:
+            raise _Killed
+        real_replace(source, target)
+
+    monkeypatch.setattr(manager_module.os, "replace", replace)
+    with pytest.raises(_Killed):  # resumed from step_2, the run reaches step 4 again and saves it
+        manager.save(4, toy.state(), {"run": "resumed"})
+
+    assert resolve_resume("auto", tmp_path) == tmp_path / "step_2"
+    monkeypatch.setattr(manager_module.os, "replace", real_replace)
+    manager.save(4, toy.state(), {"run": "resumed"})
+    assert resolve_resume("auto", tmp_path) == tmp_path / "step_4"
+    assert read_checkpoint_meta(tmp_path / "step_4")["run"] == "resumed"

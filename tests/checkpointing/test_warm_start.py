@@ -71,3 +71,13 @@ def test_bad_weights_files(tmp_path, monkeypatch, file_name):
         load_model_weights(model, path)
     assert_same(before, params(model))
     assert not (tmp_path / "pwned").exists()
+
+
+@pytest.mark.parametrize("given", ["checkpoints", "experiment"])
+def test_from_a_checkpoints_or_experiment_directory_the_latest_checkpoint(trained, tmp_path, given):
+    manager = CheckpointManager(tmp_path / "checkpoints", 1, -1)
+    manager.save(1, Toy(make_model(seed=3)).state(), {})
+    manager.save(2, trained.state(), {})
+    fresh = make_model(seed=5)
+    load_model_weights(fresh, {"checkpoints": tmp_path / "checkpoints", "experiment": tmp_path}[given])
+    assert_same(params(trained.model), params(fresh))

@@ -188,3 +188,15 @@ def test_internal_error_exits_1_with_its_traceback(args):
     assert result.returncode == 1
     assert result.stderr.startswith("Traceback (most recent call last):")
     assert result.stderr.rstrip().endswith("RuntimeError: an internal error")
+
+
+@pytest.mark.parametrize("count", [0, -2])
+def test_keep_last_strategy_must_keep_one_or_all(write_config, count):
+    strategies = f"checkpointing.strategies=[{{type_hint: KeepLast, config: {{count: {count}}}}}]"
+    result = validate("--config_file_path", str(write_config(VALID_SECTIONS)), strategies)
+    assert_user_error(result)
+    expected = {
+        0: "must be -1 (keep all) or at least 1 (got 0)",
+        -2: "Input should be greater than or equal to -1 (got -2)",
+    }[count]
+    assert f"checkpointing.strategies[0].config.count: {expected}" in error_lines(result)

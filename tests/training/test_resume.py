@@ -1,7 +1,8 @@
 """``llm_gym run --resume``: a stopped or killed run, resumed, writes the metrics an uninterrupted run writes.
 
-Every run here trains 8 steps at most with the schedule pinned to 8 steps, so a run stopped early by a
-smaller ``training.max_steps`` and its resumption follow the same learning-rate curve as the reference.
+Unless a test says otherwise, every run here trains 8 steps at most with the schedule pinned to 8 steps, so
+a run stopped early by a smaller ``training.max_steps`` and its resumption follow the same learning-rate
+curve as the reference.
 Runs stop at step 4, where the reference evaluates too: a run always evaluates at its last step, so a
 stop elsewhere would add one evaluation line that the reference does not have.
 """
@@ -322,3 +323,65 @@ def test_resume_from_a_named_checkpoint_and_keep_only_the_newest(byte_corpus, re
     assert recorded(experiment) == recorded(reference(1))  # lines after step 2 were dropped and written again
     assert sorted(entry.name for entry in checkpoints.iterdir()) == ["latest", "step_7", "step_8"]
     assert (checkpoints / "latest").read_text().strip() == "step_8"
+
+
+@pytest.mark.slow
+def test_a_model_with_dropout_resumes_to_the_losses_of_an_uninterrupted_run(byte_corpus, tmp_path):
+    dropout = {"model.config.dropout": 0.1}
+    reference_dir, experiment = tmp_path / "reference", tmp_path / "experiment"
+    train(byte_corpus, reference_dir, 1, **dropout)
+    train(byte_corpus, experiment, 1, **dropout, **{"training.max_steps": 4})
+
+    train(byte_corpus, experiment, 1, "--resume", "auto", **dropout)
+
+    assert recorded(experiment) == recorded(reference_dir)
+
+
+@pytest.mark.slow
+def test_a_run_extended_on_resume_follows_the_schedule_of_the_longer_run(byte_corpus, tmp_path):
+    def longer_run(steps: int) -> dict[str, int]:
+        return {"training.max_steps": steps, "lr_scheduler.config.total_steps": steps}
+
+    fresh, experiment = tmp_path / "fresh", tmp_path / "experiment"
+    train(byte_corpus, fresh, 1, **longer_run(12))
+    train(byte_corpus, experiment, 1, **longer_run(6))
+
+    result = train(byte_corpus, experiment, 1, "--resume", "auto", **longer_run(12))
+
+    def train_lrs(experiment_dir: Path) -> dict[int, float]:
+        return {step: lr for step, split, _, lr, *_ in recorded(experiment_dir) if split == "train"}
+
+    resumed_lrs, fresh_lrs = train_lrs(experiment), train_lrs(fresh)
+    assert sorted(resumed_lrs) == list(range(1, 13))
+    assert [resumed_lrs[step] for step in range(7, 13)] == [fresh_lrs[step] for step in range(7, 13)]
+    for change in ("lr_scheduler.config.total_steps: checkpoint 6, now 12", "training.max_steps: checkpoint 6, now 12"):
+        assert change in result.stderr
+
+
+def assert_one_error_line(result: subprocess.CompletedProcess, expected: str) -> None:
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith("error: ") and expected in result.stderr
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+
+
+def test_resume_from_a_missing_directory_is_one_error(byte_corpus, tmp_path):
+    missing = tmp_path / "experiment" / "checkpoints" / "step_4"
+
+    result = train(byte_corpus, tmp_path / "experiment", 1, "--resume", str(missing), check=False)
+
+    assert_one_error_line(result, f"checkpoint directory {missing} does not exist")
+    assert not (tmp_path / "experiment").exists()
+
+
+@pytest.mark.slow
+def test_resume_from_a_damaged_checkpoint_is_one_error(byte_corpus, stopped_at_4, tmp_path):
+    experiment = stopped_at_4(1, tmp_path / "experiment")
+    shard = next((experiment / "checkpoints" / "step_4").glob("*.distcp"))
+    shard.write_bytes(shard.read_bytes()[:-1])
+    before = listing(experiment)
+
+    result = train(byte_corpus, experiment, 1, "--resume", "auto", check=False)
+
+    assert_one_error_line(result, f"checkpoint {experiment / 'checkpoints' / 'step_4'} is corrupted: {shard.name}")
+    assert listing(experiment) == before

@@ -1,6 +1,6 @@
 """Sharded checkpoints with torch.distributed.checkpoint: save, exact resume, warm start."""
 
-from llm_gym.checkpointing.compatibility import config_differences
+from llm_gym.checkpointing.compatibility import config_differences, hyperparameter_changes
 from llm_gym.checkpointing.loading import load_checkpoint, read_checkpoint_meta, resolve_resume
 from llm_gym.checkpointing.manager import LATEST_FILE, META_FILE, CheckpointManager
 from llm_gym.checkpointing.state import (
@@ -8,6 +8,7 @@ from llm_gym.checkpointing.state import (
     NonFiniteWeightsError,
     OptimizerState,
     RNGState,
+    SchedulerState,
     assert_finite,
     training_state,
 )
@@ -21,8 +22,10 @@ __all__ = [
     "NonFiniteWeightsError",
     "OptimizerState",
     "RNGState",
+    "SchedulerState",
     "assert_finite",
     "config_differences",
+    "hyperparameter_changes",
     "load_checkpoint",
     "load_model_weights",
     "read_checkpoint_meta",

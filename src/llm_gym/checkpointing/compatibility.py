@@ -1,4 +1,5 @@
-"""Which config changes break an exact resume, so a resume can refuse them unless the user insists."""
+"""Which config changes break an exact resume, so a resume can refuse them unless the user insists, and
+which change hyperparameters, so a resume can say that the config's values apply."""
 
 import json
 from typing import Any
@@ -14,6 +15,10 @@ _EQUIVALENCE_KEYS = (
     "data.sampler",
     "data.collator",
 )
+
+# Settings a resumed run takes from its config, not from the checkpoint: changing them is how a run is
+# extended or retuned, so they are reported rather than refused.
+_HYPERPARAMETER_KEYS = ("optimizer", "lr_scheduler", "training.max_steps")
 
 
 def _lookup(config: dict[str, Any], dotted: str) -> Any:
@@ -66,3 +71,14 @@ def config_differences(
             f"checkpoint {saved_batch} ({saved_terms}), now {current_batch} ({current_terms})"
         )
     return differences
+
+
+def hyperparameter_changes(saved_resolved: dict[str, Any], current_resolved: dict[str, Any]) -> list[str]:
+    """Readable differences in optimizer, schedule and run length between a checkpoint's resolved config
+    and the current one: a resumed run trains with the current values."""
+    current_resolved = json.loads(json.dumps(current_resolved, default=str))
+    return [
+        line
+        for key in _HYPERPARAMETER_KEYS
+        for line in _differences(key, _lookup(saved_resolved, key), _lookup(current_resolved, key))
+    ]

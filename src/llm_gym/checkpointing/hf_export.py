@@ -54,7 +54,7 @@ def _publish(partial: Path, output_dir: Path) -> None:
 
 
 def export_to_hf(checkpoint_path: Path, output_dir: Path, force: bool = False) -> HFExport:
-    """Write the model of a checkpoint (a ``step_<N>`` directory or a ``checkpoints/`` root) to ``output_dir``,
+    """Write the model of a checkpoint (a ``step_<N>``, ``checkpoints/`` or experiment directory) to ``output_dir``,
     loadable with ``transformers.AutoModelForCausalLM.from_pretrained``. Refuses a non-empty ``output_dir``
     unless ``force``, and models that transformers cannot express."""
     output_dir = Path(output_dir)

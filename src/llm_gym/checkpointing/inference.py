@@ -12,8 +12,8 @@ import torch
 from pydantic import BaseModel, ValidationError
 from torch import nn
 
-from llm_gym.checkpointing.loading import read_checkpoint_meta, resolve_resume
-from llm_gym.checkpointing.manager import LATEST_FILE, META_FILE
+from llm_gym.checkpointing.loading import find_checkpoint, read_checkpoint_meta
+from llm_gym.checkpointing.manager import META_FILE
 from llm_gym.checkpointing.warm_start import load_model_weights
 from llm_gym.config.component import Component, ComponentNode
 from llm_gym.config.loading import format_validation_error, import_user_modules
@@ -21,13 +21,6 @@ from llm_gym.data.tokenizers import BYTE_TOKENIZER, Tokenizer, load_tokenizer
 from llm_gym.errors import UserError
 from llm_gym.models.generation import stream_tokens
 from llm_gym.registry import get_registry
-
-
-def find_checkpoint(path: Path) -> Path:
-    """The checkpoint directory ``path`` means: itself (a ``step_<N>`` directory), or the checkpoint that
-    ``latest`` names when ``path`` is a ``checkpoints/`` directory."""
-    path = Path(path)
-    return resolve_resume("auto", path) if (path / LATEST_FILE).is_file() else path
 
 
 @dataclass
@@ -82,7 +75,7 @@ def _model_config(meta: dict[str, Any], checkpoint_dir: Path) -> tuple[dict[str,
 
 
 def load_trained_model(checkpoint_path: Path, device: torch.device | str = "cpu") -> TrainedModel:
-    """The model of a checkpoint (a ``step_<N>`` directory or a ``checkpoints/`` directory), weights loaded.
+    """The model of a checkpoint (see ``find_checkpoint`` for the paths that name one), weights loaded.
     Raises ``UserError`` naming the problem for a missing, partial, corrupted or incompatible checkpoint."""
     checkpoint_dir = find_checkpoint(checkpoint_path)
     meta = read_checkpoint_meta(checkpoint_dir)

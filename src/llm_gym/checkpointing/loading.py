@@ -52,6 +52,16 @@ def resolve_resume(resume: str, checkpoint_root: Path) -> Path | None:
     return checkpoint_dir
 
 
+def find_checkpoint(path: Path) -> Path:
+    """The checkpoint directory ``path`` means: itself (a ``step_<N>`` directory), or the checkpoint that
+    ``latest`` names when ``path`` is a ``checkpoints/`` directory or an experiment directory holding one."""
+    path = Path(path)
+    for checkpoint_root in (path, path / "checkpoints"):
+        if (checkpoint_root / LATEST_FILE).is_file():
+            return resolve_resume("auto", checkpoint_root)
+    return path
+
+
 def read_checkpoint_meta(checkpoint_dir: Path) -> dict[str, Any]:
     """llm_gym's metadata of a checkpoint, after checking the directory is a complete checkpoint."""
     if not checkpoint_dir.exists():

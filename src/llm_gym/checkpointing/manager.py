@@ -105,6 +105,7 @@ class CheckpointManager:
 
     def _publish(self, partial_dir: Path, final_dir: Path) -> None:
         if final_dir.exists():  # saved again at the same step (a rerun): the new one replaces it
+            self._point_latest_away_from(final_dir)
             replaced = final_dir.with_name(f"{TMP_PREFIX}replaced_{final_dir.name}")
             shutil.rmtree(replaced, ignore_errors=True)
             os.replace(final_dir, replaced)
@@ -112,6 +113,23 @@ class CheckpointManager:
         _fsync_dir(self.checkpoint_root)
         write_file_atomically(self.checkpoint_root / LATEST_FILE, final_dir.name + "\n")
         logger.info("saved checkpoint %s", final_dir)
+
+    def _point_latest_away_from(self, checkpoint_dir: Path) -> None:
+        """If ``latest`` names ``checkpoint_dir``, which is about to be moved aside and replaced, name another
+        complete checkpoint until the replacement is in place, so that a run killed in between still
+        resumes: the newest older one (this run resumed from it), else the newest of all."""
+        latest = self.checkpoint_root / LATEST_FILE
+        if not latest.is_file() or latest.read_text().strip() != checkpoint_dir.name:
+            return
+        replaced_step = int(_STEP_DIR.match(checkpoint_dir.name).group(1))
+        others = sorted(
+            (int(match.group(1)), entry)
+            for entry in self.checkpoint_root.iterdir()
+            if (match := _STEP_DIR.match(entry.name)) and entry.is_dir() and int(match.group(1)) != replaced_step
+        )
+        older = [entry for step, entry in others if step < replaced_step]
+        if substitutes := older or [entry for _, entry in others]:
+            write_file_atomically(latest, substitutes[-1].name + "\n")
 
     def _prune(self, keep: Path) -> None:
         """Delete unfinished saves, and complete checkpoints older than ``keep`` that no strategy protects.

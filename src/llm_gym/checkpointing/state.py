@@ -5,6 +5,7 @@ Model and optimizer go through ``torch.distributed.checkpoint.state_dict``, whic
 then reshards on load, so a checkpoint written by any number of ranks loads into any other.
 """
 
+import warnings
 from typing import Any
 
 import torch
@@ -38,6 +39,10 @@ class ModelState(Stateful):
 
 
 class OptimizerState(Stateful):
+    """The optimizer's moments and step counts. Its hyperparameters (lr, betas, weight decay, ...) come
+    from the config: the ones the optimizer holds when loading starts are put back after loading, so a
+    resumed run with a changed ``optimizer.config`` trains with the new values."""
+
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer):
         self.model, self.optimizer = model, optimizer
 
@@ -45,7 +50,39 @@ class OptimizerState(Stateful):
         return get_optimizer_state_dict(self.model, self.optimizer, options=_OPTIMIZER_OPTIONS)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        configured = [
+            {key: value for key, value in group.items() if key != "params"} for group in self.optimizer.param_groups
+        ]
         set_optimizer_state_dict(self.model, self.optimizer, state_dict, options=_OPTIMIZER_OPTIONS)
+        # The lr put back is right for the resumed step whichever of optimizer and schedule DCP loads first:
+        # the schedule, stepped before, left it there; stepped after, it starts from the config's step 0.
+        for group, hyperparameters in zip(self.optimizer.param_groups, configured, strict=True):
+            group.update(hyperparameters)
+
+
+class SchedulerState(Stateful):
+    """The learning-rate schedule's position (steps taken), not its settings.
+
+    Torch schedulers' own ``state_dict`` holds their settings too (``total_steps``, ``base_lrs``, ...), and
+    loading it would overrule the config: a run resumed with a longer ``training.max_steps`` would keep the
+    old schedule. Loading instead steps the freshly built, config-made schedule to the saved position, which
+    repeats the uninterrupted run's arithmetic exactly and works for every ``LRScheduler``.
+    """
+
+    def __init__(self, lr_scheduler: torch.optim.lr_scheduler.LRScheduler):
+        self.lr_scheduler = lr_scheduler
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"last_epoch": self.lr_scheduler.last_epoch}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if self.lr_scheduler.last_epoch != 0:
+            raise RuntimeError("a schedule is restored into a freshly built one only")
+        with warnings.catch_warnings():
+            # Torch warns of a schedule stepped before the optimizer; here that is the point.
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
+            for _ in range(int(state_dict["last_epoch"])):
+                self.lr_scheduler.step()
 
 
 def _rank_key(rank: int) -> str:
@@ -97,19 +134,20 @@ class RNGState(Stateful):
 def training_state(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
-    lr_scheduler: Stateful,
+    lr_scheduler: torch.optim.lr_scheduler.LRScheduler,
     train_loader: Stateful,
     progress: Stateful,
 ) -> dict[str, Stateful]:
-    """Everything an exact resume needs, under the names checkpoints use.
+    """Everything an exact resume needs, under the names checkpoints use: counters and state, while the
+    hyperparameters of optimizer and schedule come from the config of the run that loads it.
 
-    Scheduler, loader and counters are stored as they are: their ``state_dict`` must be the same on every
-    rank (one copy is kept) and hold only tensors, numbers, strings, lists and dicts (read with weights_only).
+    Loader and counters are stored as they are: their ``state_dict`` must be the same on every rank (one
+    copy is kept) and hold only tensors, numbers, strings, lists and dicts (read with weights_only).
     """
     return {
         "model": ModelState(model),
         "optimizer": OptimizerState(model, optimizer),
-        "lr_scheduler": lr_scheduler,
+        "lr_scheduler": SchedulerState(lr_scheduler),
         "dataloader": train_loader,
         "progress": progress,
         "rng": RNGState(),

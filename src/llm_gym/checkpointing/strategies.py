@@ -9,7 +9,7 @@ milestones forever while only the newest few others survive.
 
 from collections.abc import Sequence
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator
 
 
 class CheckpointStrategy:
@@ -57,11 +57,16 @@ class SaveAtSteps(CheckpointStrategy):
 class KeepLastConfig(_StrategyConfig):
     count: int = Field(ge=-1, description="newest checkpoints kept; -1 = all")
 
+    @field_validator("count")
+    @classmethod
+    def _count_not_zero(cls, count: int) -> int:
+        if count == 0:
+            raise ValueError("must be -1 (keep all) or at least 1")
+        return count
+
 
 class KeepLast(CheckpointStrategy):
     def __init__(self, count: int):
-        if count == 0:
-            raise ValueError("keep_last must be -1 (keep all) or at least 1")
         self.count = count
 
     def protects(self, step: int, newer_steps: Sequence[int]) -> bool:

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
-from llm_gym.checkpointing.loading import load_checkpoint, model_differences, tensor_shapes
+from llm_gym.checkpointing.loading import find_checkpoint, load_checkpoint, model_differences, tensor_shapes
 from llm_gym.checkpointing.state import ModelState
 from llm_gym.errors import UserError
 
@@ -44,10 +44,11 @@ def _read_weights_file(path: Path) -> dict[str, torch.Tensor]:
 
 
 def load_model_weights(model: nn.Module, source: Path) -> None:
-    """Load ``model``'s weights (plain, DDP or FSDP2) from ``source``: a checkpoint directory or a weights file."""
+    """Load ``model``'s weights (plain, DDP or FSDP2) from ``source``: a checkpoint directory, a ``checkpoints/``
+    or experiment directory (the checkpoint ``latest`` names), or a weights file."""
     source = Path(source)
     if source.is_dir():
-        load_checkpoint(source, {"model": ModelState(model)})
+        load_checkpoint(find_checkpoint(source), {"model": ModelState(model)})
         return
     if not source.is_file():
         raise UserError(f"warm start source {source} does not exist")

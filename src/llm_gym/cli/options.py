@@ -15,5 +15,5 @@ checkpoint_path_option = click.option(
     "--checkpoint_path",
     type=click.Path(path_type=Path),
     required=True,
-    help="A checkpoint directory (step_<N>), or a checkpoints/ directory to take its latest.",
+    help="A checkpoint directory (step_<N>), or a checkpoints/ or experiment directory to take its latest.",
 )

@@ -87,8 +87,8 @@ class CheckpointingSettings(_Section):
     )
     warm_start_from: Path | None = Field(
         None,
-        description="initialise model weights from this checkpoint directory or weights file "
-        "(.safetensors, .pt); optimizer and schedule start fresh",
+        description="initialise model weights from this checkpoint (a step_<N>, checkpoints/ or experiment "
+        "directory) or weights file (.safetensors, .pt); optimizer and schedule start fresh",
     )
 
     @model_validator(mode="after")

@@ -61,6 +61,10 @@ class ResumableDataLoader:
             # Pinning needs an accelerator; without one it would only warn.
             pin_memory=self.pin_memory and torch.cuda.is_available(),
             prefetch_factor=self.prefetch_factor,
+            # Without a generator of its own, starting the iterator draws the workers' base seed from the
+            # global RNG: a resumed run, which restores that RNG and then starts a new iterator, would
+            # draw once more than the uninterrupted run and shift every dropout mask after the resume.
+            generator=torch.Generator().manual_seed(self.sampler.seed + self.sampler.dp_rank),
         )
         for batch in loader:
             self.consumed_samples += self.samples_per_batch

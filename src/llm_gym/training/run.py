@@ -1,5 +1,6 @@
 """`llm_gym run`: load the config, join the process group, build everything, resume if asked, train."""
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from llm_gym.checkpointing import (
     META_FILE,
     CheckpointManager,
     config_differences,
+    hyperparameter_changes,
     load_checkpoint,
     load_model_weights,
     read_checkpoint_meta,
@@ -27,6 +29,8 @@ from llm_gym.registry import get_registry
 from llm_gym.training.builder import build_broker, build_data, build_model, build_optimization, build_parallelism
 from llm_gym.training.hardware import HardwareMetrics
 from llm_gym.training.loop import Trainer, TrainingProgress
+
+logger = logging.getLogger(__name__)
 
 
 class _PeriodicCheckpoints:
@@ -51,12 +55,16 @@ def run_training(
         destroy_distributed()
 
 
-def _resume_differences(checkpoint_dir: Path, resolved: dict, world_size: int) -> list[str]:
-    """How this run would differ from the one that wrote the checkpoint; compared before anything is loaded."""
+def _resume_differences(checkpoint_dir: Path, resolved: dict, world_size: int) -> tuple[list[str], list[str]]:
+    """How this run would differ from the one that wrote the checkpoint, compared before anything is loaded:
+    the differences that break an exact resume, and the changed hyperparameters."""
     saved = read_checkpoint_meta(checkpoint_dir)
     if "resolved_config" not in saved or "world_size" not in saved:
-        return [f"{META_FILE} does not record the config and world size of the run that wrote it"]
-    return config_differences(saved["resolved_config"], resolved, saved["world_size"], world_size)
+        return [f"{META_FILE} does not record the config and world size of the run that wrote it"], []
+    return (
+        config_differences(saved["resolved_config"], resolved, saved["world_size"], world_size),
+        hyperparameter_changes(saved["resolved_config"], resolved),
+    )
 
 
 def _train(config: TrainingAppConfig, resolved: dict, env, resume: str, allow_config_change: bool) -> None:
@@ -74,7 +82,9 @@ def _train(config: TrainingAppConfig, resolved: dict, env, resume: str, allow_co
             f"{checkpoints.checkpoint_root} already holds checkpoints of an earlier run: continue it with "
             "--resume auto, or set another experiment.output_dir"
         )
-    differences = [] if resume_dir is None else _resume_differences(resume_dir, resolved, env.world_size)
+    differences, changed_hyperparameters = (
+        ([], []) if resume_dir is None else _resume_differences(resume_dir, resolved, env.world_size)
+    )
     if differences and not allow_config_change:
         raise ConfigError(
             f"the config differs from the checkpoint's in ways that break an exact resume ({resume_dir}):\n  "
@@ -96,6 +106,12 @@ def _train(config: TrainingAppConfig, resolved: dict, env, resume: str, allow_co
     if resume_dir is not None:
         load_checkpoint(resume_dir, state)
         resume_step = progress.step
+        if changed_hyperparameters and env.is_main_process:
+            logger.warning(
+                "resuming with the config's hyperparameters, which differ from the checkpoint's "
+                "(the checkpoint restores weights, optimizer moments, counters and the data position):\n  "
+                + "\n  ".join(changed_hyperparameters)
+            )
     if env.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
