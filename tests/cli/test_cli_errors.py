@@ -1,9 +1,13 @@
 """Every kind of bad config through the real CLI: exit status 2, one `error:` message naming the key, no traceback."""
 
+from pathlib import Path
+
 import pytest
 from click.testing import CliRunner
 
 from llm_gym.cli import DEBUG_ENV, main
+
+TINY_CPU_CONFIG = str(Path(__file__).resolve().parents[2] / "config_files" / "tiny_cpu.yaml")
 
 VALID_SECTIONS = """
 experiment:
@@ -135,3 +139,26 @@ def test_help_lists_every_command_with_its_whole_purpose():
         assert f"  {name} " in commands
         assert command.help, f"{name} has no docstring"
     assert "..." not in commands
+
+
+def test_meta_device_init_with_ddp_is_refused_naming_the_key_and_the_strategies_that_support_it():
+    result = validate(
+        "--config_file_path", TINY_CPU_CONFIG, "training.meta_device_init=true", "parallelism.type_hint=DDP"
+    )
+    assert_user_error(result)
+    assert (
+        "<root>: training.meta_device_init: true cannot run with parallelism DDP, which needs the weights when it "
+        "wraps the model; use a parallelism that supports it (FSDP2, HSDP, NoParallelism) or "
+        "training.meta_device_init: false"
+    ) in error_lines(result)
+
+
+@pytest.mark.parametrize("strategy", ["FSDP2", "HSDP", "NoParallelism"])
+def test_meta_device_init_is_accepted_with_the_strategies_that_materialise_after_wrapping(strategy):
+    result = validate(
+        "--config_file_path",
+        TINY_CPU_CONFIG,
+        "training.meta_device_init=true",
+        f"parallelism.type_hint={strategy}",
+    )
+    assert result.exit_code == 0, result.output
