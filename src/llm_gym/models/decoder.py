@@ -127,6 +127,8 @@ class DecoderLM(nn.Module):
         )
         self.final_norm = norm(dim=dim)
         self.output = None if tie_embeddings else nn.Linear(dim, vocab_size, bias=False)
+        # A model constructed directly starts from its scheme; the training build constructs on the meta
+        # device, where this draws nothing, and initialises once after materialising.
         with torch.no_grad():
             self.init_weights()
 
