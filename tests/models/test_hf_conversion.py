@@ -43,6 +43,12 @@ def test_gpt2_config_carries_the_model_options():
     assert (config.tie_word_embeddings, config.eos_token_id, config.bos_token_id) == (False, 60, 60)
 
 
+def rope_theta(config) -> float:
+    """transformers 4.x has ``config.rope_theta``; 5.x moved it into ``config.rope_parameters``."""
+    theta = getattr(config, "rope_theta", None)
+    return theta if theta is not None else config.rope_parameters["rope_theta"]
+
+
 def test_llama_config_carries_the_model_options():
     model = build(LLAMA_STYLE, bias=True)
     config, _ = to_hf(model)
@@ -50,7 +56,7 @@ def test_llama_config_carries_the_model_options():
     assert config.head_dim == 8
     assert config.attention_bias and config.mlp_bias
     assert config.intermediate_size == 96
-    assert config.rope_parameters["rope_theta"] == 500_000.0
+    assert rope_theta(config) == 500_000.0
     assert config.tie_word_embeddings
 
 
