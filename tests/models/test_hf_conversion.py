@@ -34,6 +34,24 @@ def test_logits_match_transformers_eager_attention(style, architecture, kernel):
         torch.testing.assert_close(hf(tokens).logits, model(tokens), atol=1e-5, rtol=0)
 
 
+def test_exact_gelu_logits_match_transformers_gelu():
+    style = {**GPT2_STYLE, "mlp": {"type_hint": "GELUMLP", "config": {"hidden_dim": 80, "approximate": "none"}}}
+    model = build(style).eval()
+    with torch.no_grad():  # MLP inputs of order 1, where exact GELU and its tanh approximation part
+        for block in model.blocks:
+            block.mlp.input.weight.mul_(50)
+    hf = hf_model(model)
+    assert hf.config.activation_function == "gelu"
+    tokens = random_tokens(model)
+    with torch.no_grad():
+        torch.testing.assert_close(hf(tokens).logits, model(tokens), atol=1e-5, rtol=0)
+    # The tanh approximation differs measurably: the comparison above could not pass with the wrong GELU.
+    for block in model.blocks:
+        block.mlp.approximate = "tanh"
+    with torch.no_grad():
+        assert not torch.allclose(hf(tokens).logits, model(tokens), atol=1e-5, rtol=0)
+
+
 def test_gpt2_config_carries_the_model_options():
     style = {**GPT2_STYLE, "mlp": {"type_hint": "GELUMLP", "config": {"hidden_dim": 80, "approximate": "none"}}}
     model = build(style, dropout=0.1, tie_embeddings=False)
