@@ -7,6 +7,8 @@ import yaml
 from click.testing import CliRunner
 
 from llm_gym.cli import main
+from llm_gym.config.app import TrainingAppConfig
+from llm_gym.config.loading import load_config, load_raw_config, resolve
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "config_files"
 TRAINING_CONFIGS = sorted(CONFIG_DIR.glob("*.yaml"))
@@ -73,3 +75,25 @@ def test_validate_for_another_world_size_leaves_the_environment_alone(monkeypatc
     )
     assert result.exit_code == 0, result.output
     assert "world size: 8" in result.output and "WORLD_SIZE" not in os.environ
+
+
+# Each model section is a copy of the model of one shipped training config (demo_cpu.yaml has none).
+SECTION_OF_CONFIG = {
+    "config.yaml": "gpt2_124m.yaml",
+    "llama_1b.yaml": "llama_1b.yaml",
+    "tiny_cpu.yaml": "tiny_cpu.yaml",
+}
+
+
+@pytest.mark.parametrize(("config", "section"), SECTION_OF_CONFIG.items())
+def test_model_section_is_the_model_of_its_training_config(config, section):
+    _, resolved = load_config(CONFIG_DIR / config, TrainingAppConfig)
+    # The section's interpolations (the sequence length) resolve against the training config's settings.
+    raw_section = load_raw_config(CONFIG_DIR / "model_sections" / section)
+    raw_section.training = resolved["training"]
+    assert resolve(raw_section)["model"] == resolved["model"]
+    assert set(raw_section) == {"model", "training"}  # a section holds the model and nothing else
+
+
+def test_every_model_section_has_its_training_config():
+    assert sorted(SECTION_OF_CONFIG.values()) == sorted(path.name for path in (CONFIG_DIR / "model_sections").glob("*"))
