@@ -101,11 +101,17 @@ def test_option_combination(combination):
         ({"mlp": {"type_hint": "GELUMLP"}}, "mlp.config\\n  Field required"),
         ({"init": {"type_hint": "ScaledNormal", "config": {"std": -1}}}, "std"),
         ({"n_layers": 3}, "n_layers"),
+        ({"positional": "learned"}, "rope_theta \\(500000.0\\) is only used with positional: rope"),
     ],
 )
 def test_invalid_model_config_is_rejected_with_its_field(overrides, message):
     with pytest.raises(ValidationError, match=message):
         model_node(**{**TINY, **LLAMA_STYLE, **overrides})
+
+
+def test_rope_theta_at_its_default_is_accepted_with_learned_positions():
+    node = model_node(**{**TINY, **GPT2_STYLE, "rope_theta": 10_000.0})
+    assert node.config.positional.value == "learned"
 
 
 @pytest.mark.parametrize("style", [GPT2_STYLE, LLAMA_STYLE], ids=["gpt2", "llama_rope_gqa"])
