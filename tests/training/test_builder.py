@@ -8,7 +8,7 @@ from distributed import run_on_ranks
 from experiment_runs import TINY_CONFIG
 from llm_gym.config.app import TrainingAppConfig
 from llm_gym.config.loading import load_config
-from llm_gym.parallel.distributed import init_distributed
+from llm_gym.parallel.distributed import destroy_distributed, init_distributed
 from llm_gym.registry import get_registry
 from llm_gym.training.builder import build_model, build_parallelism
 
@@ -37,11 +37,18 @@ def assert_same_weights(actual: dict[str, torch.Tensor], expected: dict[str, tor
         torch.testing.assert_close(actual[name], value, atol=0, rtol=0, msg=name)
 
 
+@pytest.fixture
+def one_rank():
+    """A one-process group for this test only: later tests expect none."""
+    yield init_distributed("cpu")
+    destroy_distributed()
+
+
 @pytest.mark.parametrize("meta_device_init", [False, True])
 @pytest.mark.parametrize("strategy", ["NoParallelism", "FSDP2"])
-def test_one_rank_build_has_the_weights_of_the_seed(strategy, meta_device_init):
+def test_one_rank_build_has_the_weights_of_the_seed(one_rank, strategy, meta_device_init):
     config = load(strategy, meta_device_init)
-    built = build_model(config, build_parallelism(config, init_distributed("cpu")))
+    built = build_model(config, build_parallelism(config, one_rank))
     assert built.model is built.inner  # one rank: nothing to wrap
     assert not any(parameter.is_meta for parameter in built.model.parameters())
     assert_same_weights(dict(built.model.named_parameters()), expected_weights())
