@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import click
 import pytest
@@ -9,6 +10,8 @@ from click.testing import CliRunner
 
 from llm_gym.cli import DEBUG_ENV, main
 from llm_gym.cli.group import CommandGroup
+
+TINY_CPU_CONFIG = str(Path(__file__).resolve().parents[2] / "config_files" / "tiny_cpu.yaml")
 
 VALID_SECTIONS = """
 experiment:
@@ -200,3 +203,26 @@ def test_keep_last_strategy_must_keep_one_or_all(write_config, count):
         -2: "Input should be greater than or equal to -1 (got -2)",
     }[count]
     assert f"checkpointing.strategies[0].config.count: {expected}" in error_lines(result)
+
+
+def test_meta_device_init_with_ddp_is_refused_naming_the_key_and_the_strategies_that_support_it():
+    result = validate(
+        "--config_file_path", TINY_CPU_CONFIG, "training.meta_device_init=true", "parallelism.type_hint=DDP"
+    )
+    assert_user_error(result)
+    assert (
+        "training.meta_device_init: true cannot run with parallelism DDP, which needs the weights when it "
+        "wraps the model; use a parallelism that supports it (FSDP2, HSDP, NoParallelism) or "
+        "training.meta_device_init: false"
+    ) in error_lines(result)
+
+
+@pytest.mark.parametrize("strategy", ["FSDP2", "HSDP", "NoParallelism"])
+def test_meta_device_init_is_accepted_with_the_strategies_that_materialise_after_wrapping(strategy):
+    result = validate(
+        "--config_file_path",
+        TINY_CPU_CONFIG,
+        "training.meta_device_init=true",
+        f"parallelism.type_hint={strategy}",
+    )
+    assert result.exit_code == 0, result.output

@@ -101,6 +101,7 @@ def test_option_combination(combination):
         ({"mlp": {"type_hint": "GELUMLP"}}, "mlp.config\\n  Field required"),
         ({"init": {"type_hint": "ScaledNormal", "config": {"std": -1}}}, "std"),
         ({"n_layers": 3}, "n_layers"),
+        ({"positional": "learned"}, "rope_theta \\(500000.0\\) is only used with positional: rope"),
     ],
 )
 def test_invalid_model_config_is_rejected_with_its_field(overrides, message):
@@ -108,10 +109,19 @@ def test_invalid_model_config_is_rejected_with_its_field(overrides, message):
         model_node(**{**TINY, **LLAMA_STYLE, **overrides})
 
 
-def test_dropout_only_in_training():
-    model = build(GPT2_STYLE, dropout=0.5)
+def test_rope_theta_at_its_default_is_accepted_with_learned_positions():
+    node = model_node(**{**TINY, **GPT2_STYLE, "rope_theta": 10_000.0})
+    assert node.config.positional.value == "learned"
+
+
+@pytest.mark.parametrize("style", [GPT2_STYLE, LLAMA_STYLE], ids=["gpt2", "llama_rope_gqa"])
+def test_dropout_only_in_training(style):
+    model = build(style, dropout=0.5)
     tokens = random_tokens(model)
-    assert not torch.equal(model(tokens), model(tokens))
+    logits = model(tokens)
+    assert not torch.equal(logits, model(tokens))
+    logits.float().logsumexp(-1).mean().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
     model.eval()
     torch.testing.assert_close(model(tokens), model(tokens), atol=0, rtol=0)
 

@@ -94,5 +94,13 @@ def test_unknown_gpus_have_no_peak(device_name):
     assert peak_flops_per_second(device_name) is None
 
 
+@pytest.mark.parametrize(
+    "device_name", ["NVIDIA A100-SXM4-40GB MIG 1g.5gb", "NVIDIA H100 80GB HBM3 MIG 1g.10gb", "NVIDIA H200 MIG 3g.71gb"]
+)
+def test_mig_slices_have_no_peak(device_name):
+    """A slice has a fraction of the full GPU's compute; its name matches the full GPU's pattern."""
+    assert peak_flops_per_second(device_name) is None
+
+
 def test_no_peak_for_other_dtypes():
     assert peak_flops_per_second("NVIDIA H100 80GB HBM3", torch.float32) is None

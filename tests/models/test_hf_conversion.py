@@ -34,6 +34,24 @@ def test_logits_match_transformers_eager_attention(style, architecture, kernel):
         torch.testing.assert_close(hf(tokens).logits, model(tokens), atol=1e-5, rtol=0)
 
 
+def test_exact_gelu_logits_match_transformers_gelu():
+    style = {**GPT2_STYLE, "mlp": {"type_hint": "GELUMLP", "config": {"hidden_dim": 80, "approximate": "none"}}}
+    model = build(style).eval()
+    with torch.no_grad():  # MLP inputs of order 1, where exact GELU and its tanh approximation part
+        for block in model.blocks:
+            block.mlp.input.weight.mul_(50)
+    hf = hf_model(model)
+    assert hf.config.activation_function == "gelu"
+    tokens = random_tokens(model)
+    with torch.no_grad():
+        torch.testing.assert_close(hf(tokens).logits, model(tokens), atol=1e-5, rtol=0)
+    # The tanh approximation differs measurably: the comparison above could not pass with the wrong GELU.
+    for block in model.blocks:
+        block.mlp.approximate = "tanh"
+    with torch.no_grad():
+        assert not torch.allclose(hf(tokens).logits, model(tokens), atol=1e-5, rtol=0)
+
+
 def test_gpt2_config_carries_the_model_options():
     style = {**GPT2_STYLE, "mlp": {"type_hint": "GELUMLP", "config": {"hidden_dim": 80, "approximate": "none"}}}
     model = build(style, dropout=0.1, tie_embeddings=False)
@@ -43,6 +61,12 @@ def test_gpt2_config_carries_the_model_options():
     assert (config.tie_word_embeddings, config.eos_token_id, config.bos_token_id) == (False, 60, 60)
 
 
+def rope_theta(config) -> float:
+    """transformers 4.x has ``config.rope_theta``; 5.x moved it into ``config.rope_parameters``."""
+    theta = getattr(config, "rope_theta", None)
+    return theta if theta is not None else config.rope_parameters["rope_theta"]
+
+
 def test_llama_config_carries_the_model_options():
     model = build(LLAMA_STYLE, bias=True)
     config, _ = to_hf(model)
@@ -50,7 +74,7 @@ def test_llama_config_carries_the_model_options():
     assert config.head_dim == 8
     assert config.attention_bias and config.mlp_bias
     assert config.intermediate_size == 96
-    assert config.rope_parameters["rope_theta"] == 500_000.0
+    assert rope_theta(config) == 500_000.0
     assert config.tie_word_embeddings
 
 

@@ -87,16 +87,34 @@ def test_truncated_normal_cuts_off_and_scales_by_depth():
     cutoff = 2.0
     style = {**LLAMA_STYLE, "init": {"type_hint": "TruncatedNormal", "config": {"std": 0.05, "cutoff": cutoff}}}
     model = build(style, **LARGER)
-    # The std of a normal truncated at ± c·σ is σ·sqrt(1 - 2c·φ(c) / (2Φ(c) - 1)).
-    density = math.exp(-(cutoff**2) / 2) / math.sqrt(2 * math.pi)
-    mass = math.erf(cutoff / math.sqrt(2))
-    shrink = math.sqrt(1 - 2 * cutoff * density / mass)
+    shrink = truncation_shrink(cutoff)
     for index, block in enumerate(model.blocks):
         std = 0.05 / math.sqrt(2 * (index + 1))
         weight = torch.cat([block.attention.output.weight.flatten(), block.mlp.output.weight.flatten()])
         assert weight.abs().max().item() <= cutoff * std
         assert weight.std().item() == pytest.approx(std * shrink, rel=0.05)
     assert model.token_embedding.weight.abs().max().item() <= cutoff * 0.05
+
+
+def truncation_shrink(cutoff: float) -> float:
+    """The std of a normal truncated at ± c·σ, over σ: sqrt(1 - 2c·φ(c) / (2Φ(c) - 1))."""
+    density = math.exp(-(cutoff**2) / 2) / math.sqrt(2 * math.pi)
+    mass = math.erf(cutoff / math.sqrt(2))
+    return math.sqrt(1 - 2 * cutoff * density / mass)
+
+
+@pytest.mark.parametrize("residual_scaling", ["n_layer", "depth", "none"])
+@pytest.mark.parametrize("scheme", ["ScaledNormal", "TruncatedNormal"])
+def test_every_scheme_scales_residual_projections_as_configured(scheme, residual_scaling):
+    std, n_layer = 0.05, LARGER["n_layer"]
+    init = {"type_hint": scheme, "config": {"std": std, "residual_scaling": residual_scaling}}
+    model = build({**GPT2_STYLE, "init": init}, **LARGER)
+    shrink = truncation_shrink(3.0) if scheme == "TruncatedNormal" else 1.0
+    for index, block in enumerate(model.blocks):
+        expected = {"n_layer": std / math.sqrt(2 * n_layer), "depth": std / math.sqrt(2 * (index + 1)), "none": std}
+        weight = torch.cat([block.attention.output.weight.flatten(), block.mlp.output.weight.flatten()])
+        assert weight.std().item() == pytest.approx(expected[residual_scaling] * shrink, rel=0.05), index
+        assert block.attention.query.weight.std().item() == pytest.approx(std * shrink, rel=0.05), index
 
 
 def _fsdp2_meta_init(style_name: str) -> dict:

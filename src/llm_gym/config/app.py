@@ -118,3 +118,25 @@ class TrainingAppConfig(_Section):
     lr_scheduler: Component("lr_scheduler")
     data: DataSettings
     loggers: list[Component("logger")] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _meta_device_init_needs_a_strategy_that_materialises(self) -> "TrainingAppConfig":
+        if not self.training.meta_device_init:
+            return self
+        # Imported here: the registry imports this package's component module.
+        from llm_gym.registry import get_registry
+
+        registry = get_registry()
+        supporting = [
+            name
+            for name in registry.type_hint_names("parallelism")
+            if getattr(registry.find_entry("parallelism", name).component, "supports_meta_device_init", True)
+        ]
+        if self.parallelism.type_hint.name not in supporting:
+            strategy = self.parallelism.type_hint.name
+            raise ValueError(
+                f"training.meta_device_init: true cannot run with parallelism {strategy}, which needs the "
+                f"weights when it wraps the model; use a parallelism that supports it ({', '.join(supporting)}) "
+                "or training.meta_device_init: false"
+            )
+        return self

@@ -239,7 +239,9 @@ def format_validation_error(
         message = _message(detail)
         if detail["type"] == "extra_forbidden" and schema is not None and config is not None:
             message += _valid_keys_hint(detail["loc"], schema, config)
-        lines.append(f"  {location or '<root>'}: {message}" + _input_hint(detail))
+        # A check across sections (at the root) names its keys in its own message.
+        where = f"{location}: " if location else ""
+        lines.append(f"  {where}{message}{_input_hint(detail)}")
     count = len(lines)
     return f"invalid config ({count} error{'s' if count > 1 else ''}):\n" + "\n".join(lines)
 

@@ -46,6 +46,17 @@ class DecoderLMConfig(BaseModel):
             raise ValueError(f"n_head ({self.n_head}) must be divisible by n_head_kv ({n_head_kv})")
         if self.positional == PositionalEncoding.ROPE and (self.dim // self.n_head) % 2:
             raise ValueError(f"rope needs an even head dimension; dim / n_head = {self.dim // self.n_head}")
+        # A theta set for learned positions would be ignored: most likely the config meant positional: rope.
+        default_theta = type(self).model_fields["rope_theta"].default
+        if (
+            self.positional == PositionalEncoding.LEARNED
+            and "rope_theta" in self.model_fields_set
+            and self.rope_theta != default_theta
+        ):
+            raise ValueError(
+                f"rope_theta ({self.rope_theta}) is only used with positional: rope, but positional is learned; "
+                "remove rope_theta or set positional: rope"
+            )
         return self
 
 
@@ -127,6 +138,8 @@ class DecoderLM(nn.Module):
         )
         self.final_norm = norm(dim=dim)
         self.output = None if tie_embeddings else nn.Linear(dim, vocab_size, bias=False)
+        # A model constructed directly starts from its scheme; the training build constructs on the meta
+        # device, where this draws nothing, and initialises once after materialising.
         with torch.no_grad():
             self.init_weights()
 

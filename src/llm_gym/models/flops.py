@@ -63,7 +63,8 @@ def describe_model(model: nn.Module | ComponentNode, sequence_length: int) -> li
 
 # Dense (no sparsity) bf16/fp16 tensor-core peaks from the vendors' datasheets, matched against
 # torch.cuda.get_device_name() without its "NVIDIA " prefix. A GPU not listed gets None, never a guess:
-# an MFU against a wrong peak is worse than none.
+# an MFU against a wrong peak is worse than none. A MIG slice ("A100-SXM4-40GB MIG 1g.5gb") has a fraction
+# of its GPU's compute that its name does not state, so it gets None too.
 _DENSE_16BIT_PEAKS: tuple[tuple[str, float], ...] = (
     (r"A100\b.*", 312e12),  # SXM4 and PCIe
     (r"H100 PCIe.*", 756e12),
@@ -83,10 +84,15 @@ _DENSE_16BIT_PEAKS: tuple[tuple[str, float], ...] = (
 
 
 def peak_flops_per_second(device_name: str, dtype: torch.dtype = torch.bfloat16) -> float | None:
-    """Dense peak FLOP/s of one GPU for bf16/fp16 matmuls, or None when the GPU or dtype is not in the table."""
+    """Dense peak FLOP/s of one GPU for bf16/fp16 matmuls, or None when the GPU or dtype is not in the table.
+
+    ``dtype`` is the dtype the run computes in; float32 (TF32 or not) has no peak in the table.
+    """
     if dtype not in (torch.bfloat16, torch.float16):
         return None
     name = device_name.strip().removeprefix("NVIDIA ").strip()
+    if re.search(r"\bMIG\b", name, flags=re.IGNORECASE):
+        return None
     for pattern, peak in _DENSE_16BIT_PEAKS:
         if re.fullmatch(pattern, name, flags=re.IGNORECASE):
             return peak

@@ -39,6 +39,9 @@ def _compute_dtype(mixed_precision: MixedPrecisionConfig, device: torch.device) 
 
 
 class ParallelismStrategy:
+    supports_meta_device_init = True
+    """Whether ``parallelize`` accepts a model on the meta device, materialised only afterwards."""
+
     def __init__(self, env: DistributedEnvironment, mixed_precision: MixedPrecisionConfig | None = None):
         self.env = env
         self.mixed_precision = mixed_precision or MixedPrecisionConfig()
@@ -103,6 +106,9 @@ class DDPConfig(NoParallelismConfig):
 
 class DDP(ParallelismStrategy):
     """Replicated parameters, gradients all-reduced (``DistributedDataParallel``)."""
+
+    # DistributedDataParallel broadcasts rank 0's weights when it wraps the model: a meta model has none.
+    supports_meta_device_init = False
 
     def parallelize(self, model: nn.Module) -> nn.Module:
         device_ids = [self.env.device.index] if self.env.device.type == "cuda" else None

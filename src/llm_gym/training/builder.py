@@ -39,21 +39,21 @@ def build_parallelism(config: TrainingAppConfig, env: DistributedEnvironment) ->
 def build_model(
     config: TrainingAppConfig, parallelism: ParallelismStrategy, registry: ResolverRegistry | None = None
 ) -> BuiltModel:
-    """Build, wrap per block, shard, then initialise with the experiment seed (the same on every rank).
+    """Build without memory, wrap per block, shard, and initialise once with the experiment seed.
 
-    With ``training.meta_device_init`` the model is built without memory and materialised shard by shard:
-    the way to train models larger than one device. Otherwise it is built eagerly, so a run's initial
-    weights do not depend on the number of ranks.
+    The model is always built on the meta device, so its constructor draws nothing that would be drawn again.
+    By default it is materialised and initialised before sharding, whole on every rank, so a run's initial
+    weights do not depend on the number of ranks. With ``training.meta_device_init`` it is materialised
+    after sharding, shard by shard: the way to train models larger than one device. Both give the same
+    weights (an FSDP2 shard is drawn whole, then sliced).
     """
     registry = registry or get_registry()
     settings, device = config.training, parallelism.env.device
-    with torch.device("meta" if settings.meta_device_init else device):
+    with torch.device("meta"):
         model = registry.build_component_by_config(config.model)
-    torch.manual_seed(config.experiment.seed)
-    if not settings.meta_device_init:
-        with torch.no_grad():
-            model.init_weights()
     inner = model
+    if not settings.meta_device_init:
+        _materialise(inner, device, config.experiment.seed)
     apply_activation_checkpointing(
         model, settings.activation_checkpointing.value, settings.activation_checkpointing_every_k
     )
@@ -61,11 +61,16 @@ def build_model(
         compile_blocks(model)
     model = parallelism.parallelize(model)
     if settings.meta_device_init:
-        model.to_empty(device=device)
-        torch.manual_seed(config.experiment.seed)
-        with torch.no_grad():
-            inner.init_weights()
+        _materialise(inner, device, config.experiment.seed)
     return BuiltModel(model, inner)
+
+
+def _materialise(model: nn.Module, device: torch.device, seed: int) -> None:
+    """Allocate a meta-device model on ``device`` and draw its weights from ``seed`` (``init_weights``)."""
+    model.to_empty(device=device)
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        model.init_weights()
 
 
 def build_optimization(config: TrainingAppConfig, model: nn.Module) -> tuple[torch.optim.Optimizer, Any]:

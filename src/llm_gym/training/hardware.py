@@ -6,17 +6,22 @@ from llm_gym.models.flops import peak_flops_per_second
 
 
 class HardwareMetrics:
-    def __init__(self, device: torch.device, flops_per_token: int, world_size: int):
+    """``compute_dtype`` is the dtype the matmuls run in (the parallelism strategy's ``compute_dtype``): the
+    peak to measure MFU against depends on it, and a float32 run has none in the table."""
+
+    def __init__(self, device: torch.device, flops_per_token: int, world_size: int, compute_dtype: torch.dtype):
         self.device = device
         self.flops_per_token = flops_per_token
         self.world_size = world_size
-        self.peak_flops = peak_flops_per_second(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
+        self.peak_flops = (
+            peak_flops_per_second(torch.cuda.get_device_name(device), compute_dtype) if device.type == "cuda" else None
+        )
 
     def __call__(self, tokens_per_s: float) -> dict[str, float]:
         if self.device.type != "cuda":
             return {}
         metrics = {"peak_memory_gib": torch.cuda.max_memory_allocated(self.device) / 2**30}
-        # Never against a guessed peak: an unknown GPU gets no MFU at all.
+        # Never against a guessed peak: an unknown GPU, a MIG slice or a float32 run gets no MFU at all.
         if self.peak_flops is not None:
             metrics["mfu"] = tokens_per_s * self.flops_per_token / (self.peak_flops * self.world_size)
         return metrics

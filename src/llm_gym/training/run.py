@@ -134,7 +134,10 @@ def _train(config: TrainingAppConfig, resolved: dict, env, resume: str, allow_co
             progress=progress,
             batch_keys=data.batch_keys,
             hardware_metrics=HardwareMetrics(
-                env.device, flops_per_token(built.inner, config.training.sequence_length), env.world_size
+                env.device,
+                flops_per_token(built.inner, config.training.sequence_length),
+                env.world_size,
+                parallelism.compute_dtype,
             ),
         )
         trainer.train()
