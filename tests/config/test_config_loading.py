@@ -6,8 +6,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
-from llm_gym.config.loading import load_config
+from llm_gym.config.loading import apply_overrides, load_config, read_config_file
 from llm_gym.errors import ConfigError
 from toy_config import TOY_YAML, ToyConfig
 
@@ -277,7 +278,9 @@ from pathlib import Path
 
 from toy_config import ToyConfig
 
-from llm_gym.config.loading import load_config
+from omegaconf import OmegaConf
+
+from llm_gym.config.loading import apply_overrides, load_config, read_config_file
 
 config, _ = load_config(Path(sys.argv[1]), ToyConfig)
 Path(sys.argv[2], f"rank{config.training.rank}").write_text(str(config.training.world_size))
@@ -377,3 +380,31 @@ def test_file_without_read_permission(write_config):
     path = write_config(TOY_YAML)
     path.chmod(0)
     assert config_error(path) == f"cannot read {path}: Permission denied"
+
+
+# ---- overrides into lists ----------------------------------------------------------------------
+
+LIST_YAML = TOY_YAML + "user_modules: []\nnames: [a, b]\nsteps: [{every: 1}, {every: 2}]\n"
+
+
+def test_override_indexes_a_list_item(write_config):
+    raw, _ = apply_overrides(
+        read_config_file(write_config(LIST_YAML)), ["names.1=c", "steps.0.every=5", "steps.1={keep: true}"]
+    )
+    assert OmegaConf.to_container(raw)["names"] == ["a", "c"]
+    assert OmegaConf.to_container(raw)["steps"] == [{"every": 5}, {"every": 2, "keep": True}]
+
+
+@pytest.mark.parametrize(("override", "list_key"), [("names.first=x", "names"), ("steps.2.every=1", "steps")])
+def test_override_into_a_list_names_its_items(write_config, override, list_key):
+    assert config_error(write_config(LIST_YAML), [override]) == (
+        f"bad override '{override}': {list_key} is a list of 2 item(s); name one by its index, "
+        f"{list_key}.0 to {list_key}.1"
+    )
+
+
+def test_override_value_keeps_its_interpolation_for_the_config_to_resolve(write_config):
+    # After a type_hint swap too, whose bookkeeping reads each later override's value.
+    overrides = ["optimizer.type_hint=SGD", "training.name=run_${training.max_steps}"]
+    _, resolved = load_config(write_config(TOY_YAML), ToyConfig, overrides)
+    assert resolved["training"]["name"] == "run_100"

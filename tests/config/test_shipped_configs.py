@@ -158,3 +158,9 @@ def test_model_section_is_the_model_of_its_training_config(config, section):
 
 def test_every_model_section_has_its_training_config():
     assert sorted(SECTION_OF_CONFIG.values()) == sorted(path.name for path in (CONFIG_DIR / "model_sections").glob("*"))
+
+
+def test_swapping_a_component_in_a_list_by_its_index():
+    resolved = resolved_config(validate(CONFIG_DIR / "tiny_cpu.yaml", "loggers.0.type_hint=TensorBoard"))
+    assert resolved["loggers"][0] == {"type_hint": "TensorBoard", "config": {}}  # Console's progress_bar dropped
+    assert resolved["loggers"][1]["type_hint"] == "MetricsJsonl"

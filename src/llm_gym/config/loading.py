@@ -109,11 +109,11 @@ def apply_overrides(raw: DictConfig, overrides: Sequence[str]) -> tuple[DictConf
             continue
         key = _override_key(override)
         parts = tuple(key.split("."))
-        parsed = _parse_override(override)
+        value = _parse_override(override, parts)
         previous = _type_hint_at(raw, key)
-        raw = _merge_override(raw, parsed, override)
+        _merge_override(raw, parts, value, override)
         for swap in swaps.values():
-            _note_set_after(swap, parts, OmegaConf.select(parsed, key))
+            _note_set_after(swap, parts, value)
         if parts[-1] == "type_hint" and parts[:-1] not in swaps and _type_hint_at(raw, key) != previous:
             swaps[parts[:-1]] = TypeHintSwap(parts[:-1])
     return raw, list(swaps.values())
@@ -134,7 +134,7 @@ def _note_set_after(swap: TypeHintSwap, override_parts: tuple[str, ...], value: 
         return
     if len(override_parts) > len(config_path):
         swap.set_after.add(override_parts[len(config_path)])
-    elif isinstance(value, DictConfig):  # the whole config given at once: `optimizer.config={momentum: 0.9}`
+    elif isinstance(value, dict):  # the whole config given at once: `optimizer.config={momentum: 0.9}`
         swap.set_after.update(str(name) for name in value)
 
 
@@ -145,20 +145,35 @@ def _override_key(override: str) -> str:
     return key
 
 
-def _parse_override(override: str) -> DictConfig:
+def _parse_override(override: str, parts: tuple[str, ...]) -> Any:
+    """The override's value, parsed as YAML; interpolations in it stay unresolved, to resolve in the config."""
     try:
-        return OmegaConf.from_dotlist([override])
+        value = OmegaConf.to_container(OmegaConf.from_dotlist([override]), resolve=False)
     except yaml.YAMLError as error:
         raise ConfigError(f"bad override '{override}': the value is not valid YAML: {_yaml_problem(error)}") from error
     except (OmegaConfBaseException, TypeError, ValueError) as error:
         raise ConfigError(f"bad override '{override}': {str(error).splitlines()[0]}") from error
+    for part in parts:
+        value = value[part]
+    return value
 
 
-def _merge_override(raw: DictConfig, parsed: DictConfig, override: str) -> DictConfig:
+def _merge_override(raw: DictConfig, parts: tuple[str, ...], value: Any, override: str) -> None:
+    """Set the key in place, merging a mapping into the one there; a number indexes a list (``loggers.0.x``)."""
+    node: Any = raw
+    for depth, part in enumerate(parts):
+        if isinstance(node, ListConfig) and not (part.isdigit() and int(part) < len(node)):
+            where = ".".join(parts[:depth])
+            raise ConfigError(
+                f"bad override '{override}': {where} is a list of {len(node)} item(s); name one by its index, "
+                f"{where}.0 to {where}.{len(node) - 1}"
+            )
+        node = node[int(part)] if isinstance(node, ListConfig) else node.get(part)
+        if not isinstance(node, (DictConfig, ListConfig)):
+            break  # a new key or a scalar: update builds the mappings the rest of the path needs
     try:
-        return OmegaConf.merge(raw, parsed)
+        OmegaConf.update(raw, ".".join(parts), value, merge=True)
     except (OmegaConfBaseException, TypeError, ValueError) as error:
-        # e.g. a dotted key reaching into a list or a scalar: OmegaConf refuses to merge it.
         raise ConfigError(f"bad override '{override}': {str(error).splitlines()[0]}") from error
 
 
