@@ -7,6 +7,7 @@ from pydantic import BaseModel
 
 from llm_gym.checkpointing import CheckpointManager, load_checkpoint, training_state
 from llm_gym.config.component import Component
+from llm_gym.errors import UserError
 from llm_gym.registry import get_registry
 from llm_gym.training.optimizers import OPTIMIZERS, weight_decay_parameter_groups
 from llm_gym.training.schedulers import SCHEDULERS
@@ -119,3 +120,29 @@ def test_changed_optimizer_settings_apply_and_its_state_is_restored(tmp_path, op
         saved, restored = first_run[1].state[saved_param], resumed[1].state[resumed_param]
         assert saved.keys() == restored.keys()
         assert all(torch.equal(torch.as_tensor(saved[key]), torch.as_tensor(restored[key])) for key in saved)
+
+
+@pytest.mark.parametrize(
+    ("saved", "resumed", "missing"),
+    [
+        (("AdamW", {"lr": 0.01}), ("SGD", {"lr": 0.01, "momentum": 0.9}), "dampening, momentum, momentum_buffer"),
+        (("SGD", {"lr": 0.01}), ("SGD", {"lr": 0.01, "momentum": 0.9}), "momentum_buffer"),
+    ],
+)
+def test_another_optimizers_state_is_refused_naming_what_is_missing(tmp_path, saved, resumed, missing):
+    schedule = ("StepLR", SCHEDULES["StepLR"][0])
+    first_run = build(*saved, *schedule)
+    train(*first_run, SAVED_AT_STEP)
+    checkpoint = save(tmp_path, *first_run)
+    with pytest.raises(UserError, match="holds the state of another optimizer") as error:
+        load(checkpoint, *build(*resumed, *schedule))
+    assert f"the checkpoint has no {missing}" in str(error.value)
+    assert "checkpointing.warm_start_from" in str(error.value)
+
+
+def test_a_schedule_too_short_for_the_checkpoint_is_named(tmp_path):
+    first_run = build("AdamW", {"lr": 0.01}, "OneCycleLR", {"max_lr": 0.1, "total_steps": 6})
+    train(*first_run, SAVED_AT_STEP)
+    checkpoint = save(tmp_path, *first_run)
+    with pytest.raises(UserError, match="lr_scheduler: the configured schedule cannot reach the checkpoint's step 3"):
+        load(checkpoint, *build("AdamW", {"lr": 0.01}, "OneCycleLR", {"max_lr": 0.1, "total_steps": 2}))

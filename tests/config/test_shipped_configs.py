@@ -164,3 +164,11 @@ def test_swapping_a_component_in_a_list_by_its_index():
     resolved = resolved_config(validate(CONFIG_DIR / "tiny_cpu.yaml", "loggers.0.type_hint=TensorBoard"))
     assert resolved["loggers"][0] == {"type_hint": "TensorBoard", "config": {}}  # Console's progress_bar dropped
     assert resolved["loggers"][1]["type_hint"] == "MetricsJsonl"
+
+
+def test_a_whole_node_override_that_changes_the_type_is_a_swap():
+    result = validate(CONFIG_DIR / "tiny_cpu.yaml", "optimizer={type_hint: SGD, config: {lr: 0.1, momentum: 0.9}}")
+    assert resolved_config(result)["optimizer"] == {
+        "type_hint": "SGD",
+        "config": {"lr": 0.1, "weight_decay": 0.1, "momentum": 0.9},  # merged: the file's weight_decay stays
+    }

@@ -8,6 +8,7 @@ from distributed import run_on_ranks
 from experiment_runs import TINY_CONFIG
 from llm_gym.config.app import TrainingAppConfig
 from llm_gym.config.loading import load_config
+from llm_gym.errors import ConfigError
 from llm_gym.parallel.distributed import destroy_distributed, init_distributed
 from llm_gym.registry import get_registry
 from llm_gym.training.builder import build_model, build_parallelism
@@ -70,3 +71,17 @@ def test_two_rank_fsdp2_build_has_the_weights_of_the_seed(meta_device_init):
     for result in run_on_ranks(_two_rank_build, 2, meta_device_init):
         assert result["sharded"]
         assert_same_weights(result["weights"], expected)
+
+
+class _NoInitWeights(torch.nn.Module):
+    def __init__(self, dim: int):
+        super().__init__()
+        self.proj = torch.nn.Linear(dim, dim)
+
+
+def test_a_model_without_init_weights_is_refused_by_name(fresh_registry, one_rank):
+    fresh_registry.register_component("model", "NoInitWeights", _NoInitWeights)
+    overrides = [*SMALL, "model={type_hint: NoInitWeights, config: {dim: 4}}"]
+    config = load_config(TINY_CONFIG, TrainingAppConfig, overrides)[0]
+    with pytest.raises(ConfigError, match=r"model: _NoInitWeights has no init_weights\(\); llm_gym builds models"):
+        build_model(config, build_parallelism(config, one_rank))

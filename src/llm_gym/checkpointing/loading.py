@@ -6,6 +6,7 @@ raised identically on every rank, before DCP is asked to read anything.
 
 import json
 import logging
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from torch.distributed.checkpoint.stateful import Stateful
 from llm_gym.checkpointing import collectives
 from llm_gym.checkpointing.integrity import fingerprint_problems
 from llm_gym.checkpointing.manager import FORMAT_VERSION, LATEST_FILE, META_FILE
-from llm_gym.checkpointing.state import ModelState, RNGState
+from llm_gym.checkpointing.state import ModelState, OptimizerState, RNGState
 from llm_gym.checkpointing.storage import (
     DCP_METADATA_FILE,
     SafeFileSystemReader,
@@ -156,8 +157,34 @@ def _check_compatible(checkpoint_dir: Path, state: dict[str, Stateful], dcp_meta
             raise UserError(
                 f"checkpoint {checkpoint_dir} was written by an incompatible model: " + "; ".join(differences)
             )
+        if isinstance(value, OptimizerState) and (missing := _missing_optimizer_entries(value, saved)):
+            raise UserError(
+                f"checkpoint {checkpoint_dir} holds the state of another optimizer than the configured one (its "
+                f"type, or a setting that shapes its state such as SGD's momentum, changed): the checkpoint has no "
+                f"{_listed(missing)}; resume with the checkpoint's optimizer, or start a new run from its weights "
+                "with checkpointing.warm_start_from"
+            )
         if isinstance(value, RNGState) and (note := value.choose_source(set(saved))):
             logger.warning(note)
+
+
+def _missing_optimizer_entries(optimizer: OptimizerState, saved: dict[str, Any]) -> list[str]:
+    """The state and settings (``momentum_buffer``, ``nesterov``) the configured optimizer loads and the
+    checkpoint lacks, by name: DCP would stop at the first, naming one parameter's key."""
+    return sorted({key.rpartition(".")[2] for key in _flat_keys(optimizer.state_dict()) if key not in saved})
+
+
+def _flat_keys(value: Any, prefix: str = "") -> Iterator[str]:
+    """The dotted keys DCP stores a nested state dict under."""
+    if isinstance(value, dict):
+        items: Iterable[tuple[Any, Any]] = value.items()
+    elif isinstance(value, list):
+        items = enumerate(value)
+    else:
+        yield prefix
+        return
+    for key, item in items:
+        yield from _flat_keys(item, f"{prefix}.{key}" if prefix else str(key))
 
 
 def load_checkpoint(checkpoint_dir: Path, state: dict[str, Stateful]) -> dict[str, Any]:

@@ -81,8 +81,15 @@ class SchedulerState(Stateful):
         with warnings.catch_warnings():
             # Torch warns of a schedule stepped before the optimizer; here that is the point.
             warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
-            for _ in range(int(state_dict["last_epoch"])):
-                self.lr_scheduler.step()
+            saved_steps = int(state_dict["last_epoch"])
+            try:
+                for _ in range(saved_steps):
+                    self.lr_scheduler.step()
+            except ValueError as error:  # e.g. OneCycleLR stepped past its total_steps
+                raise UserError(
+                    f"lr_scheduler: the configured schedule cannot reach the checkpoint's step {saved_steps} "
+                    f"({error}); lengthen it, e.g. its total_steps"
+                ) from error
 
 
 def _rank_key(rank: int) -> str:

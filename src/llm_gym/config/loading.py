@@ -110,18 +110,26 @@ def apply_overrides(raw: DictConfig, overrides: Sequence[str]) -> tuple[DictConf
         key = _override_key(override)
         parts = tuple(key.split("."))
         value = _parse_override(override, parts)
-        previous = _type_hint_at(raw, key)
+        # The component node whose type the override may change: `optimizer.type_hint=SGD`, or a whole node
+        # `optimizer={type_hint: SGD, config: {lr: 0.1}}`, which merges into the file's node like any mapping.
+        node = parts[:-1] if parts[-1] == "type_hint" else parts if _is_component_node(value) else None
+        type_hint_key = None if node is None else ".".join((*node, "type_hint"))
+        previous = None if type_hint_key is None else _type_hint_at(raw, type_hint_key)
         _merge_override(raw, parts, value, override)
         for swap in swaps.values():
             _note_set_after(swap, parts, value)
-        if parts[-1] == "type_hint" and parts[:-1] not in swaps and _type_hint_at(raw, key) != previous:
-            swaps[parts[:-1]] = TypeHintSwap(parts[:-1])
+        if type_hint_key is not None and node not in swaps and _type_hint_at(raw, type_hint_key) != previous:
+            swaps[node] = TypeHintSwap(node)
+            if _is_component_node(value) and isinstance(value.get("config"), dict):
+                swaps[node].set_after.update(value["config"])
     return raw, list(swaps.values())
 
 
+def _is_component_node(value: Any) -> bool:
+    return isinstance(value, dict) and "type_hint" in value
+
+
 def _type_hint_at(raw: DictConfig, key: str) -> Any:
-    if key.rpartition(".")[2] != "type_hint":
-        return None
     try:
         return OmegaConf.select(raw, key, throw_on_resolution_failure=False)
     except OmegaConfBaseException:  # the path runs through a scalar or a list; the merge reports it

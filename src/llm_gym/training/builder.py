@@ -51,6 +51,11 @@ def build_model(
     settings, device = config.training, parallelism.env.device
     with torch.device("meta"):
         model = registry.build_component_by_config(config.model)
+    if not callable(getattr(model, "init_weights", None)):
+        raise ConfigError(
+            f"model: {type(model).__name__} has no init_weights(); llm_gym builds models on the meta device and "
+            "calls init_weights() to fill every parameter and buffer (docs/configuration.md, Your own components)"
+        )
     inner = model
     if not settings.meta_device_init:
         _materialise(inner, device, config.experiment.seed)
