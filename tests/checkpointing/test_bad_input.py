@@ -147,5 +147,5 @@ def test_optimizer_of_another_kind_is_refused(checkpoint):
     sgd = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     model(torch.randn(2, 16)).sum().backward()
     sgd.step()
-    with pytest.raises(UserError, match=r"could not be loaded: Missing key .*optimizer\.state\.0\.weight\.momentum"):
+    with pytest.raises(UserError, match=r"state of another optimizer .* has no .*momentum_buffer"):
         load_checkpoint(checkpoint, {"optimizer": OptimizerState(model, sgd)})
