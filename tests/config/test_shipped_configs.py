@@ -172,3 +172,10 @@ def test_a_whole_node_override_that_changes_the_type_is_a_swap():
         "type_hint": "SGD",
         "config": {"lr": 0.1, "weight_decay": 0.1, "momentum": 0.9},  # merged: the file's weight_decay stays
     }
+
+
+def test_keys_of_a_second_whole_node_override_after_a_swap_are_still_checked():
+    result = validate(
+        CONFIG_DIR / "tiny_cpu.yaml", "optimizer.type_hint=SGD", "optimizer={type_hint: SGD, config: {betas: [1, 2]}}"
+    )
+    assert result.exit_code == 2 and "optimizer.config.betas: unknown key" in result.stderr

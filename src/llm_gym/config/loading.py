@@ -116,12 +116,10 @@ def apply_overrides(raw: DictConfig, overrides: Sequence[str]) -> tuple[DictConf
         type_hint_key = None if node is None else ".".join((*node, "type_hint"))
         previous = None if type_hint_key is None else _type_hint_at(raw, type_hint_key)
         _merge_override(raw, parts, value, override)
-        for swap in swaps.values():
-            _note_set_after(swap, parts, value)
         if type_hint_key is not None and node not in swaps and _type_hint_at(raw, type_hint_key) != previous:
             swaps[node] = TypeHintSwap(node)
-            if _is_component_node(value) and isinstance(value.get("config"), dict):
-                swaps[node].set_after.update(value["config"])
+        for swap in swaps.values():
+            _note_set_after(swap, parts, value)
     return raw, list(swaps.values())
 
 
@@ -138,6 +136,8 @@ def _type_hint_at(raw: DictConfig, key: str) -> Any:
 
 def _note_set_after(swap: TypeHintSwap, override_parts: tuple[str, ...], value: Any) -> None:
     config_path = (*swap.node_path, "config")
+    if override_parts == swap.node_path and isinstance(value, dict):  # the whole node: `optimizer={...}`
+        override_parts, value = config_path, value.get("config")
     if override_parts[: len(config_path)] != config_path:
         return
     if len(override_parts) > len(config_path):
