@@ -72,6 +72,25 @@ def test_failed_save_keeps_the_previous_checkpoints_and_latest(tmp_path, monkeyp
     assert entries(tmp_path) == ["latest", "step_3"]  # the unfinished save is cleaned up too
 
 
+def test_every_written_file_is_fingerprinted_whatever_dcp_save_returns(tmp_path, monkeypatch):
+    """torch 2.11's dcp.save returns its metadata without storage_data; the list of files comes from disk."""
+    real_save = manager_module.dcp.save
+
+    def save_like_torch_2_11(*args, **kwargs):
+        metadata = real_save(*args, **kwargs)
+        metadata.storage_data = None
+        return metadata
+
+    monkeypatch.setattr(manager_module.dcp, "save", save_like_torch_2_11)
+    toy = Toy(make_model())
+    checkpoint = CheckpointManager(tmp_path, every_n_steps=1, keep_last=1).save(1, toy.state(), {})
+    written = {path.name for path in checkpoint.iterdir()} - {manager_module.META_FILE}
+    assert set(read_checkpoint_meta(checkpoint)["files"]) == written
+    restored = Toy(make_model(seed=1))
+    load_checkpoint(checkpoint, restored.state())
+    assert all(torch.equal(a, b) for a, b in zip(restored.model.state_dict().values(), toy.model.state_dict().values()))
+
+
 def test_saving_the_same_step_again_replaces_it(tmp_path):
     toy = Toy(make_model())
     manager = CheckpointManager(tmp_path, every_n_steps=1, keep_last=2)

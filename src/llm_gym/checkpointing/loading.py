@@ -198,12 +198,7 @@ def load_checkpoint(checkpoint_dir: Path, state: dict[str, Stateful]) -> dict[st
     _check_compatible(checkpoint_dir, state, dcp_metadata)
     try:
         with collectives.single_process_quietly():
-            dcp.load(
-                state,
-                storage_reader=SafeFileSystemReader(checkpoint_dir),
-                planner=WeightsOnlyLoadPlanner(),
-                no_dist=not collectives.has_process_group(),
-            )
+            dcp.load(state, storage_reader=SafeFileSystemReader(checkpoint_dir), planner=WeightsOnlyLoadPlanner())
     except (Exception, CheckpointException) as error:
         raise UserError(f"checkpoint {checkpoint_dir} could not be loaded: {_root_cause(error)}") from None
     return meta

@@ -21,7 +21,7 @@ from torch.distributed.checkpoint.stateful import Stateful
 from llm_gym.checkpointing import collectives
 from llm_gym.checkpointing.integrity import file_fingerprints
 from llm_gym.checkpointing.state import ModelState, assert_finite
-from llm_gym.checkpointing.storage import DCP_METADATA_FILE
+from llm_gym.checkpointing.storage import DCP_METADATA_FILE, read_dcp_metadata
 from llm_gym.checkpointing.strategies import CheckpointStrategy, KeepLast, SaveAtEnd, SaveEveryNSteps
 
 logger = logging.getLogger(__name__)
@@ -90,9 +90,9 @@ class CheckpointManager:
             shutil.rmtree(partial_dir, ignore_errors=True)
         collectives.barrier()
         with collectives.single_process_quietly():
-            dcp_metadata = dcp.save(
-                state, storage_writer=FileSystemWriter(partial_dir), no_dist=not collectives.has_process_group()
-            )
+            dcp.save(state, storage_writer=FileSystemWriter(partial_dir))
+        # Read back rather than use dcp.save's return value: torch 2.11 returns it without storage_data.
+        dcp_metadata = read_dcp_metadata(partial_dir)
         written = sorted({info.relative_path for info in dcp_metadata.storage_data.values()} | {DCP_METADATA_FILE})
         fingerprints = file_fingerprints(partial_dir, written)
         if is_main:
