@@ -1,5 +1,7 @@
 """The training step: per-token loss over the global batch, accumulation, clipping and sharding parity."""
 
+import re
+
 import pytest
 import torch
 from torch import nn
@@ -123,6 +125,19 @@ def test_hsdp_infers_missing_degrees():
     strategy = HSDP(env(8, local_world_size=4))
     assert (strategy.replicate_degree, strategy.shard_degree) == (2, 4)
     assert (HSDP(env(8), replicate_degree=4).shard_degree) == 2
+
+
+@pytest.mark.parametrize("version", ["2.6.0+cu124", "2.8.0"])
+@pytest.mark.parametrize("strategy", [FSDP2, HSDP])
+def test_sharding_over_gloo_is_refused_on_torch_releases_that_get_it_wrong(monkeypatch, strategy, version):
+    monkeypatch.setattr(torch, "__version__", version)
+    message = f"{strategy.__name__} on CPU (gloo) needs torch >= 2.9, this is torch {version}"
+    with pytest.raises(UserError, match=re.escape(message)):
+        strategy(env(2))
+    strategy(env(1))
+    DDP(env(2))
+    monkeypatch.setattr(torch, "__version__", "2.9.0")
+    strategy(env(2))
 
 
 def test_no_parallelism_refuses_several_ranks():

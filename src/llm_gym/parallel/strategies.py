@@ -6,6 +6,7 @@ gradient norm, and under which autocast the forward runs.
 """
 
 import contextlib
+import re
 from collections.abc import Iterator
 from typing import Literal
 
@@ -118,6 +119,21 @@ class DDP(ParallelismStrategy):
         return contextlib.nullcontext() if enabled else model.no_sync()
 
 
+# torch 2.6 has no CPU stream events for FSDP2's all-gather, and 2.7 and 2.8 sum gloo's reduce-scatter where
+# they mean to average it (gradients world-size times too large), so sharding over gloo needs 2.9.
+GLOO_SHARDING_MIN_TORCH = (2, 9)
+
+
+def _check_gloo_sharding_supported(strategy: str, env: DistributedEnvironment) -> None:
+    release = tuple(int(part) for part in re.findall(r"\d+", torch.__version__)[:2])
+    if env.world_size > 1 and env.device.type == "cpu" and release < GLOO_SHARDING_MIN_TORCH:
+        minimum = ".".join(map(str, GLOO_SHARDING_MIN_TORCH))
+        raise UserError(
+            f"parallelism {strategy} on CPU (gloo) needs torch >= {minimum}, this is torch {torch.__version__}; "
+            f"upgrade torch, or use parallelism DDP on CPU"
+        )
+
+
 class FSDP2Config(NoParallelismConfig):
     reshard_after_forward: bool = Field(
         True, description="free gathered parameters after forward (less memory, one more all-gather in backward)"
@@ -137,6 +153,7 @@ class FSDP2(ParallelismStrategy):
         mixed_precision: MixedPrecisionConfig | None = None,
         reshard_after_forward: bool = True,
     ):
+        _check_gloo_sharding_supported(type(self).__name__, env)
         super().__init__(env, mixed_precision)
         self.reshard_after_forward = reshard_after_forward
 
