@@ -6,7 +6,18 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 import torch.multiprocessing as mp
+
+from llm_gym.parallel.strategies import GLOO_SHARDING_MIN_TORCH, torch_release
+
+
+def skip_unless_gloo_sharding_works() -> None:
+    """Skip the calling test, or the tests of the calling fixture, on torch releases where llm_gym refuses
+    FSDP2 and HSDP on several CPU ranks."""
+    if torch_release() < GLOO_SHARDING_MIN_TORCH:
+        minimum = ".".join(map(str, GLOO_SHARDING_MIN_TORCH))
+        pytest.skip(f"FSDP2 and HSDP over gloo need torch >= {minimum}")
 
 
 def free_port() -> int:

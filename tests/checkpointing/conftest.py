@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from distributed import skip_unless_gloo_sharding_works
 from experiment_runs import TINY_CONFIG, llm_gym, tiny_overrides, torchrun
 
 BPE_VOCAB_SIZE = 300
@@ -71,6 +72,7 @@ def llama_checkpoints(byte_corpus, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def gpt2_checkpoints(byte_corpus, bpe_corpus, tmp_path_factory) -> Path:
     """A GPT-2-style model with untied embeddings and a BPE tokenizer, trained on 2 ranks with FSDP2."""
+    skip_unless_gloo_sharding_works()
     return train(
         byte_corpus,
         tmp_path_factory.mktemp("gpt2"),

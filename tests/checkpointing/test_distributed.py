@@ -11,7 +11,7 @@ from torch import nn
 from torch.distributed.fsdp import fully_shard
 from torch.nn.parallel import DistributedDataParallel
 
-from distributed import run_on_ranks
+from distributed import run_on_ranks, skip_unless_gloo_sharding_works
 from llm_gym.checkpointing import CheckpointManager, load_checkpoint, load_model_weights
 from llm_gym.parallel.distributed import init_distributed
 
@@ -94,6 +94,7 @@ def weights_file(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory, one_process_checkpoint, weights_file):
+    skip_unless_gloo_sharding_works()
     root = tmp_path_factory.mktemp("two_ranks")
     return run_on_ranks(two_ranks, 2, root, one_process_checkpoint[0], weights_file)
 

@@ -88,7 +88,7 @@ def test_every_written_file_is_fingerprinted_whatever_dcp_save_returns(tmp_path,
     assert set(read_checkpoint_meta(checkpoint)["files"]) == written
     restored = Toy(make_model(seed=1))
     load_checkpoint(checkpoint, restored.state())
-    assert all(torch.equal(a, b) for a, b in zip(restored.model.state_dict().values(), toy.model.state_dict().values()))
+    torch.testing.assert_close(restored.model.state_dict(), toy.model.state_dict(), rtol=0, atol=0)
 
 
 def test_saving_the_same_step_again_replaces_it(tmp_path):

@@ -1,6 +1,7 @@
 """Save and load in one process, without a process group: everything comes back bit for bit."""
 
 import json
+import warnings
 
 import pytest
 import torch
@@ -45,6 +46,17 @@ def test_layout_on_disk(tmp_path):
     assert meta["step"] == 1 and meta["files"]
     assert meta == read_checkpoint_meta(checkpoint)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step_1"]
+
+
+def test_one_process_save_and_load_do_not_warn_that_there_is_no_process_group(tmp_path):
+    """One process is what the user asked for; DCP's warning about it (worded differently across torch
+    releases) would only alarm them."""
+    toy = Toy(make_model())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        checkpoint = CheckpointManager(tmp_path, 1, 1).save(1, toy.state(), {})
+        load_checkpoint(checkpoint, Toy(make_model()).state())
+    assert [str(w.message) for w in caught if "torch.distributed" in str(w.message)] == []
 
 
 def test_warm_start_loads_weights_only(tmp_path):

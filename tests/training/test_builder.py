@@ -4,7 +4,7 @@ on one rank and sharded over two."""
 import pytest
 import torch
 
-from distributed import run_on_ranks
+from distributed import run_on_ranks, skip_unless_gloo_sharding_works
 from experiment_runs import TINY_CONFIG
 from llm_gym.config.app import TrainingAppConfig
 from llm_gym.config.loading import load_config
@@ -67,6 +67,7 @@ def _two_rank_build(meta_device_init: bool) -> dict:
 @pytest.mark.slow
 @pytest.mark.parametrize("meta_device_init", [False, True])
 def test_two_rank_fsdp2_build_has_the_weights_of_the_seed(meta_device_init):
+    skip_unless_gloo_sharding_works()
     expected = expected_weights()
     for result in run_on_ranks(_two_rank_build, 2, meta_device_init):
         assert result["sharded"]

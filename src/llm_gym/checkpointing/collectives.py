@@ -49,5 +49,6 @@ def any_rank(flag: bool) -> bool:
 def single_process_quietly() -> Iterator[None]:
     """Silence DCP's warning that it runs in one process: without a process group, that is the intent."""
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
+        # "disabled, " since torch 2.7
+        warnings.filterwarnings("ignore", message="torch.distributed is (disabled, )?unavailable or uninitialized")
         yield

@@ -124,9 +124,13 @@ class DDP(ParallelismStrategy):
 GLOO_SHARDING_MIN_TORCH = (2, 9)
 
 
+def torch_release() -> tuple[int, ...]:
+    """(major, minor) of the installed torch."""
+    return tuple(int(part) for part in re.findall(r"\d+", torch.__version__)[:2])
+
+
 def _check_gloo_sharding_supported(strategy: str, env: DistributedEnvironment) -> None:
-    release = tuple(int(part) for part in re.findall(r"\d+", torch.__version__)[:2])
-    if env.world_size > 1 and env.device.type == "cpu" and release < GLOO_SHARDING_MIN_TORCH:
+    if env.world_size > 1 and env.device.type == "cpu" and torch_release() < GLOO_SHARDING_MIN_TORCH:
         minimum = ".".join(map(str, GLOO_SHARDING_MIN_TORCH))
         raise UserError(
             f"parallelism {strategy} on CPU (gloo) needs torch >= {minimum}, this is torch {torch.__version__}; "
@@ -153,7 +157,6 @@ class FSDP2(ParallelismStrategy):
         mixed_precision: MixedPrecisionConfig | None = None,
         reshard_after_forward: bool = True,
     ):
-        _check_gloo_sharding_supported(type(self).__name__, env)
         super().__init__(env, mixed_precision)
         self.reshard_after_forward = reshard_after_forward
 
@@ -167,6 +170,7 @@ class FSDP2(ParallelismStrategy):
     def parallelize(self, model: nn.Module) -> nn.Module:
         if not self.shards:
             return model
+        _check_gloo_sharding_supported(type(self).__name__, self.env)
         mesh = self.device_mesh()
         policy = MixedPrecisionPolicy(
             param_dtype=self.compute_dtype, reduce_dtype=DTYPES[self.mixed_precision.reduce_dtype]
