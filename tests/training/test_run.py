@@ -42,6 +42,19 @@ def test_the_same_config_gives_identical_losses(single_process_run, byte_corpus,
 
 
 @pytest.mark.slow
+def test_compiled_blocks_train_like_eager_ones(single_process_run, byte_corpus, tmp_path):
+    """``training.compile=true`` compiles each block with inductor, as the GPU benchmark runs: the same losses
+    up to the float rounding of fused kernels."""
+    overrides = tiny_overrides(byte_corpus, tmp_path, **{"training.compile": "true"})
+    llm_gym("run", "--config_file_path", str(TINY_CONFIG), *overrides)
+    expected = losses(read_metrics(single_process_run / "metrics.jsonl"))
+    actual = losses(read_metrics(tmp_path / "metrics.jsonl"))
+    assert [(step, split) for step, split, _ in actual] == [(step, split) for step, split, _ in expected]
+    for (_, _, got), (_, _, want) in zip(actual, expected, strict=True):
+        assert got == pytest.approx(want, abs=1e-3)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["FSDP2", "DDP"])
 def test_two_ranks_give_the_losses_of_one_rank(single_process_run, byte_corpus, tmp_path, strategy):
     if strategy == "FSDP2":
