@@ -134,7 +134,7 @@ def _check_gloo_sharding_supported(strategy: str, env: DistributedEnvironment) -
         minimum = ".".join(map(str, GLOO_SHARDING_MIN_TORCH))
         raise UserError(
             f"parallelism {strategy} on CPU (gloo) needs torch >= {minimum}, this is torch {torch.__version__}; "
-            f"upgrade torch, or use parallelism DDP on CPU"
+            "upgrade torch, or use parallelism DDP on CPU"
         )
 
 
