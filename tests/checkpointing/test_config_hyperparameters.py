@@ -5,7 +5,7 @@ import pytest
 import torch
 from pydantic import BaseModel
 
-from llm_gym.checkpointing import CheckpointManager, load_checkpoint, training_state
+from llm_gym.checkpointing import CheckpointManager, OptimizerState, load_checkpoint, training_state
 from llm_gym.config.component import Component
 from llm_gym.errors import UserError
 from llm_gym.registry import get_registry
@@ -125,7 +125,7 @@ def test_changed_optimizer_settings_apply_and_its_state_is_restored(tmp_path, op
 @pytest.mark.parametrize(
     ("saved", "resumed", "missing"),
     [
-        (("AdamW", {"lr": 0.01}), ("SGD", {"lr": 0.01, "momentum": 0.9}), "dampening, momentum, momentum_buffer"),
+        (("AdamW", {"lr": 0.01}), ("SGD", {"lr": 0.01, "momentum": 0.9}), "momentum_buffer"),
         (("SGD", {"lr": 0.01}), ("SGD", {"lr": 0.01, "momentum": 0.9}), "momentum_buffer"),
     ],
 )
@@ -138,6 +138,30 @@ def test_another_optimizers_state_is_refused_naming_what_is_missing(tmp_path, sa
         load(checkpoint, *build(*resumed, *schedule))
     assert f"the checkpoint has no {missing}" in str(error.value)
     assert "checkpointing.warm_start_from" in str(error.value)
+
+
+def test_a_setting_the_checkpoint_lacks_comes_from_the_config(tmp_path, monkeypatch):
+    """A torch release that adds a setting to the param groups (AdamW's decoupled_weight_decay, in 2.7) still
+    resumes the checkpoints of the releases before it."""
+    schedule = ("StepLR", SCHEDULES["StepLR"][0])
+    first_run = build("AdamW", {"lr": 0.01}, *schedule)
+    train(*first_run, SAVED_AT_STEP)
+    with_every_setting = OptimizerState.state_dict
+
+    def as_an_older_release_saves(self):
+        return {key: value for key, value in with_every_setting(self).items() if not key.endswith(".amsgrad")}
+
+    monkeypatch.setattr(OptimizerState, "state_dict", as_an_older_release_saves)
+    checkpoint = save(tmp_path, *first_run)
+    monkeypatch.undo()
+    resumed = build("AdamW", {"lr": 0.01}, *schedule)
+    load(checkpoint, *resumed)
+
+    assert all(group["amsgrad"] is False for group in resumed[1].param_groups)
+    for saved_param, resumed_param in zip(first_run[0].parameters(), resumed[0].parameters(), strict=True):
+        torch.testing.assert_close(resumed[1].state[resumed_param], first_run[1].state[saved_param], rtol=0, atol=0)
+    # The next save is whole again.
+    assert any(key.endswith(".amsgrad") for key in OptimizerState(resumed[0], resumed[1]).state_dict())
 
 
 def test_a_schedule_too_short_for_the_checkpoint_is_named(tmp_path):

@@ -404,6 +404,12 @@ def test_override_into_a_list_names_its_items(write_config, override, list_key):
     )
 
 
+def test_override_into_an_empty_list_says_to_set_it_whole(write_config):
+    assert config_error(write_config(LIST_YAML), ["user_modules.0=x"]) == (
+        "bad override 'user_modules.0=x': user_modules is a list of 0 item(s); set it whole: user_modules=[...]"
+    )
+
+
 def test_override_value_keeps_its_interpolation_for_the_config_to_resolve(write_config):
     # After a type_hint swap too, whose bookkeeping reads each later override's value.
     overrides = ["optimizer.type_hint=SGD", "training.name=run_${training.max_steps}"]

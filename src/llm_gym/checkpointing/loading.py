@@ -6,7 +6,6 @@ raised identically on every rank, before DCP is asked to read anything.
 
 import json
 import logging
-from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -157,7 +156,7 @@ def _check_compatible(checkpoint_dir: Path, state: dict[str, Stateful], dcp_meta
             raise UserError(
                 f"checkpoint {checkpoint_dir} was written by an incompatible model: " + "; ".join(differences)
             )
-        if isinstance(value, OptimizerState) and (missing := _missing_optimizer_entries(value, saved)):
+        if isinstance(value, OptimizerState) and (missing := value.missing_state(set(saved))):
             raise UserError(
                 f"checkpoint {checkpoint_dir} holds the state of another optimizer than the configured one (its "
                 f"type, or a setting that shapes its state such as SGD's momentum, changed): the checkpoint has no "
@@ -166,25 +165,6 @@ def _check_compatible(checkpoint_dir: Path, state: dict[str, Stateful], dcp_meta
             )
         if isinstance(value, RNGState) and (note := value.choose_source(set(saved))):
             logger.warning(note)
-
-
-def _missing_optimizer_entries(optimizer: OptimizerState, saved: dict[str, Any]) -> list[str]:
-    """The state and settings (``momentum_buffer``, ``nesterov``) the configured optimizer loads and the
-    checkpoint lacks, by name: DCP would stop at the first, naming one parameter's key."""
-    return sorted({key.rpartition(".")[2] for key in _flat_keys(optimizer.state_dict()) if key not in saved})
-
-
-def _flat_keys(value: Any, prefix: str = "") -> Iterator[str]:
-    """The dotted keys DCP stores a nested state dict under."""
-    if isinstance(value, dict):
-        items: Iterable[tuple[Any, Any]] = value.items()
-    elif isinstance(value, list):
-        items = enumerate(value)
-    else:
-        yield prefix
-        return
-    for key, item in items:
-        yield from _flat_keys(item, f"{prefix}.{key}" if prefix else str(key))
 
 
 def load_checkpoint(checkpoint_dir: Path, state: dict[str, Stateful]) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.distributed.checkpoint._nested_dict import flatten_state_dict
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -45,14 +46,32 @@ class OptimizerState(Stateful):
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer):
         self.model, self.optimizer = model, optimizer
+        # Settings the checkpoint to load lacks (set by missing_state): left out of the load, as the config
+        # gives them anyway.
+        self._unsaved_settings: dict[str, Any] = {}
+
+    def _full_state_dict(self) -> dict[str, Any]:
+        return get_optimizer_state_dict(self.model, self.optimizer, options=_OPTIMIZER_OPTIONS)
 
     def state_dict(self) -> dict[str, Any]:
-        return get_optimizer_state_dict(self.model, self.optimizer, options=_OPTIMIZER_OPTIONS)
+        return {key: value for key, value in self._full_state_dict().items() if key not in self._unsaved_settings}
+
+    def missing_state(self, saved_keys: set[str]) -> list[str]:
+        """Prepare the next load from a checkpoint that holds ``saved_keys`` (DCP's flattened keys). Returns
+        the names of the state entries it lacks (``momentum_buffer``: another optimizer saved it). Settings it
+        lacks (``param_groups.*``, e.g. one a newer torch release added) are not needed and are skipped."""
+        current = self._full_state_dict()
+        _, paths = flatten_state_dict(current)
+        missing = {paths[key][0] for key in paths.keys() - saved_keys}
+        self._unsaved_settings = {key: current[key] for key in missing if key.startswith("param_groups.")}
+        return sorted({key.rpartition(".")[2] for key in missing - self._unsaved_settings.keys()})
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         configured = [
             {key: value for key, value in group.items() if key != "params"} for group in self.optimizer.param_groups
         ]
+        state_dict = {**self._unsaved_settings, **state_dict}
+        self._unsaved_settings = {}
         set_optimizer_state_dict(self.model, self.optimizer, state_dict, options=_OPTIMIZER_OPTIONS)
         # The lr put back is right for the resumed step whichever of optimizer and schedule DCP loads first:
         # the schedule, stepped before, left it there; stepped after, it starts from the config's step 0.

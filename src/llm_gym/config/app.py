@@ -62,7 +62,9 @@ class TrainingSettings(_Section):
     activation_checkpointing_every_k: PositiveInt = 2
     compile: bool = Field(False, description="torch.compile each transformer block")
     meta_device_init: bool = Field(
-        False, description="build on the meta device and initialise after sharding (models larger than a device)"
+        False,
+        description="materialise and initialise each shard after sharding, not the whole model on every rank first "
+        "(models larger than a device)",
     )
 
     def check_batch_sizes(self, data_parallel_size: int) -> None:

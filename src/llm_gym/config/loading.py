@@ -172,10 +172,12 @@ def _merge_override(raw: DictConfig, parts: tuple[str, ...], value: Any, overrid
     for depth, part in enumerate(parts):
         if isinstance(node, ListConfig) and not (part.isdigit() and int(part) < len(node)):
             where = ".".join(parts[:depth])
-            raise ConfigError(
-                f"bad override '{override}': {where} is a list of {len(node)} item(s); name one by its index, "
-                f"{where}.0 to {where}.{len(node) - 1}"
+            how = (
+                f"name one by its index, {where}.0 to {where}.{len(node) - 1}"
+                if node
+                else f"set it whole: {where}=[...]"
             )
+            raise ConfigError(f"bad override '{override}': {where} is a list of {len(node)} item(s); {how}")
         node = node[int(part)] if isinstance(node, ListConfig) else node.get(part)
         if not isinstance(node, (DictConfig, ListConfig)):
             break  # a new key or a scalar: update builds the mappings the rest of the path needs
