@@ -205,6 +205,12 @@ def test_keep_last_strategy_must_keep_one_or_all(write_config, count):
     assert f"checkpointing.strategies[0].config.count: {expected}" in error_lines(result)
 
 
+def test_keep_last_setting_must_keep_one_or_all(write_config):
+    result = validate("--config_file_path", str(write_config(VALID_SECTIONS)), "checkpointing.keep_last=0")
+    assert_user_error(result)
+    assert "checkpointing.keep_last: must be -1 (keep all) or at least 1 (got 0)" in error_lines(result)
+
+
 def test_meta_device_init_with_ddp_is_refused_naming_the_key_and_the_strategies_that_support_it():
     result = validate(
         "--config_file_path", TINY_CPU_CONFIG, "training.meta_device_init=true", "parallelism.type_hint=DDP"

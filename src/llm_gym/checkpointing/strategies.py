@@ -8,8 +8,19 @@ milestones forever while only the newest few others survive.
 """
 
 from collections.abc import Sequence
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PositiveInt
+
+
+def _keeps_one_or_all(count: int) -> int:
+    if count == 0:  # it would delete the checkpoint just saved
+        raise ValueError("must be -1 (keep all) or at least 1")
+    return count
+
+
+KeepCount = Annotated[int, Field(ge=-1), AfterValidator(_keeps_one_or_all)]
+"""How many of the newest checkpoints to keep: -1 = all, else at least 1."""
 
 
 class CheckpointStrategy:
@@ -55,14 +66,7 @@ class SaveAtSteps(CheckpointStrategy):
 
 
 class KeepLastConfig(_StrategyConfig):
-    count: int = Field(ge=-1, description="newest checkpoints kept; -1 = all")
-
-    @field_validator("count")
-    @classmethod
-    def _count_not_zero(cls, count: int) -> int:
-        if count == 0:
-            raise ValueError("must be -1 (keep all) or at least 1")
-        return count
+    count: KeepCount = Field(description="newest checkpoints kept; -1 = all")
 
 
 class KeepLast(CheckpointStrategy):

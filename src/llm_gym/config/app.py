@@ -17,6 +17,7 @@ from pydantic import (
     model_validator,
 )
 
+from llm_gym.checkpointing.strategies import KeepCount
 from llm_gym.config.component import Component
 
 
@@ -83,7 +84,7 @@ class TrainingSettings(_Section):
 
 class CheckpointingSettings(_Section):
     every_n_steps: NonNegativeInt = Field(0, description="save every this many steps; 0 = only at the end")
-    keep_last: int = Field(1, ge=-1, description="keep this many newest checkpoints; -1 = all")
+    keep_last: KeepCount = Field(1, description="keep this many newest checkpoints; -1 = all")
     strategies: list[Component("checkpoint_strategy")] = Field(
         default_factory=list, description="more saving/retention strategies, e.g. KeepEveryNSteps"
     )
@@ -92,12 +93,6 @@ class CheckpointingSettings(_Section):
         description="initialise model weights from this checkpoint (a step_<N>, checkpoints/ or experiment "
         "directory) or weights file (.safetensors, .pt); optimizer and schedule start fresh",
     )
-
-    @model_validator(mode="after")
-    def _keep_last_not_zero(self) -> "CheckpointingSettings":
-        if self.keep_last == 0:
-            raise ValueError("keep_last must be -1 (keep all) or at least 1")
-        return self
 
 
 class DataSettings(_Section):
