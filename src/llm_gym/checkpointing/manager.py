@@ -114,6 +114,14 @@ class CheckpointManager:
         write_file_atomically(self.checkpoint_root / LATEST_FILE, final_dir.name + "\n")
         logger.info("saved checkpoint %s", final_dir)
 
+    def _step_dirs(self) -> list[tuple[int, Path]]:
+        """The published ``step_<N>`` directories, by step."""
+        return sorted(
+            (_step_of(entry), entry)
+            for entry in self.checkpoint_root.iterdir()
+            if _STEP_DIR.match(entry.name) and entry.is_dir()
+        )
+
     def _point_latest_away_from(self, checkpoint_dir: Path) -> None:
         """If ``latest`` names ``checkpoint_dir``, which is about to be moved aside and replaced, name another
         complete checkpoint until the replacement is in place, so that a run killed in between still
@@ -121,12 +129,8 @@ class CheckpointManager:
         latest = self.checkpoint_root / LATEST_FILE
         if not latest.is_file() or latest.read_text().strip() != checkpoint_dir.name:
             return
-        replaced_step = int(_STEP_DIR.match(checkpoint_dir.name).group(1))
-        others = sorted(
-            (int(match.group(1)), entry)
-            for entry in self.checkpoint_root.iterdir()
-            if (match := _STEP_DIR.match(entry.name)) and entry.is_dir() and int(match.group(1)) != replaced_step
-        )
+        replaced_step = _step_of(checkpoint_dir)
+        others = [(step, entry) for step, entry in self._step_dirs() if step != replaced_step]
         older = [entry for step, entry in others if step < replaced_step]
         if substitutes := older or [entry for _, entry in others]:
             write_file_atomically(latest, substitutes[-1].name + "\n")
@@ -140,12 +144,8 @@ class CheckpointManager:
         for entry in self.checkpoint_root.iterdir():
             if entry.name.startswith(TMP_PREFIX) and entry.is_dir():
                 shutil.rmtree(entry, ignore_errors=True)
-        kept_step = int(_STEP_DIR.match(keep.name).group(1))
-        complete = sorted(
-            (int(match.group(1)), entry)
-            for entry in self.checkpoint_root.iterdir()
-            if (match := _STEP_DIR.match(entry.name)) and entry.is_dir() and int(match.group(1)) <= kept_step
-        )
+        kept_step = _step_of(keep)
+        complete = [(step, entry) for step, entry in self._step_dirs() if step <= kept_step]
         steps = [step for step, _ in complete]
         doomed_entries = [
             entry
@@ -157,3 +157,7 @@ class CheckpointManager:
             doomed = entry.with_name(f"{TMP_PREFIX}deleting_{entry.name}")
             os.replace(entry, doomed)
             shutil.rmtree(doomed)
+
+
+def _step_of(checkpoint_dir: Path) -> int:
+    return int(_STEP_DIR.match(checkpoint_dir.name).group(1))
