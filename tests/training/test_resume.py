@@ -120,9 +120,11 @@ def test_a_clean_stop_resumed_gives_the_metrics_of_an_uninterrupted_run(
     shutil.copytree(checkpoints / "step_4", partial)
     (partial / "llm_gym_meta.json").unlink()
 
-    train(byte_corpus, experiment, ranks, "--resume", "auto")
+    resumed = train(byte_corpus, experiment, ranks, "--resume", "auto")
 
     assert recorded(experiment) == recorded(reference(ranks))
+    assert "resuming with the config's hyperparameters, which differ from the checkpoint's" in resumed.stderr
+    assert f"training.max_steps: checkpoint 4, now {TOTAL_STEPS}" in resumed.stderr
     assert sorted(entry.name for entry in checkpoints.iterdir()) == ["latest", "step_2", "step_4", "step_6", "step_8"]
     assert (checkpoints / "latest").read_text().strip() == "step_8"
     saved, resumed = (read_checkpoint_meta(checkpoints / f"step_{step}") for step in (4, 8))

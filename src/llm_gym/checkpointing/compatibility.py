@@ -40,6 +40,16 @@ def _differences(path: str, saved: Any, current: Any) -> list[str]:
     return [] if saved == current else [f"{path}: checkpoint {saved!r}, now {current!r}"]
 
 
+def _differences_at(
+    keys: tuple[str, ...], saved_resolved: dict[str, Any], current_resolved: dict[str, Any]
+) -> list[str]:
+    # The saved config went through JSON; the current one must too, or a tuple and a list would differ.
+    current_resolved = json.loads(json.dumps(current_resolved, default=str))
+    return [
+        line for key in keys for line in _differences(key, _lookup(saved_resolved, key), _lookup(current_resolved, key))
+    ]
+
+
 def _global_batch(config: dict[str, Any], world_size: int) -> tuple[int | None, str]:
     micro = _lookup(config, "training.micro_batch_size")
     accumulation = _lookup(config, "training.gradient_accumulation_steps")
@@ -56,13 +66,7 @@ def config_differences(
     """Readable differences between a checkpoint's resolved config and the current one that break exact
     equivalence. The global batch is compared as micro batch × accumulation × ranks, so resuming 2 → 1
     ranks with doubled accumulation is no difference."""
-    # The saved config went through JSON; the current one must too, or a tuple and a list would differ.
-    current_resolved = json.loads(json.dumps(current_resolved, default=str))
-    differences = [
-        line
-        for key in _EQUIVALENCE_KEYS
-        for line in _differences(key, _lookup(saved_resolved, key), _lookup(current_resolved, key))
-    ]
+    differences = _differences_at(_EQUIVALENCE_KEYS, saved_resolved, current_resolved)
     saved_batch, saved_terms = _global_batch(saved_resolved, saved_world_size)
     current_batch, current_terms = _global_batch(current_resolved, current_world_size)
     if saved_batch != current_batch:
@@ -76,9 +80,4 @@ def config_differences(
 def hyperparameter_changes(saved_resolved: dict[str, Any], current_resolved: dict[str, Any]) -> list[str]:
     """Readable differences in optimizer, schedule and run length between a checkpoint's resolved config
     and the current one: a resumed run trains with the current values."""
-    current_resolved = json.loads(json.dumps(current_resolved, default=str))
-    return [
-        line
-        for key in _HYPERPARAMETER_KEYS
-        for line in _differences(key, _lookup(saved_resolved, key), _lookup(current_resolved, key))
-    ]
+    return _differences_at(_HYPERPARAMETER_KEYS, saved_resolved, current_resolved)
