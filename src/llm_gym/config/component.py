@@ -39,6 +39,14 @@ def did_you_mean(name: str, valid: Sequence[str]) -> str:
     return f"did you mean '{matches[0]}'?" if matches else ""
 
 
+def unknown_type_hint_message(register_key: str, type_hint: str, names: Sequence[str]) -> str:
+    suggestion = did_you_mean(type_hint, names)
+    return (
+        f"unknown type_hint '{type_hint}' for '{register_key}'; "
+        f"{suggestion + ' ' if suggestion else ''}valid names: {', '.join(names) or 'none registered'}"
+    )
+
+
 def _validate_node(register_key: str, value: Any) -> ComponentNode:
     if isinstance(value, ComponentNode):
         return value
@@ -46,7 +54,8 @@ def _validate_node(register_key: str, value: Any) -> ComponentNode:
     from llm_gym.registry import get_registry
 
     registry = get_registry()
-    valid = ", ".join(registry.type_hint_names(register_key)) or "none registered"
+    names = registry.type_hint_names(register_key)
+    valid = ", ".join(names) or "none registered"
     if not isinstance(value, Mapping):
         raise PydanticCustomError(
             "component_node",
@@ -61,18 +70,8 @@ def _validate_node(register_key: str, value: Any) -> ComponentNode:
         )
     entry = registry.find_entry(register_key, value["type_hint"])
     if entry is None:
-        hint = str(value["type_hint"])
-        suggestion = did_you_mean(hint, registry.type_hint_names(register_key))
-        raise PydanticCustomError(
-            "unknown_type_hint",
-            "unknown type_hint '{hint}' for '{key}'; {suggestion}valid names: {valid}",
-            {
-                "hint": hint,
-                "key": register_key,
-                "suggestion": f"{suggestion} " if suggestion else "",
-                "valid": valid,
-            },
-        )
+        message = unknown_type_hint_message(register_key, str(value["type_hint"]), names)
+        raise PydanticCustomError("unknown_type_hint", "{message}", {"message": message})
     return entry.node_model.model_validate({**value, "type_hint": entry.type_hint})
 
 

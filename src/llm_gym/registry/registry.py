@@ -12,7 +12,7 @@ from typing import Any
 from class_resolver import ClassResolver
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from llm_gym.config.component import ComponentNode, did_you_mean
+from llm_gym.config.component import ComponentNode, unknown_type_hint_message
 from llm_gym.config.lookup_enum import LookupEnum
 from llm_gym.errors import ConfigError
 
@@ -175,12 +175,7 @@ class ResolverRegistry:
         """Build a registered component straight from keyword arguments, without a config node."""
         entry = self.find_entry(register_key, type_hint)
         if entry is None:
-            names = self.type_hint_names(register_key)
-            suggestion = did_you_mean(type_hint, names)
-            raise ConfigError(
-                f"unknown type_hint '{type_hint}' for '{register_key}'; "
-                f"{suggestion + ' ' if suggestion else ''}valid names: {', '.join(names) or 'none registered'}"
-            )
+            raise ConfigError(unknown_type_hint_message(register_key, type_hint, self.type_hint_names(register_key)))
         return self._instantiate(entry.component, entry.type_hint.name, dict(extra_kwargs or {}))
 
     def _instantiate(self, component: Callable[..., Any], type_hint: str, kwargs: dict[str, Any]) -> Any:
