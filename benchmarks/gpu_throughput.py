@@ -89,7 +89,7 @@ def run_overrides(model: BenchModel, args: argparse.Namespace, corpus: Path, par
         "training.max_steps": args.warmup_steps + args.steps,
         "training.log_interval": 1,
         "training.eval_interval": 1_000_000,
-        "training.eval_batches": 1,
+        "training.eval_samples": 1,
         "checkpointing.every_n_steps": 0,
         "checkpointing.keep_last": 1,
         "lr_scheduler.config.warmup_steps": 1,

@@ -64,7 +64,7 @@ def run_overrides(shape: dict, corpus: Path, parallelism: str, max_steps: int) -
         "training.gradient_accumulation_steps": 1,
         "training.log_interval": 1,
         "training.eval_interval": 1_000_000,
-        "training.eval_batches": 1,
+        "training.eval_samples": 1,
         "training.device": "cpu",
         "checkpointing.every_n_steps": 0,
         "checkpointing.keep_last": 1,

@@ -69,7 +69,7 @@ def tiny_overrides(corpus: Path, output_dir: Path, **extra: object) -> list[str]
         "training.sequence_length": 32,
         "training.micro_batch_size": 4,
         "training.eval_interval": 3,
-        "training.eval_batches": 2,
+        "training.eval_samples": 8,
         "training.log_interval": 1,
         "checkpointing.every_n_steps": 3,
         "loggers": "[{type_hint: MetricsJsonl, config: {}}]",

@@ -8,7 +8,7 @@ import torch
 from pydantic import BaseModel, ValidationError
 
 from llm_gym.config.component import Component
-from llm_gym.data.collators import CausalLMCollator
+from llm_gym.data.collators import IGNORE_INDEX, CausalLMCollator
 from llm_gym.data.datasets import PackedDataset
 from llm_gym.data.loaders import ResumableDataLoader, eval_batches
 from llm_gym.errors import UserError
@@ -97,17 +97,47 @@ def test_state_counts_yielded_batches_and_resume_continues_exactly(counting_corp
     assert first + inputs_of(islice(iter(resumed), 7)) == reference
 
 
-def test_eval_batches_equal_on_every_rank_disjoint_and_in_order(counting_corpus: Path):
-    dataset, collator = PackedDataset(counting_corpus, SEQUENCE_LENGTH), CausalLMCollator()
-    per_rank = [inputs_of(eval_batches(dataset, collator, 3, rank, 3, None)) for rank in range(3)]
-    assert [len(batches) for batches in per_rank] == [11, 11, 11]  # 100 samples // 9 per step
-    firsts = sorted(row[0] // SEQUENCE_LENGTH for batches in per_rank for batch in batches for row in batch)
-    assert firsts == list(range(99))
-    assert [row[0] // SEQUENCE_LENGTH for row in per_rank[1][0]] == [1, 4, 7]
-    assert len(list(eval_batches(dataset, collator, 3, 0, 3, max_batches=2))) == 2
+def evaluated_samples(dataset, micro_batch_size: int, world_size: int, max_samples: int | None) -> list[list[int]]:
+    """Per rank, its batches' rows, each the first input token's sample index, or None where it counts no target."""
+    per_rank = []
+    for rank in range(world_size):
+        rows = []
+        for batch in eval_batches(
+            dataset, CausalLMCollator(), "target_ids", micro_batch_size, rank, world_size, max_samples
+        ):
+            assert batch["input_ids"].shape == (micro_batch_size, SEQUENCE_LENGTH)
+            for inputs, targets in zip(batch["input_ids"].tolist(), batch["target_ids"].tolist(), strict=True):
+                counted = [target != IGNORE_INDEX for target in targets]
+                assert len(set(counted)) == 1  # a row counts all its targets or none
+                rows.append(inputs[0] // SEQUENCE_LENGTH if counted[0] else None)
+        per_rank.append(rows)
+    return per_rank
 
 
-def test_eval_split_smaller_than_one_batch(counting_corpus: Path):
+def test_eval_batches_split_the_samples_in_order_with_equal_batch_counts(counting_corpus: Path):
+    dataset = PackedDataset(counting_corpus, SEQUENCE_LENGTH)  # 100 samples
+    per_rank = evaluated_samples(dataset, 3, 3, None)
+    assert [len(rows) for rows in per_rank] == [36, 36, 36]  # 12 batches of 3 on every rank
+    assert per_rank[1][:3] == [1, 4, 7]
+    assert per_rank[0][-3:] == [99, None, None] and per_rank[1][-3:] == [None, None, None]
+    assert sorted(row for rows in per_rank for row in rows if row is not None) == list(range(100))
+
+
+@pytest.mark.parametrize(("micro_batch_size", "world_size"), [(1, 1), (8, 1), (2, 2), (3, 2), (4, 3), (16, 4)])
+def test_eval_batches_evaluate_the_same_samples_in_any_layout(counting_corpus: Path, micro_batch_size, world_size):
+    """Runs that differ only in micro batch size or ranks must report the same evaluation losses."""
     dataset = PackedDataset(counting_corpus, SEQUENCE_LENGTH)
-    with pytest.raises(UserError, match="100 samples is smaller than one batch across ranks"):
-        eval_batches(dataset, CausalLMCollator(), 51, 0, 2, None)
+    for max_samples, expected in [(None, list(range(100))), (10, list(range(10))), (500, list(range(100)))]:
+        per_rank = evaluated_samples(dataset, micro_batch_size, world_size, max_samples)
+        assert len({len(rows) for rows in per_rank}) == 1  # every rank runs as many forward passes
+        assert sorted(row for rows in per_rank for row in rows if row is not None) == expected
+
+
+def test_eval_batches_with_more_ranks_than_samples(counting_corpus: Path):
+    dataset = PackedDataset(counting_corpus, SEQUENCE_LENGTH)
+    assert evaluated_samples(dataset, 4, 3, 2) == [[0, None, None, None], [1, None, None, None], [None] * 4]
+
+
+def test_an_empty_evaluation_split_is_refused():
+    with pytest.raises(UserError, match="an evaluation dataset has no samples"):
+        eval_batches([], CausalLMCollator(), "target_ids", 2, 0, 1, None)

@@ -55,13 +55,19 @@ def test_compiled_blocks_train_like_eager_ones(single_process_run, byte_corpus, 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("strategy", ["FSDP2", "DDP"])
-def test_two_ranks_give_the_losses_of_one_rank(single_process_run, byte_corpus, tmp_path, strategy):
+@pytest.mark.parametrize(("strategy", "micro_batch_size", "accumulation"), [("FSDP2", 2, 1), ("DDP", 1, 2)])
+def test_two_ranks_give_the_losses_of_one_rank(
+    single_process_run, byte_corpus, tmp_path, strategy, micro_batch_size, accumulation
+):
+    """The same global batch of 4 (1 rank × micro 4) split otherwise: training and evaluation losses agree."""
     if strategy == "FSDP2":
         skip_unless_gloo_sharding_works()
-    overrides = tiny_overrides(
-        byte_corpus, tmp_path, **{"training.micro_batch_size": 2, "parallelism.type_hint": strategy}
-    )
+    layout = {
+        "training.micro_batch_size": micro_batch_size,
+        "training.gradient_accumulation_steps": accumulation,
+        "parallelism.type_hint": strategy,
+    }
+    overrides = tiny_overrides(byte_corpus, tmp_path, **layout)
     torchrun(2, "run", "--config_file_path", str(TINY_CONFIG), *overrides)
     expected = losses(read_metrics(single_process_run / "metrics.jsonl"))
     actual = losses(read_metrics(tmp_path / "metrics.jsonl"))
@@ -83,6 +89,14 @@ def test_inconsistent_parallel_settings_are_refused(byte_corpus, tmp_path, overr
     )
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_corpus_beyond_the_model_vocabulary_is_refused_with_a_message(byte_corpus, tmp_path):
+    overrides = tiny_overrides(byte_corpus, tmp_path, **{"model.config.vocab_size": 100})  # letters are >= 97
+    result = llm_gym("run", "--config_file_path", str(TINY_CONFIG), *overrides, check=False)
+    assert result.returncode == 2, result.stderr
+    assert "in a train batch is outside the model's vocabulary of 100" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_a_fresh_run_refuses_a_directory_with_checkpoints(single_process_run, byte_corpus):

@@ -52,8 +52,10 @@ class TrainingSettings(_Section):
     )
     eval_interval: PositiveInt = Field(description="evaluate every this many steps, and at the end")
     eval_at_start: bool = Field(False, description="also evaluate before the first step (logged as step 0)")
-    eval_batches: PositiveInt | None = Field(
-        None, description="micro batches per rank and split per evaluation; null = the whole split"
+    eval_samples: PositiveInt | None = Field(
+        None,
+        description="samples per split per evaluation, the split's first ones, the same on any number of ranks "
+        "and micro batch size; null = the whole split",
     )
     log_interval: PositiveInt = 1
     max_grad_norm: PositiveFloat | None = Field(1.0, description="clip by global norm; null = no clipping")

@@ -3,6 +3,9 @@
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+IGNORE_INDEX = -100
+"""A target that counts no token and adds no loss (``torch.nn.functional.cross_entropy``'s default)."""
+
 
 class CausalLMCollator:
     """Samples of ``T + 1`` tokens become inputs ``tokens[:-1]`` and next-token targets ``tokens[1:]``, ``[B, T]``."""

@@ -1,11 +1,13 @@
 """Batches for training (endless, resumable, with worker processes) and for evaluation (finite, in order)."""
 
+import math
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 from pydantic import BaseModel, ConfigDict, NonNegativeInt, PositiveInt, model_validator
 
+from llm_gym.data.collators import IGNORE_INDEX
 from llm_gym.data.samplers import ResumableDistributedSampler
 from llm_gym.errors import UserError
 
@@ -97,37 +99,41 @@ DATALOADERS = {"DataLoader": (ResumableDataLoader, ResumableDataLoaderConfig)}
 def eval_batches(
     dataset: torch.utils.data.Dataset,
     collator: Collator,
+    target_key: str,
     micro_batch_size: int,
     dp_rank: int,
     dp_world_size: int,
-    max_batches: int | None,
+    max_samples: int | None,
 ) -> Iterator[dict[str, torch.Tensor]]:
-    """An evaluation split in order, rank ``r`` taking samples ``r, r + W, ...``; every rank the same count.
+    """The split's first ``max_samples`` samples (all if None) in order, rank ``r`` taking samples ``r, r + W, ...``.
 
-    Samples that do not fill a batch on every rank are left out, so all ranks run equally many steps (as
-    sharded models need); ``max_batches`` caps the batches per rank.
+    Which samples are evaluated does not depend on the micro batch size or the number of ranks, so runs that
+    differ only in layout report the same losses. Every rank runs equally many forward passes of full micro
+    batches, as sharded models and compiled blocks want: rows past a rank's last sample repeat sample 0 with
+    every target set to ``IGNORE_INDEX``, so they count no tokens and add no loss.
     """
-    samples_per_batch = micro_batch_size * dp_world_size
-    num_batches = len(dataset) // samples_per_batch
-    if num_batches == 0:
-        raise UserError(
-            f"an evaluation dataset of {len(dataset)} samples is smaller than one batch across ranks "
-            f"(micro_batch_size {micro_batch_size} × {dp_world_size} ranks)"
-        )
-    if max_batches is not None:
-        num_batches = min(num_batches, max_batches)
-    return _eval_batches(dataset, collator, micro_batch_size, dp_rank, dp_world_size, num_batches)
+    num_samples = len(dataset) if max_samples is None else min(len(dataset), max_samples)
+    if num_samples == 0:
+        raise UserError("an evaluation dataset has no samples")
+    samples_per_rank = math.ceil(num_samples / dp_world_size)
+    num_batches = math.ceil(samples_per_rank / micro_batch_size)
+    own_samples = range(dp_rank, num_samples, dp_world_size)
+    return _eval_batches(dataset, collator, target_key, micro_batch_size, own_samples, num_batches)
 
 
 def _eval_batches(
     dataset: torch.utils.data.Dataset,
     collator: Collator,
+    target_key: str,
     micro_batch_size: int,
-    dp_rank: int,
-    dp_world_size: int,
+    own_samples: range,
     num_batches: int,
 ) -> Iterator[dict[str, torch.Tensor]]:
-    samples_per_batch = micro_batch_size * dp_world_size
-    for batch in range(num_batches):
-        first = batch * samples_per_batch + dp_rank
-        yield collator([dataset[first + k * dp_world_size] for k in range(micro_batch_size)])
+    for batch_index in range(num_batches):
+        indices = own_samples[batch_index * micro_batch_size : (batch_index + 1) * micro_batch_size]
+        fillers = micro_batch_size - len(indices)
+        batch = collator([dataset[index] for index in indices] + [dataset[0]] * fillers)
+        if fillers:
+            is_filler = torch.arange(micro_batch_size) >= len(indices)
+            batch[target_key] = batch[target_key].masked_fill(is_filler[:, None], IGNORE_INDEX)
+        yield batch

@@ -117,7 +117,14 @@ def build_data(config: TrainingAppConfig, parallelism: ParallelismStrategy) -> B
     for split, node in data.eval_datasets.items():
         dataset = registry.build_component_by_config(node)
         eval_splits[split] = partial(
-            eval_batches, dataset, collator, micro_batch_size, dp_rank, dp_size, config.training.eval_batches
+            eval_batches,
+            dataset,
+            collator,
+            collator.target_key,
+            micro_batch_size,
+            dp_rank,
+            dp_size,
+            config.training.eval_samples,
         )
     return BuiltData(train_loader, eval_splits, BatchKeys(collator.input_key, collator.target_key))
 

@@ -14,9 +14,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from llm_gym.data.collators import IGNORE_INDEX
 from llm_gym.parallel.strategies import ParallelismStrategy
-
-IGNORE_INDEX = -100
 
 
 @dataclass(frozen=True)
