@@ -1,6 +1,7 @@
 """The loop's own rules: when it logs, evaluates and saves, and what it does with a non-finite loss."""
 
 import itertools
+from unittest.mock import patch
 
 import pytest
 import torch
@@ -8,6 +9,7 @@ from test_step import ToyLM, global_batch
 
 from distributed import run_on_ranks
 from llm_gym.config.app import TrainingSettings
+from llm_gym.errors import UserError
 from llm_gym.parallel.distributed import init_distributed
 from llm_gym.parallel.strategies import NoParallelism
 from llm_gym.training.loop import NonFiniteLossError, Trainer
@@ -81,6 +83,53 @@ def _schedule_with_initial_evaluation() -> list:
 
 def test_can_evaluate_before_the_first_step():
     assert run_on_ranks(_schedule_with_initial_evaluation, 1)[0] == [(0, "val"), (2, "train"), (3, "train"), (3, "val")]
+
+
+def _throughput_with_slow_evaluations_and_saves() -> list[float]:
+    """A fake clock: every step takes 1 s, every evaluation 5 s, the save after step 2 10 s."""
+    clock = {"now": 0.0}
+    trainer, recorder = make_trainer(log_interval=4, eval_interval=2, max_steps=8)
+    steps = trainer.train_batches
+
+    def timed_steps():
+        for batch in steps:
+            clock["now"] += 1.0
+            yield batch
+
+    def slow_evaluation():
+        clock["now"] += 5.0
+        return []
+
+    def slow_save(step: int, is_final: bool) -> None:
+        clock["now"] += 10.0 if step == 2 else 0.0
+
+    trainer.train_batches, trainer.eval_splits, recorder.maybe_save = timed_steps(), {"val": slow_evaluation}, slow_save
+    with patch("llm_gym.training.loop.time.perf_counter", lambda: clock["now"]):
+        trainer.train()
+    return [
+        m.metrics["tokens_per_s"]
+        for m in recorder.messages
+        if type(m).__name__ == "MetricsRecord" and m.split == "train"
+    ]
+
+
+def test_tokens_per_s_leaves_out_evaluation_and_checkpoint_time():
+    assert run_on_ranks(_throughput_with_slow_evaluations_and_saves, 1)[0] == [29.0, 29.0]  # 4 × 8 - 3 tokens a step
+
+
+def _refused_token_id(eval_at_start: bool) -> str:
+    trainer, _ = make_trainer(eval_at_start=eval_at_start)
+    trainer.vocab_size = 10  # the batches hold ids up to 31
+    with pytest.raises(UserError) as error:
+        trainer.train()
+    return str(error.value)
+
+
+@pytest.mark.parametrize(("eval_at_start", "split"), [(False, "train"), (True, "val")])
+def test_token_ids_beyond_the_vocabulary_are_refused_before_the_model_sees_them(eval_at_start, split):
+    message = run_on_ranks(_refused_token_id, 1, eval_at_start)[0]
+    assert message.startswith(f"token id 31 in a {split} batch is outside the model's vocabulary of 10")
+    assert "model.config.vocab_size" in message
 
 
 def _diverge(action: str) -> tuple:

@@ -2,6 +2,7 @@
 
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -35,6 +36,31 @@ class TrainingProgress:
         self.skipped_steps = int(state.get("skipped_steps", 0))
 
 
+class TrainingThroughput:
+    """Tokens per second over a log window, counting the time of training steps and their logging only.
+
+    Evaluation and checkpoint saves inside the window are left out, so a save does not pass for a slow step.
+    """
+
+    def __init__(self) -> None:
+        self._tokens, self._seconds, self._since = 0, 0.0, time.perf_counter()
+
+    def add(self, tokens: int) -> float:
+        """Count a step's tokens; return the window's tokens per second so far."""
+        now = time.perf_counter()
+        self._tokens, self._seconds, self._since = self._tokens + tokens, self._seconds + now - self._since, now
+        return self._tokens / max(self._seconds, 1e-9)
+
+    def start_window(self) -> None:
+        self._tokens, self._seconds = 0, 0.0
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        start = time.perf_counter()
+        yield
+        self._since += time.perf_counter() - start
+
+
 class Publisher(Protocol):
     def publish(self, message: Any) -> None: ...
 
@@ -58,6 +84,8 @@ class Trainer:
     batch_keys: BatchKeys = field(default_factory=BatchKeys)
     hardware_metrics: Callable[[float], dict[str, float]] | None = None
     """Figures derived from tokens/s on an accelerator (mfu, peak memory)."""
+    vocab_size: int | None = None
+    """The model's vocabulary; a batch with a token id beyond it is refused before it reaches the embedding."""
     _last_lr: float = field(default=0.0, init=False)
 
     def train(self) -> None:
@@ -66,26 +94,27 @@ class Trainer:
         self.model.train()
         if settings.eval_at_start and progress.step == 0:
             self._evaluate_all()
-        window_tokens, window_start = 0, time.perf_counter()
+        throughput = TrainingThroughput()
         while progress.step < settings.max_steps:
             result = self._optimizer_step(batches)
             progress.step += 1
             progress.tokens_seen += result.tokens
-            window_tokens += result.tokens
+            tokens_per_s = throughput.add(result.tokens)
             is_final = progress.step == settings.max_steps
-            tokens_per_s = window_tokens / max(time.perf_counter() - window_start, 1e-9)
             metrics = {"loss": result.loss, "tokens_per_s": tokens_per_s}
             self.broker.publish(ProgressUpdate(progress.step, settings.max_steps, metrics))
             if progress.step % settings.log_interval == 0 or is_final:
                 self.broker.publish(MetricsRecord(progress.step, "train", self._train_metrics(result, tokens_per_s)))
-                window_tokens, window_start = 0, time.perf_counter()
-            if progress.step % settings.eval_interval == 0 or is_final:
-                self._evaluate_all()
-                window_start = time.perf_counter()
-            self.checkpointer.maybe_save(progress.step, is_final)
+                throughput.start_window()
+            with throughput.paused():
+                if progress.step % settings.eval_interval == 0 or is_final:
+                    self._evaluate_all()
+                self.checkpointer.maybe_save(progress.step, is_final)
 
     def _optimizer_step(self, batches: Iterator[dict]) -> StepResult:
-        micro_batches = [next(batches) for _ in range(self.settings.gradient_accumulation_steps)]
+        micro_batches = [
+            self._in_vocabulary(next(batches), "train") for _ in range(self.settings.gradient_accumulation_steps)
+        ]
         result = train_step(self.model, self.parallelism, micro_batches, self.batch_keys, self.settings.max_grad_norm)
         self._last_lr = self.lr_scheduler.get_last_lr()[0]
         if result.finite:
@@ -114,5 +143,18 @@ class Trainer:
 
     def _evaluate_all(self) -> None:
         for split, make_batches in self.eval_splits.items():
-            loss = evaluate(self.model, self.parallelism, make_batches(), self.batch_keys)
+            batches = (self._in_vocabulary(batch, split) for batch in make_batches())
+            loss = evaluate(self.model, self.parallelism, batches, self.batch_keys)
             self.broker.publish(MetricsRecord(self.progress.step, split, {"loss": loss}))
+
+    def _in_vocabulary(self, batch: dict, split: str) -> dict:
+        # An id past the embedding table is an IndexError traceback on CPU and a device-side assert on a GPU.
+        if self.vocab_size is not None:
+            largest = max(int(batch[key].max()) for key in (self.batch_keys.inputs, self.batch_keys.targets))
+            if largest >= self.vocab_size:
+                raise UserError(
+                    f"token id {largest} in a {split} batch is outside the model's vocabulary of {self.vocab_size} "
+                    "(model.config.vocab_size): the data was tokenized with a larger vocabulary; tokenize it with "
+                    "the tokenizer the model is configured for, or raise model.config.vocab_size"
+                )
+        return batch

@@ -139,5 +139,6 @@ def _train(config: TrainingAppConfig, resolved: dict, env, resume: str, allow_co
                 env.world_size,
                 parallelism.compute_dtype,
             ),
+            vocab_size=getattr(built.inner, "vocab_size", None),
         )
         trainer.train()
