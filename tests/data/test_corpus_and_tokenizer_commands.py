@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 from corpus_helpers import write_jsonl
@@ -97,6 +98,11 @@ def test_train_tokenizer_command(tmp_path: Path):
     assert f"{tokenizer.vocab_size} tokens" in result.output
     assert tokenizer.decode(tokenizer.encode(texts[1] + "unseen ☃")) == texts[1] + "unseen ☃"
     assert tokenizer.decode([tokenizer.eos_id]) == "<|endoftext|>"
+    # A document quoting the end-of-document token is text: only the writer's own EOS ends it.
+    quoting = "see <|endoftext|> here"
+    tokens, _ = tokenizer.encode_batch_to_array([quoting], np.dtype(np.uint16))
+    assert tokens.tolist().count(tokenizer.eos_id) == 1 and tokens[-1] == tokenizer.eos_id
+    assert tokenizer.decode(tokens[:-1].tolist()) == quoting
     again = invoke(*args, "--text_key", "body")
     assert again.exit_code == 2 and "tokenizer.json exists; pass --force" in again.stderr
     assert invoke(*args, "--text_key", "body", "--force").exit_code == 0
@@ -108,6 +114,7 @@ def test_train_tokenizer_command(tmp_path: Path):
         (b'{"text": "ok"}\n{oops\n', (), "in.jsonl:2: malformed JSON"),
         (b'{"text": "ok"}\n', ("--text_key", "body"), "in.jsonl:1: no key 'body'"),
         (b'{"text": "ok"}\n', ("--vocab_size", "100"), "--vocab_size must be at least 257"),
+        (b"", (), "no documents in the input"),
     ],
 )
 def test_train_tokenizer_bad_input(tmp_path: Path, lines: bytes, options: tuple, message: str):

@@ -1,5 +1,6 @@
 """Training a byte-level BPE tokenizer (GPT-2 style) with the Hugging Face ``tokenizers`` library."""
 
+import itertools
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,7 +35,11 @@ def train_bpe_tokenizer(
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tokenizer.train_from_iterator(iter_texts(inputs, text_key), trainer=trainer)
+    texts = iter_texts(inputs, text_key)
+    first_text = next(texts, None)
+    if first_text is None:
+        raise UserError("no documents in the input: nothing to train a tokenizer on")
+    tokenizer.train_from_iterator(itertools.chain([first_text], texts), trainer=trainer)
     output_path.parent.mkdir(parents=True, exist_ok=True)
     incomplete = output_path.with_name(output_path.name + ".incomplete")
     tokenizer.save(str(incomplete))

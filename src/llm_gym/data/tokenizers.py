@@ -71,6 +71,8 @@ class HuggingFaceTokenizer:
             self._tokenizer = RustTokenizer.from_file(str(path))
         except Exception as error:  # the library raises plain Exceptions for malformed files
             raise UserError(f"{path}: not a valid Hugging Face tokenizer.json ({error})") from error
+        # Documents are text: a literal "<|endoftext|>" in a web page must not end its document early.
+        self._tokenizer.encode_special_tokens = True
         self.path = path
         self.vocab_size = self._tokenizer.get_vocab_size(with_added_tokens=True)
         eos_id = next(
