@@ -193,6 +193,36 @@ def test_internal_error_exits_1_with_its_traceback(args):
     assert result.stderr.rstrip().endswith("RuntimeError: an internal error")
 
 
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["data", "tokenize", "--tokenizer", "byte", "--output_prefix", "{file}/out", "--num_workers", "0"],
+        ["data", "train_tokenizer", "--vocab_size", "300", "--output_path", "{file}/tokenizer.json"],
+    ],
+    ids=["tokenize", "train_tokenizer"],
+)
+def test_an_output_path_under_a_file_is_a_user_error(tmp_path, command):
+    inputs = tmp_path / "in.jsonl"
+    inputs.write_text('{"text": "hello"}\n')
+    args = [part.format(file=inputs) for part in command]
+    result = CliRunner().invoke(main, [*args[:2], "--input", str(inputs), *args[2:]])
+    stderr = assert_user_error(result, tmp_path, files=["in.jsonl"])
+    assert stderr == f"error: cannot use {inputs}: it exists and is not a directory\n"
+
+
+def test_a_file_error_without_a_path_stays_an_internal_error():
+    @click.group(cls=CommandGroup)
+    def group():
+        pass
+
+    @group.command()
+    def fail():
+        raise OSError("no path involved")
+
+    result = CliRunner().invoke(group, ["fail"])
+    assert result.exit_code == 1 and isinstance(result.exception, OSError)
+
+
 @pytest.mark.parametrize("count", [0, -2])
 def test_keep_last_strategy_must_keep_one_or_all(write_config, count):
     strategies = f"checkpointing.strategies=[{{type_hint: KeepLast, config: {{count: {count}}}}}]"

@@ -3,6 +3,8 @@
 import os
 import sys
 import traceback
+from pathlib import Path
+from typing import NoReturn
 
 import click
 
@@ -11,19 +13,38 @@ from llm_gym.errors import UserError
 DEBUG_ENV = "LLM_GYM_DEBUG"
 
 
+def _exit_with_message(message: str) -> NoReturn:
+    if os.environ.get(DEBUG_ENV):
+        traceback.print_exc()
+    # Under torchrun every rank fails the same way; one message is enough.
+    if int(os.environ.get("RANK", 0)) == 0:
+        click.echo(f"error: {message}", err=True)
+    sys.exit(2)
+
+
+def _file_error_message(error: OSError) -> str:
+    reason = error.strerror or str(error)
+    if isinstance(error, FileExistsError) and not Path(error.filename).is_dir():
+        reason = "it exists and is not a directory"  # mkdir(exist_ok=True) met a file
+    return f"cannot use {error.filename}: {reason}"
+
+
 class CommandGroup(click.Group):
-    """Turns user errors into one line on stderr and exit status 2; internal errors exit 1."""
+    """Turns user errors into one line on stderr and exit status 2; internal errors exit 1.
+
+    A failed file operation on a named path (a missing directory, a file where a directory should be, no
+    permission, a full disk) is the user's to fix too, whichever command met it.
+    """
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except UserError as error:
-            if os.environ.get(DEBUG_ENV):
-                traceback.print_exc()
-            # Under torchrun every rank fails the same way; one message is enough.
-            if int(os.environ.get("RANK", 0)) == 0:
-                click.echo(f"error: {error}", err=True)
-            sys.exit(2)
+            _exit_with_message(str(error))
+        except OSError as error:
+            if error.filename is None:
+                raise
+            _exit_with_message(_file_error_message(error))
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         # click cuts each purpose to fit one terminal line ("..."); show the whole first sentence, wrapped.
