@@ -102,6 +102,59 @@ def test_blend_without_size_stops_before_any_dataset_repeats(tmp_path: Path):
     assert Counter(int(blend[i][0]) for i in range(len(blend)))[1] == 200
 
 
+class _Indices(torch.utils.data.Dataset):
+    """A dataset whose sample ``i`` is ``(its id, i)``: blends of it show which sample each index reads."""
+
+    sequence_length = 4
+
+    def __init__(self, dataset_id: int, size: int):
+        self.dataset_id, self.size = dataset_id, size
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index: int) -> tuple[int, int]:
+        assert 0 <= index < self.size
+        return self.dataset_id, index
+
+
+def blend_of_sizes(sizes, weights, num_samples=None, seed=0) -> BlendedDataset:
+    factories = [lambda d=d, size=size: _Indices(d, int(size)) for d, size in enumerate(sizes)]
+    return BlendedDataset(factories, list(weights), num_samples, seed)
+
+
+def test_every_prefix_of_a_blend_stays_within_its_stated_distance_of_the_weights():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        k = int(rng.integers(2, 12))
+        weights = rng.dirichlet(np.ones(k) * rng.choice([0.1, 1.0, 10.0])) + 1e-3
+        blend = blend_of_sizes([50] * k, weights, num_samples=int(rng.integers(1, 400)))
+        share = weights / weights.sum()
+        counts = np.eye(k)[blend.dataset_index].cumsum(axis=0)
+        ideal = np.arange(1, len(blend) + 1)[:, None] * share
+        assert (np.abs(counts - ideal) <= 0.5 + k * share / 2 + 1e-9).all()
+
+
+def test_a_blend_without_size_is_the_longest_that_repeats_no_sample():
+    rng = np.random.default_rng(1)
+    for _ in range(200):
+        k = int(rng.integers(2, 6))
+        sizes, weights = rng.integers(1, 60, k), rng.dirichlet(np.ones(k)) + 1e-3
+        blend = blend_of_sizes(sizes, weights)
+        reads = [blend[i] for i in range(len(blend))]
+        assert len(set(reads)) == len(reads)
+        one_more = blend_of_sizes(sizes, weights, num_samples=len(blend) + 1)
+        assert (np.bincount(one_more.dataset_index, minlength=k) > sizes).any()
+
+
+def test_each_pass_over_a_blended_dataset_is_a_fresh_permutation():
+    blend = blend_of_sizes([10, 10], [1, 1], num_samples=60)  # three passes over each
+    reads = [blend[i][1] for i in range(60) if blend[i][0] == 0]
+    passes = [reads[start : start + 10] for start in (0, 10, 20)]
+    assert all(sorted(one_pass) == list(range(10)) for one_pass in passes)
+    assert len({tuple(one_pass) for one_pass in passes}) == 3
+
+
 def test_blend_config_errors(tmp_path: Path):
     nodes = _three_corpora(tmp_path)
     with pytest.raises(ValidationError, match="2 weights for 3 datasets"):

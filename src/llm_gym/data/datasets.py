@@ -52,10 +52,11 @@ class PackedDatasetConfig(BaseModel):
 class BlendedDataset(torch.utils.data.Dataset):
     """Samples drawn from several datasets in fixed proportions (Megatron-style blending), deterministic.
 
-    Sample ``i`` comes from the dataset that is furthest behind its share after ``i`` samples, so every
-    prefix of the blend matches the weights to within one sample per dataset. Within a dataset, samples
-    are taken in a seeded random order (a fresh one on each pass), so a small share of a large corpus is
-    a random subset of it rather than its beginning.
+    The ``j``-th sample of dataset ``d`` is due at ``(j + ½) / w_d`` and the blend takes samples in order of
+    due time (Sainte-Laguë apportionment), so every prefix of the blend follows the weights: dataset ``d``
+    is off its share by at most ``½ + k·w_d / 2`` samples among ``k`` datasets. Within a dataset, samples are
+    taken in a seeded random order (a fresh one on each pass), so a small share of a large corpus is a
+    random subset of it rather than its beginning. Which sample each index reads is computed once, here.
     """
 
     def __init__(
@@ -71,41 +72,49 @@ class BlendedDataset(torch.utils.data.Dataset):
             raise ConfigError(f"the blended datasets must share one sequence_length, got {lengths}")
         self.sequence_length = lengths[0]
         self.weights = np.asarray(weights, dtype=np.float64) / np.sum(weights)
-        sizes = np.array([len(dataset) for dataset in self.datasets], dtype=np.int64)
-        # Without a size: as many samples as the blend can take before any dataset repeats.
-        self._num_samples = int(num_samples if num_samples is not None else np.min(sizes / self.weights))
         self.seed = seed
-        self.dataset_index, self.sample_index = self._blend(sizes)
-        self._orders: dict[int, tuple[int, np.ndarray]] = {}
+        sizes = np.array([len(dataset) for dataset in self.datasets], dtype=np.int64)
+        if num_samples is None:
+            # As many samples as the blend takes before any dataset repeats. A dataset d has taken at least
+            # (i - k/2)·w_d - ½ of the first i samples, so a blend of this length holds a repeat.
+            with_a_repeat = int(np.ceil(np.min((sizes + 1.5) / self.weights) + len(sizes) / 2))
+            dataset_index, position, sample_index = self._blend(with_a_repeat, sizes)
+            num_samples = int(np.flatnonzero(position >= sizes[dataset_index])[0])
+            dataset_index, sample_index = dataset_index[:num_samples], sample_index[:num_samples]
+        else:
+            dataset_index, _, sample_index = self._blend(num_samples, sizes)
+        self.dataset_index, self.sample_index = dataset_index, sample_index
 
-    def _blend(self, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        # The k-th sample of dataset d is due at (k + 0.5) / w_d; merging the due times in order is the
-        # largest-deficit rule (Sainte-Laguë), computed at once.
-        counts = np.ceil(self._num_samples * self.weights).astype(np.int64) + 1
+    def _blend(self, num_samples: int, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per blended sample: its dataset, its position in that dataset's stream, the sample it reads."""
+        # The num_samples-th due time is below num_samples - 1 + k/2, which bounds every dataset's draws.
+        candidates = np.floor((num_samples + len(sizes) / 2) * self.weights + 0.5).astype(np.int64) + 1
         due = np.concatenate(
-            [(np.arange(count) + 0.5) / weight for count, weight in zip(counts, self.weights, strict=True)]
+            [(np.arange(count) + 0.5) / weight for count, weight in zip(candidates, self.weights, strict=True)]
         )
-        owner = np.repeat(np.arange(len(counts), dtype=np.int16), counts)
-        rank = np.concatenate([np.arange(count, dtype=np.int64) for count in counts])
-        order = np.argsort(due, kind="stable")[: self._num_samples]
-        return owner[order], rank[order]
+        owner = np.repeat(np.arange(len(candidates), dtype=np.int16), candidates)
+        position = np.concatenate([np.arange(count, dtype=np.int64) for count in candidates])
+        reads = np.concatenate(
+            [
+                self._shuffled_passes(dataset_id, int(size), int(count))
+                for dataset_id, (size, count) in enumerate(zip(sizes, candidates, strict=True))
+            ]
+        )
+        order = np.argsort(due, kind="stable")[:num_samples]
+        return owner[order], position[order], reads[order]
+
+    def _shuffled_passes(self, dataset_id: int, size: int, count: int) -> np.ndarray:
+        """The first ``count`` samples of one dataset's stream: pass after pass, each in its own seeded order."""
+        passes = -(-count // size)
+        return np.concatenate([seeded_permutation(size, self.seed, dataset_id, epoch) for epoch in range(passes)])[
+            :count
+        ]
 
     def __len__(self) -> int:
-        return self._num_samples
+        return len(self.dataset_index)
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        dataset_id, position = int(self.dataset_index[index]), int(self.sample_index[index])
-        dataset = self.datasets[dataset_id]
-        epoch, offset = divmod(position, len(dataset))
-        return dataset[int(self._order(dataset_id, epoch, len(dataset))[offset])]
-
-    def _order(self, dataset_id: int, epoch: int, size: int) -> np.ndarray:
-        """The sample order of one pass over a dataset; the current pass of each dataset is kept."""
-        cached_epoch, order = self._orders.get(dataset_id, (None, None))
-        if cached_epoch != epoch:
-            order = seeded_permutation(size, self.seed, dataset_id, epoch)
-            self._orders[dataset_id] = (epoch, order)
-        return order
+        return self.datasets[int(self.dataset_index[index])][int(self.sample_index[index])]
 
 
 class BlendedDatasetConfig(BaseModel):
