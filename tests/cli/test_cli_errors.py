@@ -262,3 +262,21 @@ def test_meta_device_init_is_accepted_with_the_strategies_that_materialise_after
         f"parallelism.type_hint={strategy}",
     )
     assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize(("strategy", "accepted"), [("DDP", False), ("NoParallelism", False), ("HSDP", True)])
+def test_reduce_dtype_is_refused_where_no_gradient_is_reduced_in_it(strategy, accepted):
+    result = validate(
+        "--config_file_path",
+        TINY_CPU_CONFIG,
+        f"parallelism.type_hint={strategy}",
+        "parallelism.config.mixed_precision.reduce_dtype=bfloat16",
+    )
+    if accepted:
+        assert result.exit_code == 0, result.output
+    else:
+        assert_user_error(result)
+        assert (
+            "parallelism.config: mixed_precision.reduce_dtype is for FSDP2 and HSDP, which reduce gradients in it; "
+            "with this strategy the parameters, and so their gradients, stay float32"
+        ) in error_lines(result)

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
@@ -80,10 +80,22 @@ class ParallelismStrategy:
         return total_norm
 
 
-class NoParallelismConfig(BaseModel):
+class _StrategyConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     mixed_precision: MixedPrecisionConfig = Field(default_factory=MixedPrecisionConfig)
+
+
+class NoParallelismConfig(_StrategyConfig):
+    @model_validator(mode="after")
+    def _gradients_stay_float32(self) -> "NoParallelismConfig":
+        # Autocast computes in param_dtype but keeps float32 parameters, so gradients are float32 here.
+        if self.mixed_precision.reduce_dtype != "float32":
+            raise ValueError(
+                "mixed_precision.reduce_dtype is for FSDP2 and HSDP, which reduce gradients in it; with this "
+                "strategy the parameters, and so their gradients, stay float32"
+            )
+        return self
 
 
 class NoParallelism(ParallelismStrategy):
@@ -138,7 +150,7 @@ def _check_gloo_sharding_supported(strategy: str, env: DistributedEnvironment) -
         )
 
 
-class FSDP2Config(NoParallelismConfig):
+class FSDP2Config(_StrategyConfig):
     reshard_after_forward: bool = Field(
         True, description="free gathered parameters after forward (less memory, one more all-gather in backward)"
     )
