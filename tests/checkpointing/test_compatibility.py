@@ -56,6 +56,7 @@ def test_fewer_ranks_with_more_accumulation_is_the_same_global_batch():
         ),
         (changed(data__sampler={"type_hint": "Sequential", "config": {}}), "data.sampler.type_hint"),
         (changed(data__collator={"type_hint": "Other", "config": {}}), "data.collator.type_hint"),
+        (changed(optimizer__type_hint="SGD"), "optimizer.type_hint: checkpoint 'AdamW', now 'SGD'"),
         (
             changed(training__micro_batch_size=8),
             "global batch (micro_batch_size × gradient_accumulation_steps × ranks): "
@@ -92,3 +93,4 @@ def test_changed_hyperparameters_are_listed_apart_from_differences():
         "training.max_steps: checkpoint 100, now 200",
     ]
     assert hyperparameter_changes(CONFIG, changed(experiment__seed=1)) == []
+    assert hyperparameter_changes(CONFIG, changed(optimizer__type_hint="Adam")) == []  # refused, not retuned

@@ -260,6 +260,7 @@ def test_a_resume_that_breaks_equivalence_is_refused_with_the_differences(byte_c
             "experiment.seed": 7,
             "training.micro_batch_size": 2,
             "data.train_dataset.config.path_prefix": byte_corpus / "val_byte",
+            "optimizer.type_hint": "Adam",  # the same state names as AdamW, yet another optimizer
         },
     )  # fmt: skip
 
@@ -272,6 +273,7 @@ def test_a_resume_that_breaks_equivalence_is_refused_with_the_differences(byte_c
         "data.train_dataset.config.path_prefix: checkpoint",
         "global batch (micro_batch_size × gradient_accumulation_steps × ranks): checkpoint 4 (4 × 1 × 1 ranks), "
         "now 2 (2 × 1 × 1 ranks)",
+        "optimizer.type_hint: checkpoint 'AdamW', now 'Adam'",
         "--allow_config_change",
     ):
         assert difference in result.stderr

@@ -14,11 +14,13 @@ _EQUIVALENCE_KEYS = (
     "data.train_dataset",
     "data.sampler",
     "data.collator",
+    # Another optimizer cannot continue the saved one's moments, even where their state has the same names.
+    "optimizer.type_hint",
 )
 
 # Settings a resumed run takes from its config, not from the checkpoint: changing them is how a run is
 # extended or retuned, so they are reported rather than refused.
-_HYPERPARAMETER_KEYS = ("optimizer", "lr_scheduler", "training.max_steps")
+_HYPERPARAMETER_KEYS = ("optimizer.config", "lr_scheduler", "training.max_steps")
 
 
 def _lookup(config: dict[str, Any], dotted: str) -> Any:
