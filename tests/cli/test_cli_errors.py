@@ -280,3 +280,12 @@ def test_reduce_dtype_is_refused_where_no_gradient_is_reduced_in_it(strategy, ac
             "parallelism.config: mixed_precision.reduce_dtype is for FSDP2 and HSDP, which reduce gradients in it; "
             "with this strategy the parameters, and so their gradients, stay float32"
         ) in error_lines(result)
+
+
+def test_a_model_shorter_than_the_training_sequence_is_refused():
+    result = validate("--config_file_path", TINY_CPU_CONFIG, "model.config.sequence_length=64")
+    assert_user_error(result)
+    assert (
+        "training.sequence_length (128) exceeds model.config.sequence_length (64), the longest sequence the model "
+        "takes; shorten the one or lengthen the other"
+    ) in error_lines(result)

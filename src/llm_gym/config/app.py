@@ -119,6 +119,16 @@ class TrainingAppConfig(_Section):
     loggers: list[Component("logger")] = Field(default_factory=list)
 
     @model_validator(mode="after")
+    def _model_covers_the_training_sequence(self) -> "TrainingAppConfig":
+        model_length = getattr(self.model.config, "sequence_length", None)
+        if isinstance(model_length, int) and model_length < self.training.sequence_length:
+            raise ValueError(
+                f"training.sequence_length ({self.training.sequence_length}) exceeds model.config.sequence_length "
+                f"({model_length}), the longest sequence the model takes; shorten the one or lengthen the other"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _meta_device_init_needs_a_strategy_that_materialises(self) -> "TrainingAppConfig":
         if not self.training.meta_device_init:
             return self
