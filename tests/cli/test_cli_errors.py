@@ -289,3 +289,31 @@ def test_a_model_shorter_than_the_training_sequence_is_refused():
         "training.sequence_length (128) exceeds model.config.sequence_length (64), the longest sequence the model "
         "takes; shorten the one or lengthen the other"
     ) in error_lines(result)
+
+
+def test_a_tokenizer_with_more_ids_than_the_model_is_refused(tmp_path):
+    from llm_gym.data.tokenizer_training import train_bpe_tokenizer
+
+    corpus = tmp_path / "in.jsonl"
+    corpus.write_text('{"text": "hello world, hello there, well held"}\n' * 20)
+    tokenizer = tmp_path / "tokenizer.json"
+    vocab = train_bpe_tokenizer([corpus], 300, tokenizer)
+    result = validate("--config_file_path", TINY_CPU_CONFIG, f"data.tokenizer={tokenizer}")  # model: 257 ids
+    assert_user_error(result)
+    assert error_lines(result) == [
+        f"error: data.tokenizer {tokenizer} has {vocab} ids but model.config.vocab_size is 257: a corpus it "
+        f"tokenized holds ids the model cannot embed; set model.config.vocab_size to at least {vocab}"
+    ]
+    fitting = validate(
+        "--config_file_path", TINY_CPU_CONFIG, f"data.tokenizer={tokenizer}", f"model.config.vocab_size={vocab}"
+    )
+    assert fitting.exit_code == 0 and f"data.tokenizer: {tokenizer}, {vocab} ids" in fitting.stdout
+
+
+def test_a_tokenizer_that_is_not_here_is_reported_not_refused(tmp_path):
+    # Training reads token ids only; generate and export_hf need the file later, wherever they run.
+    result = validate("--config_file_path", TINY_CPU_CONFIG, f"data.tokenizer={tmp_path / 'absent.json'}")
+    assert result.exit_code == 0, result.output
+    assert f"data.tokenizer: {tmp_path / 'absent.json'} is not here (generate and export_hf will need it)" in (
+        result.stdout
+    )

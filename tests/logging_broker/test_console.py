@@ -2,6 +2,7 @@
 
 import io
 import time
+from unittest.mock import patch
 
 from rich.console import Console as RichConsole
 
@@ -30,12 +31,36 @@ def test_metrics_format_as_one_greppable_line():
     assert format_metrics(MetricsRecord(7, "val", {"loss": float("nan")})) == "step 7 val loss nan"
 
 
-def test_without_a_terminal_every_record_is_a_plain_line(tmp_path, capsys):
-    publish_a_short_run(Console(tmp_path, {}, None))
+def test_each_key_keeps_one_format_whatever_its_magnitude():
+    lines = [format_metrics(MetricsRecord(1, "train", {"lr": lr, "tokens_per_s": rate})) for lr, rate in
+             [(1e-3, 370.69), (7.895e-4, 14172.3), (0.02, 0.5)]]  # fmt: skip
+    assert lines == [
+        "step 1 train lr 1.000e-03 tokens_per_s 371",
+        "step 1 train lr 7.895e-04 tokens_per_s 14,172",
+        "step 1 train lr 2.000e-02 tokens_per_s 0",
+    ]
+
+
+def test_without_a_terminal_every_record_is_a_plain_line_and_train_lines_say_the_time_left(tmp_path, capsys):
+    clock = {"now": 100.0}
+    with patch("llm_gym.logging_broker.console.time.monotonic", lambda: clock["now"]):
+        logger = Console(tmp_path, {}, None)
+        for step in (1, 2, 3):
+            clock["now"] += 10.0  # the first step also waited 60 s for compilation
+            clock["now"] += 60.0 if step == 1 else 0.0
+            logger.consume(ProgressUpdate(step, 12, {"loss": 3.0 / step, "tokens_per_s": 1000.0}))
+            logger.consume(MetricsRecord(step, "train", {**TRAIN, "loss": 3.0 / step}))
+        logger.consume(MetricsRecord(3, "val", {"loss": 2.5}))
+        logger.consume(TextMessage("resumed from [checkpoints/step_2]"))
+        logger.close()
     assert capsys.readouterr().out.splitlines() == [
-        "step 1/2 train loss 3.0000 lr 3.000e-04 grad_norm 0.8123 tokens_seen 40,960 tokens_per_s 12,346",
-        "step 2/2 train loss 1.5000 lr 3.000e-04 grad_norm 0.8123 tokens_seen 40,960 tokens_per_s 12,346",
-        "step 2/2 val loss 2.5000",
+        "step 1/12 train loss 3.0000 lr 3.000e-04 grad_norm 0.8123 tokens_seen 40,960 tokens_per_s 12,346"
+        " elapsed 0:01:10",
+        "step 2/12 train loss 1.5000 lr 3.000e-04 grad_norm 0.8123 tokens_seen 40,960 tokens_per_s 12,346"
+        " elapsed 0:01:20 eta 0:01:40",
+        "step 3/12 train loss 1.0000 lr 3.000e-04 grad_norm 0.8123 tokens_seen 40,960 tokens_per_s 12,346"
+        " elapsed 0:01:30 eta 0:01:30",
+        "step 3/12 val loss 2.5000",
         "resumed from [checkpoints/step_2]",
     ]
 

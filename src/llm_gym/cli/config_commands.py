@@ -30,9 +30,11 @@ def validate(config_file_path: Path, world_size: int | None, overrides: tuple[st
     # ${dist:world_size} resolves as it would on that many ranks; the variable is restored afterwards.
     with _environment(WORLD_SIZE=str(world_size)):
         config, resolved = load_config(config_file_path, TrainingAppConfig, overrides)
+        # Built in full before anything is printed: a config that fails prints its error alone.
+        summary = list(describe_config(config, world_size))
         click.echo(yaml.safe_dump(resolved, sort_keys=False).rstrip())
         click.echo("---")
-        for line in describe_config(config, world_size):
+        for line in summary:
             click.echo(line)
 
 

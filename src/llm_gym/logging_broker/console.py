@@ -1,6 +1,8 @@
 """The console logger: a rich progress bar on a terminal, plain lines in log files."""
 
+import datetime
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,18 +23,27 @@ class ConsoleConfig(BaseModel):
 def format_metrics(record: MetricsRecord, max_steps: int | None = None) -> str:
     """``step 10/100 train loss 3.2146 lr 3.000e-04 ...``: one greppable line per record."""
     step = f"{record.step}/{max_steps}" if max_steps else str(record.step)
-    return " ".join([f"step {step}", record.split, *(f"{key} {_format_value(v)}" for key, v in record.metrics.items())])
+    values = (f"{key} {_format_value(key, value)}" for key, value in record.metrics.items())
+    return " ".join([f"step {step}", record.split, *values])
 
 
-def _format_value(value: Any) -> str:
+# One format per key whatever the magnitude, so a column of lines reads alike as the values change.
+_KEY_FORMATS = {"lr": "{:.3e}", "tokens_per_s": "{:,.0f}"}
+
+
+def _format_value(key: str, value: Any) -> str:
     if isinstance(value, int):
         return f"{value:,}"
     value = float(value)
+    if key in _KEY_FORMATS and math.isfinite(value):
+        return _KEY_FORMATS[key].format(value)
     if math.isfinite(value) and abs(value) >= 1e3:
         return f"{value:,.0f}"
-    if math.isfinite(value) and 0 < abs(value) < 1e-3:  # learning rates
-        return f"{value:.3e}"
     return f"{value:.4f}"
+
+
+def _duration(seconds: float) -> str:
+    return str(datetime.timedelta(seconds=round(seconds)))
 
 
 class Console(Subscriber):
@@ -57,13 +68,17 @@ class Console(Subscriber):
         self._progress: Progress | None = None
         self._task_id: Any = None
         self._max_steps: int | None = None
+        self._started = time.monotonic()
+        self._first_update: tuple[float, int] | None = None
+        """When the first step was reported, and which: the origin of the time-left estimate of plain lines."""
 
     def consume(self, message: Any) -> None:
         if isinstance(message, ProgressUpdate):
             self._on_progress(message)
         elif isinstance(message, MetricsRecord):
             if not self._show_bar:
-                self._print_plain(format_metrics(message, self._max_steps))
+                line = format_metrics(message, self._max_steps)
+                self._print_plain(line + self._timing(message.step) if message.split == "train" else line)
             elif message.split != "train":  # the bar already shows the train loss
                 self._print_above_bar(format_metrics(message, self._max_steps))
         elif self._show_bar:
@@ -71,8 +86,20 @@ class Console(Subscriber):
         else:
             self._print_plain(message.text)
 
+    def _timing(self, step: int) -> str:
+        """`` elapsed 0:01:02 eta 0:09:18`` for log files, which have no bar to show it."""
+        now = time.monotonic()
+        text = f" elapsed {_duration(now - self._started)}"
+        if self._first_update is not None and self._max_steps and step > self._first_update[1]:
+            first_time, first_step = self._first_update
+            seconds_per_step = (now - first_time) / (step - first_step)
+            text += f" eta {_duration(seconds_per_step * (self._max_steps - step))}"
+        return text
+
     def _on_progress(self, update: ProgressUpdate) -> None:
         self._max_steps = update.max_steps
+        if self._first_update is None:
+            self._first_update = (time.monotonic(), update.step)
         if not self._show_bar:
             return
         fields = {"loss": update.metrics.get("loss", math.nan), "tokens_per_s": update.metrics.get("tokens_per_s", 0.0)}

@@ -2,6 +2,7 @@
 
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -9,6 +10,7 @@ from torch import nn
 
 from llm_gym.config.app import TrainingAppConfig
 from llm_gym.data.loaders import eval_batches
+from llm_gym.data.tokenizers import BYTE_TOKENIZER, load_tokenizer
 from llm_gym.errors import ConfigError
 from llm_gym.logging_broker import MessageBroker
 from llm_gym.parallel.block_wrappers import apply_activation_checkpointing, compile_blocks
@@ -76,6 +78,25 @@ def _materialise(model: nn.Module, device: torch.device, seed: int) -> None:
     torch.manual_seed(seed)
     with torch.no_grad():
         model.init_weights()
+
+
+def check_tokenizer(config: TrainingAppConfig, model: nn.Module) -> str:
+    """Refuse a ``data.tokenizer`` with more ids than the model embeds; say what was found.
+
+    Training reads token ids only, so a tokenizer file absent here is not an error (``generate`` and
+    ``export_hf`` need it later); one that is present must fit the model.
+    """
+    spec, model_vocab = config.data.tokenizer, getattr(model, "vocab_size", None)
+    if spec != BYTE_TOKENIZER and not Path(spec).is_file():
+        return f"data.tokenizer: {spec} is not here (generate and export_hf will need it)"
+    tokenizer = load_tokenizer(spec)
+    if model_vocab is not None and tokenizer.vocab_size > model_vocab:
+        raise ConfigError(
+            f"data.tokenizer {spec} has {tokenizer.vocab_size:,} ids but model.config.vocab_size is {model_vocab:,}: "
+            f"a corpus it tokenized holds ids the model cannot embed; set model.config.vocab_size to at least "
+            f"{tokenizer.vocab_size:,}"
+        )
+    return f"data.tokenizer: {spec}, {tokenizer.vocab_size:,} ids"
 
 
 def build_optimization(config: TrainingAppConfig, model: nn.Module) -> tuple[torch.optim.Optimizer, Any]:

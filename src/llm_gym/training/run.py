@@ -23,10 +23,18 @@ from llm_gym.config.app import TrainingAppConfig
 from llm_gym.config.loading import load_config
 from llm_gym.errors import ConfigError
 from llm_gym.logging_broker import TextMessage
-from llm_gym.models.flops import flops_per_token
-from llm_gym.parallel.distributed import destroy_distributed, init_distributed
+from llm_gym.models.flops import describe_model, flops_per_token
+from llm_gym.parallel.distributed import DistributedEnvironment, destroy_distributed, init_distributed
+from llm_gym.parallel.strategies import ParallelismStrategy
 from llm_gym.registry import get_registry
-from llm_gym.training.builder import build_broker, build_data, build_model, build_optimization, build_parallelism
+from llm_gym.training.builder import (
+    build_broker,
+    build_data,
+    build_model,
+    build_optimization,
+    build_parallelism,
+    check_tokenizer,
+)
 from llm_gym.training.hardware import HardwareMetrics
 from llm_gym.training.loop import Trainer, TrainingProgress
 
@@ -93,6 +101,7 @@ def _train(config: TrainingAppConfig, resolved: dict, env, resume: str, allow_co
         )
     parallelism = build_parallelism(config, env)
     built = build_model(config, parallelism)
+    tokenizer_line = check_tokenizer(config, built.inner)
     if settings.warm_start_from is not None and resume_dir is None:
         load_model_weights(built.model, settings.warm_start_from)
     optimizer, lr_scheduler = build_optimization(config, built.model)
@@ -117,6 +126,7 @@ def _train(config: TrainingAppConfig, resolved: dict, env, resume: str, allow_co
         (output_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
     broker = build_broker(config, resolved, env.is_main_process, resume_step)
     with broker:
+        broker.publish(TextMessage("\n".join(_run_header(config, env, parallelism, built.inner, tokenizer_line))))
         if resume_dir is not None:
             broker.publish(TextMessage(f"resumed from {resume_dir} at step {progress.step}"))
         if differences:
@@ -142,3 +152,31 @@ def _train(config: TrainingAppConfig, resolved: dict, env, resume: str, allow_co
             vocab_size=getattr(built.inner, "vocab_size", None),
         )
         trainer.train()
+        broker.publish(
+            TextMessage(
+                f"done at step {progress.step}: metrics in {output_dir / 'metrics.jsonl'}, "
+                f"checkpoints in {checkpoints.checkpoint_root}"
+            )
+        )
+
+
+def _run_header(
+    config: TrainingAppConfig,
+    env: DistributedEnvironment,
+    parallelism: ParallelismStrategy,
+    model: torch.nn.Module,
+    tokenizer_line: str,
+) -> list[str]:
+    """What a log should open with: where the run writes, how it is laid out, what it trains."""
+    training = config.training
+    samples = training.samples_per_step(parallelism.data_parallel_size)
+    return [
+        f"llm_gym run {config.experiment.experiment_id} → {config.experiment.output_dir}",
+        f"{env.world_size} {'rank' if env.world_size == 1 else 'ranks'} on {env.device.type}, "
+        f"{type(parallelism).__name__}; "
+        f"global batch {samples} × {training.sequence_length} tokens "
+        f"({training.micro_batch_size} × {training.gradient_accumulation_steps} accumulation × "
+        f"{parallelism.data_parallel_size} data-parallel); {training.max_steps:,} steps",
+        *describe_model(model, training.sequence_length),
+        tokenizer_line,
+    ]

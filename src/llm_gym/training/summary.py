@@ -16,7 +16,7 @@ from llm_gym.models.flops import describe_model, num_parameters
 from llm_gym.parallel.distributed import DistributedEnvironment
 from llm_gym.parallel.strategies import FSDP2, HSDP, ParallelismStrategy
 from llm_gym.registry import get_registry
-from llm_gym.training.builder import build_optimization
+from llm_gym.training.builder import build_optimization, check_tokenizer
 
 GIB = 2**30
 # Per-layer activations kept for backward, in elements per token of the hidden width, for a pre-norm
@@ -49,6 +49,7 @@ def describe_config(config: TrainingAppConfig, world_size: int) -> Iterator[str]
     optimizer, _ = build_optimization(config, model)
     yield from describe_model(model, training.sequence_length)
     yield from estimate_memory(model, config, parallelism, optimizer)
+    yield check_tokenizer(config, model)
     yield from _check_datasets(config)
 
 
