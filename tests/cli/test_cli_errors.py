@@ -84,7 +84,16 @@ def test_unresolvable_interpolation(write_config):
     stderr = assert_user_error(validate("--config_file_path", str(path)))
     assert stderr == (
         "error: training.eval_interval: cannot resolve interpolation: "
-        "Interpolation key 'training.eval_every' not found\n"
+        "Interpolation key 'training.eval_every' not found; the file has 'training.eval_interval', a typo?\n"
+    )
+
+
+def test_an_interpolation_of_a_misspelt_key_names_the_near_miss(write_config):
+    text = VALID_SECTIONS.replace("max_steps: 10", "max_stepz: 10") + "lr_scheduler_steps: ${training.max_steps}\n"
+    stderr = assert_user_error(validate("--config_file_path", str(write_config(text))))
+    assert stderr == (
+        "error: lr_scheduler_steps: cannot resolve interpolation: Interpolation key 'training.max_steps' not found; "
+        "the file has 'training.max_stepz', a typo?\n"
     )
 
 

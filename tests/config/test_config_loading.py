@@ -212,8 +212,10 @@ def test_unresolvable_interpolation_names_the_key(write_config):
     message = config_error(write_config(TOY_YAML.replace("${training.max_steps}", "${training.max_stepz}")))
     assert message == (
         "lr_scheduler.config.total_steps: cannot resolve interpolation: "
-        "Interpolation key 'training.max_stepz' not found"
+        "Interpolation key 'training.max_stepz' not found; the file has 'training.max_steps', a typo?"
     )
+    elsewhere = config_error(write_config(TOY_YAML.replace("${training.max_steps}", "${schedule.steps}")))
+    assert elsewhere.endswith("Interpolation key 'schedule.steps' not found")  # nothing close to suggest
 
 
 def test_missing_environment_variable_without_default(write_config, monkeypatch):

@@ -4,6 +4,7 @@ Order matters: command-line overrides are merged into the raw YAML *before* inte
 ``training.global_batch_size=64`` also changes every ``${training.global_batch_size}``.
 """
 
+import difflib
 import importlib
 import os
 import re
@@ -16,7 +17,7 @@ from typing import Any, TypeVar
 import omegaconf
 import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import InterpolationKeyError, OmegaConfBaseException
 from pydantic import BaseModel, ValidationError
 
 from llm_gym.config.component import did_you_mean, find_component_entry, model_at, value_at
@@ -225,9 +226,22 @@ def resolve(raw: DictConfig) -> dict[str, Any]:
         resolved = OmegaConf.to_container(raw, resolve=True, throw_on_missing=True)
     except OmegaConfBaseException as error:
         key = getattr(error, "full_key", None)
-        message = _omegaconf_message(error)
+        message = _omegaconf_message(error) + _misspelt_target(raw, error)
         raise ConfigError(f"{key}: cannot resolve interpolation: {message}" if key else message) from error
     return resolved
+
+
+def _misspelt_target(raw: DictConfig, error: OmegaConfBaseException) -> str:
+    """``; the file has 'training.max_stepz', a typo?`` when a key close to the missing one exists."""
+    missing = re.search(r"Interpolation key '([^']+)' not found", str(error))
+    if not isinstance(error, InterpolationKeyError) or missing is None:
+        return ""
+    *parents, leaf = missing.group(1).split(".")
+    section = OmegaConf.select(raw, ".".join(parents)) if parents else raw
+    if not isinstance(section, DictConfig):
+        return ""
+    close = difflib.get_close_matches(leaf, [str(name) for name in section], n=1)
+    return f"; the file has '{'.'.join([*parents, close[0]])}', a typo?" if close else ""
 
 
 def import_user_modules(config: dict[str, Any], config_dir: Path) -> None:
