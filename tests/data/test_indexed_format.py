@@ -222,3 +222,25 @@ def test_crash_between_renames_never_pairs_a_new_bin_with_an_old_idx(tmp_path: P
     assert not (tmp_path / "corpus.idx").exists()
     with pytest.raises(UserError, match=re.escape("corpus.idx: no such file")):
         IndexedDataset(prefix)
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3])
+def test_index_checks_in_chunks_miss_nothing_at_chunk_boundaries(tmp_path: Path, monkeypatch, chunk: int):
+    monkeypatch.setattr(indexed, "CHECK_CHUNK", chunk)
+    prefix = write_corpus(tmp_path / "corpus", DOCUMENTS)
+    assert [IndexedDataset(prefix).document(i).tolist() for i in range(len(DOCUMENTS))] == DOCUMENTS
+    idx, pristine = tmp_path / "corpus.idx", (tmp_path / "corpus.idx").read_bytes()
+    n = len(DOCUMENTS)
+    for position in range(1, n):  # every pointer after the first, moved by one token
+        data = bytearray(pristine)
+        offset = 34 + 4 * n + 8 * position
+        struct.pack_into("<q", data, offset, struct.unpack_from("<q", data, offset)[0] + 1)
+        idx.write_bytes(bytes(data))
+        with pytest.raises(UserError, match="pointers do not match"):
+            IndexedDataset(prefix)
+    for position in range(1, n):  # every inner document index made to go backwards
+        data = bytearray(pristine)
+        struct.pack_into("<q", data, 34 + 12 * n + 8 * position, n if position < n - 1 else 0)
+        idx.write_bytes(bytes(data))
+        with pytest.raises(UserError, match="damaged index"):
+            IndexedDataset(prefix)

@@ -12,6 +12,7 @@ Token ids are integers: a corpus whose dtype code is a float type (a foreign fil
 
 import os
 import struct
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +57,16 @@ def _incomplete(path: Path) -> Path:
 
 def existing_outputs(prefix: str | os.PathLike) -> list[Path]:
     return [path for path in (bin_path(prefix), idx_path(prefix)) if path.exists()]
+
+
+# Index entries checked per pass: every rank and loader worker opens the corpus, and a whole-index pass over
+# 100M documents would allocate gigabytes of temporaries.
+CHECK_CHUNK = 1 << 22
+
+
+def _chunks(length: int) -> Iterator[slice]:
+    for start in range(0, length, CHECK_CHUNK):
+        yield slice(start, min(start + CHECK_CHUNK, length))
 
 
 class IndexedDatasetWriter:
@@ -163,17 +174,23 @@ class IndexedDataset:
                 f"{self.bin_path}: size {bin_size} bytes, but {self.idx_path} describes {expected} bytes of "
                 f"{self.dtype} tokens; the pair is truncated or does not belong together"
             )
-        if len(self.sizes) and (
-            (self.sizes < 0).any()
-            or self.pointers[0] != 0
-            or (np.diff(self.pointers) != self.sizes[:-1].astype(np.int64) * itemsize).any()
-        ):
+        if len(self.sizes) and self.pointers[0] != 0:
             raise UserError(f"{self.idx_path}: sequence pointers do not match the sequence lengths")
+        for part in _chunks(len(self.sizes)):
+            sizes = self.sizes[part]
+            gaps = np.diff(self.pointers[part.start : part.stop + 1])  # the last chunk has one gap fewer
+            if (sizes < 0).any() or (gaps != sizes[: len(gaps)].astype(np.int64) * itemsize).any():
+                raise UserError(f"{self.idx_path}: sequence pointers do not match the sequence lengths")
 
     def _check_document_indices(self) -> None:
         """Megatron's convention: one more entry than documents, from 0 to the sequence count, never decreasing."""
         indices = self.document_indices
-        if len(indices) == 0 or indices[0] != 0 or indices[-1] != len(self.sizes) or (np.diff(indices) < 0).any():
+        if (
+            len(indices) == 0
+            or indices[0] != 0
+            or indices[-1] != len(self.sizes)
+            or any((np.diff(indices[part.start : part.stop + 1]) < 0).any() for part in _chunks(len(indices)))
+        ):
             raise UserError(
                 f"{self.idx_path}: damaged index: document indices must rise from 0 to the sequence count "
                 f"({len(self.sizes)})"
