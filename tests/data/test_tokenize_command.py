@@ -286,3 +286,20 @@ def test_killed_run_leaves_no_file_under_a_valid_name(tmp_path: Path):
         process.wait()
     assert (tmp_path / "out.bin.incomplete").exists()
     assert not (tmp_path / "out.bin").exists() and not (tmp_path / "out.idx").exists()
+
+
+def test_sigterm_stops_workers_and_leaves_no_output(tmp_path: Path, bpe_tokenizer: Path):
+    """A cluster's SIGTERM mid-run: partial outputs removed, worker processes stopped, no traceback."""
+    inputs = write_jsonl(tmp_path / "in.jsonl", [TEXTS[0] * 40] * 20_000)  # seconds of work for 2 workers
+    command = [sys.executable, "-m", "llm_gym", "data", "tokenize", "--input", str(inputs), "--tokenizer",
+               str(bpe_tokenizer), "--output_prefix", str(tmp_path / "out"), "--num_workers", "2"]  # fmt: skip
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    partial = tmp_path / "out.bin.incomplete"
+    deadline = time.monotonic() + 120
+    while not (partial.exists() and partial.stat().st_size > 0):  # the workers are encoding
+        assert child.poll() is None and time.monotonic() < deadline, "tokenize ended before it could be stopped"
+        time.sleep(0.05)
+    child.send_signal(signal.SIGTERM)
+    _, stderr = child.communicate(timeout=60)
+    assert child.returncode == 1 and "Aborted!" in stderr and "Traceback" not in stderr, stderr
+    assert files_in(tmp_path) == ["in.jsonl"]

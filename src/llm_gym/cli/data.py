@@ -1,5 +1,6 @@
 """``llm_gym data ...``: get a corpus, train a tokenizer, tokenize into ``.bin/.idx``, inspect the result."""
 
+import signal
 from pathlib import Path
 
 import click
@@ -21,8 +22,17 @@ force_option = click.option("--force", is_flag=True, help="Overwrite existing ou
 
 
 @click.group(cls=CommandGroup)
-def data() -> None:
+@click.pass_context
+def data(ctx: click.Context) -> None:
     """Prepare training data: corpus, tokenizer, tokenized files."""
+    # A cluster ends a job with SIGTERM, which by default kills without cleanup: as an interrupt, it lets the
+    # command remove its partial outputs and stop its worker processes, as Ctrl-C does.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    ctx.call_on_close(lambda: signal.signal(signal.SIGTERM, previous))
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 @data.command("demo_corpus")
