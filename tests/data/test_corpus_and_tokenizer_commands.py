@@ -98,11 +98,13 @@ def test_train_tokenizer_command(tmp_path: Path):
     assert f"{tokenizer.vocab_size} tokens" in result.output
     assert tokenizer.decode(tokenizer.encode(texts[1] + "unseen ☃")) == texts[1] + "unseen ☃"
     assert tokenizer.decode([tokenizer.eos_id]) == "<|endoftext|>"
-    # A document quoting the end-of-document token is text: only the writer's own EOS ends it.
+    # A document quoting the end-of-document token is text: only the writer's own EOS ends it. A prompt reads
+    # the token as Hugging Face tokenizers (and so the exported one) do.
     quoting = "see <|endoftext|> here"
     tokens, _ = tokenizer.encode_batch_to_array([quoting], np.dtype(np.uint16))
     assert tokens.tolist().count(tokenizer.eos_id) == 1 and tokens[-1] == tokenizer.eos_id
     assert tokenizer.decode(tokens[:-1].tolist()) == quoting
+    assert tokenizer.encode(quoting).count(tokenizer.eos_id) == 1
     again = invoke(*args, "--text_key", "body")
     assert again.exit_code == 2 and "tokenizer.json exists; pass --force" in again.stderr
     assert invoke(*args, "--text_key", "body", "--force").exit_code == 0

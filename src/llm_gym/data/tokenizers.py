@@ -1,7 +1,9 @@
 """Tokenizers by name: ``byte`` (built in) or the path of a Hugging Face ``tokenizer.json``.
 
 Text is encoded without the tokenizer's own special tokens (no BOS); a corpus marks document ends with
-the end-of-document token alone, which the writer appends.
+the end-of-document token alone, which the writer appends. A corpus document is text throughout: a literal
+``<|endoftext|>`` in it is encoded as those characters. A prompt (``encode``) reads special tokens as
+Hugging Face tokenizers do, so it encodes as the exported tokenizer encodes it.
 """
 
 from collections.abc import Iterable, Sequence
@@ -25,8 +27,6 @@ class Tokenizer(Protocol):
 
     def encode(self, text: str) -> list[int]: ...
 
-    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]: ...
-
     def encode_batch_to_array(self, texts: Sequence[str], dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
         """All documents' tokens back to back, each followed by ``eos_id``, and the per-document lengths."""
         ...
@@ -42,9 +42,6 @@ class ByteTokenizer:
 
     def encode(self, text: str) -> list[int]:
         return list(text.encode("utf-8"))
-
-    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        return [self.encode(text) for text in texts]
 
     def encode_batch_to_array(self, texts: Sequence[str], dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
         # One join and one copy for the whole batch: 0xFF never occurs in UTF-8, so it marks the ends.
@@ -71,8 +68,6 @@ class HuggingFaceTokenizer:
             self._tokenizer = RustTokenizer.from_file(str(path))
         except Exception as error:  # the library raises plain Exceptions for malformed files
             raise UserError(f"{path}: not a valid Hugging Face tokenizer.json ({error})") from error
-        # Documents are text: a literal "<|endoftext|>" in a web page must not end its document early.
-        self._tokenizer.encode_special_tokens = True
         self.path = path
         self.vocab_size = self._tokenizer.get_vocab_size(with_added_tokens=True)
         eos_id = next(
@@ -89,11 +84,13 @@ class HuggingFaceTokenizer:
     def encode(self, text: str) -> list[int]:
         return self._tokenizer.encode(text, add_special_tokens=False).ids
 
-    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        return [encoding.ids for encoding in self._encode_batch(list(texts), add_special_tokens=False)]
-
     def encode_batch_to_array(self, texts: Sequence[str], dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
-        encodings = self._encode_batch(list(texts), add_special_tokens=False)
+        # Documents are text: a literal "<|endoftext|>" in a web page must not end its document early.
+        self._tokenizer.encode_special_tokens = True
+        try:
+            encodings = self._encode_batch(list(texts), add_special_tokens=False)
+        finally:
+            self._tokenizer.encode_special_tokens = False
         lengths = np.fromiter((len(encoding) + 1 for encoding in encodings), np.int32, len(encodings))
         tokens = np.empty(int(lengths.sum(dtype=np.int64)), dtype=dtype)
         end = 0
