@@ -7,3 +7,7 @@ class UserError(Exception):
 
 class ConfigError(UserError):
     """The configuration cannot be loaded, resolved or validated."""
+
+
+class RankLocalError(UserError):
+    """A problem one rank may meet alone, in its own batch or on its own disk: whichever rank meets it says so."""

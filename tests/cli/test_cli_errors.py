@@ -10,6 +10,7 @@ from click.testing import CliRunner
 
 from llm_gym.cli import DEBUG_ENV, main
 from llm_gym.cli.group import CommandGroup
+from llm_gym.errors import RankLocalError, UserError
 
 TINY_CPU_CONFIG = str(Path(__file__).resolve().parents[2] / "config_files" / "tiny_cpu.yaml")
 
@@ -220,15 +221,7 @@ def test_an_output_path_under_a_file_is_a_user_error(tmp_path, command):
 
 
 def test_a_file_error_without_a_path_stays_an_internal_error():
-    @click.group(cls=CommandGroup)
-    def group():
-        pass
-
-    @group.command()
-    def fail():
-        raise OSError("no path involved")
-
-    result = CliRunner().invoke(group, ["fail"])
+    result = CliRunner().invoke(_failing_group(OSError("no path involved")), ["fail"])
     assert result.exit_code == 1 and isinstance(result.exception, OSError)
 
 
@@ -310,8 +303,9 @@ def test_a_tokenizer_with_more_ids_than_the_model_is_refused(tmp_path):
     result = validate("--config_file_path", TINY_CPU_CONFIG, f"data.tokenizer={tokenizer}")  # model: 257 ids
     assert_user_error(result)
     assert error_lines(result) == [
-        f"error: data.tokenizer {tokenizer} has {vocab} ids but model.config.vocab_size is 257: a corpus it "
-        f"tokenized holds ids the model cannot embed; set model.config.vocab_size to at least {vocab}"
+        f"error: tokenizer {tokenizer} has {vocab} ids but model.config.vocab_size is 257: text it encodes may "
+        "hold ids the model cannot embed; use the tokenizer the model is configured for, or a "
+        f"model.config.vocab_size of at least {vocab}"
     ]
     fitting = validate(
         "--config_file_path", TINY_CPU_CONFIG, f"data.tokenizer={tokenizer}", f"model.config.vocab_size={vocab}"
@@ -326,3 +320,47 @@ def test_a_tokenizer_that_is_not_here_is_reported_not_refused(tmp_path):
     assert f"data.tokenizer: {tmp_path / 'absent.json'} is not here (generate and export_hf will need it)" in (
         result.stdout
     )
+
+
+def _failing_group(error: Exception) -> click.Group:
+    @click.group(cls=CommandGroup)
+    def group():
+        pass
+
+    @group.command()
+    def fail():
+        raise error
+
+    return group
+
+
+@pytest.mark.parametrize(
+    ("error", "rank_1_says"),
+    [
+        (UserError("the checkpoint is missing"), ""),  # met alike on every rank: rank 0 says it
+        (RankLocalError("token id 300 in a train batch"), "error (rank 1): token id 300 in a train batch\n"),
+        (
+            OSError(28, "No space left on device", "/local/ckpt"),
+            "error (rank 1): cannot use /local/ckpt: No space left on device\n",
+        ),
+    ],
+)
+def test_a_problem_of_one_rank_is_said_by_that_rank(monkeypatch, error, rank_1_says):
+    monkeypatch.setenv("RANK", "1")
+    result = CliRunner().invoke(_failing_group(error), ["fail"])
+    assert result.exit_code == 2 and result.stderr == rank_1_says
+
+
+def test_a_failed_rename_names_both_paths():
+    error = OSError(18, "Invalid cross-device link", "/a/partial", None, "/b/final")
+    result = CliRunner().invoke(_failing_group(error), ["fail"])
+    assert result.stderr == "error: cannot use /a/partial or /b/final: Invalid cross-device link\n"
+
+
+def test_the_replaced_eval_batches_key_says_how_to_convert_it():
+    result = validate("--config_file_path", TINY_CPU_CONFIG, "training.eval_batches=4")
+    assert_user_error(result)
+    assert (
+        "training: training.eval_batches was replaced by training.eval_samples, which counts samples: "
+        "eval_batches × micro_batch_size × ranks evaluates as much as before"
+    ) in error_lines(result)

@@ -51,7 +51,10 @@ def test_gpt2_config_counts_gpt2_small_exactly():
     assert result.exit_code == 0, result.output
     assert "model parameters: 124,439,808" in result.output
     assert "training FLOPs per token: 855,166,464" in result.output
-    assert "global batch: 60 samples × 1024 tokens" in result.output
+    assert (
+        "global batch: 60 samples (12 micro batch × 5 accumulation × 1 data-parallel) × 1024 tokens "
+        "= 61,440 tokens per step"
+    ) in result.output
 
 
 def test_validate_checks_batch_sizes_for_the_planned_world_size():

@@ -290,7 +290,7 @@ def test_killed_run_leaves_no_file_under_a_valid_name(tmp_path: Path):
 
 def test_sigterm_stops_workers_and_leaves_no_output(tmp_path: Path, bpe_tokenizer: Path):
     """A cluster's SIGTERM mid-run: partial outputs removed, worker processes stopped, no traceback."""
-    inputs = write_jsonl(tmp_path / "in.jsonl", [TEXTS[0] * 40] * 20_000)  # seconds of work for 2 workers
+    inputs = write_jsonl(tmp_path / "in.jsonl", [TEXTS[0] * 40] * 40_000)  # seconds of work for 2 workers
     command = [sys.executable, "-m", "llm_gym", "data", "tokenize", "--input", str(inputs), "--tokenizer",
                str(bpe_tokenizer), "--output_prefix", str(tmp_path / "out"), "--num_workers", "2"]  # fmt: skip
     child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -5,11 +5,11 @@ from unittest.mock import patch
 
 import pytest
 import torch
-from test_step import ToyLM, global_batch
+from test_step import VOCAB, ToyLM, global_batch
 
 from distributed import run_on_ranks
 from llm_gym.config.app import TrainingSettings
-from llm_gym.errors import UserError
+from llm_gym.errors import RankLocalError
 from llm_gym.parallel.distributed import init_distributed
 from llm_gym.parallel.strategies import NoParallelism
 from llm_gym.training.loop import NonFiniteLossError, Trainer
@@ -117,19 +117,28 @@ def test_tokens_per_s_leaves_out_evaluation_and_checkpoint_time():
     assert run_on_ranks(_throughput_with_slow_evaluations_and_saves, 1)[0] == [29.0, 29.0]  # 4 × 8 - 3 tokens a step
 
 
-def _refused_token_id(eval_at_start: bool) -> str:
+def _refused_token_id(eval_at_start: bool, negative: bool) -> str:
     trainer, _ = make_trainer(eval_at_start=eval_at_start)
-    trainer.vocab_size = 10  # the batches hold ids up to 31
-    with pytest.raises(UserError) as error:
+    if negative:  # e.g. an int32 corpus written by another tool
+        batch = {key: value.clone() for key, value in global_batch(4).items()}
+        batch["input_ids"][1, 2] = -7
+        trainer.train_batches, trainer.vocab_size = itertools.repeat(batch), VOCAB
+    else:
+        trainer.vocab_size = 10  # the batches hold ids up to 31
+    with pytest.raises(RankLocalError) as error:
         trainer.train()
     return str(error.value)
 
 
-@pytest.mark.parametrize(("eval_at_start", "split"), [(False, "train"), (True, "val")])
-def test_token_ids_beyond_the_vocabulary_are_refused_before_the_model_sees_them(eval_at_start, split):
-    message = run_on_ranks(_refused_token_id, 1, eval_at_start)[0]
-    assert message.startswith(f"token id 31 in a {split} batch is outside the model's vocabulary of 10")
-    assert "model.config.vocab_size" in message
+@pytest.mark.parametrize(
+    ("eval_at_start", "negative", "expected"),
+    [(False, False, "token id 31 in a train batch"), (True, False, "token id 31 in a val batch"),
+     (False, True, "token id -7 in a train batch")],
+)  # fmt: skip
+def test_token_ids_outside_the_vocabulary_are_refused_before_the_model_sees_them(eval_at_start, negative, expected):
+    message = run_on_ranks(_refused_token_id, 1, eval_at_start, negative)[0]
+    vocabulary = VOCAB if negative else 10
+    assert message.startswith(f"{expected} is outside the model's vocabulary of {vocabulary} (model.config.vocab_size)")
 
 
 def _diverge(action: str) -> tuple:

@@ -306,7 +306,10 @@ def test_allow_config_change_resumes_with_another_seed(byte_corpus, reference, s
         **{"experiment.seed": 7, "loggers": loggers},
     )  # fmt: skip
 
-    assert result.stdout.startswith(f"llm_gym run tiny_cpu → {experiment}\n1 rank on cpu, FSDP2; global batch 4 × ")
+    assert result.stdout.startswith(
+        f"llm_gym run tiny_cpu → {experiment}\n1 rank on cpu (FSDP2), {TOTAL_STEPS} steps\n"
+        "global batch: 4 samples (4 micro batch × 1 accumulation × 1 data-parallel) × 32 tokens"
+    )
     assert "config changes allowed on resume" in result.stdout
     assert f"done at step {TOTAL_STEPS}: metrics in {experiment / 'metrics.jsonl'}" in result.stdout
     assert "experiment.seed: checkpoint 42, now 7" in result.stdout

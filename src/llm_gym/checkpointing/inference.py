@@ -42,13 +42,7 @@ class TrainedModel:
                 f"directory the training ran in, or put the tokenizer.json back at that path "
                 f"(it is data.tokenizer in {self.checkpoint_dir / META_FILE})"
             )
-        tokenizer = load_tokenizer(spec)
-        if tokenizer.vocab_size > self.model.vocab_size:
-            raise UserError(
-                f"tokenizer {spec} has {tokenizer.vocab_size} ids but the model only {self.model.vocab_size}: "
-                "they do not belong together"
-            )
-        return tokenizer
+        return load_tokenizer(spec, self.model.vocab_size)
 
 
 class _ModelSection(BaseModel):

@@ -1,6 +1,7 @@
 """``llm_gym data ...``: get a corpus, train a tokenizer, tokenize into ``.bin/.idx``, inspect the result."""
 
 import signal
+import threading
 from pathlib import Path
 
 import click
@@ -27,8 +28,9 @@ def data(ctx: click.Context) -> None:
     """Prepare training data: corpus, tokenizer, tokenized files."""
     # A cluster ends a job with SIGTERM, which by default kills without cleanup: as an interrupt, it lets the
     # command remove its partial outputs and stop its worker processes, as Ctrl-C does.
-    previous = signal.signal(signal.SIGTERM, _interrupt)
-    ctx.call_on_close(lambda: signal.signal(signal.SIGTERM, previous))
+    if threading.current_thread() is threading.main_thread():  # the only thread Python lets handle signals
+        previous = signal.signal(signal.SIGTERM, _interrupt)
+        ctx.call_on_close(lambda: signal.signal(signal.SIGTERM, previous))
 
 
 def _interrupt(signum: int, frame: object) -> None:

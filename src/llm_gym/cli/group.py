@@ -8,17 +8,21 @@ from typing import NoReturn
 
 import click
 
-from llm_gym.errors import UserError
+from llm_gym.errors import RankLocalError, UserError
 
 DEBUG_ENV = "LLM_GYM_DEBUG"
 
 
-def _exit_with_message(message: str) -> NoReturn:
+def _exit_with_message(message: str, same_on_every_rank: bool) -> NoReturn:
     if os.environ.get(DEBUG_ENV):
         traceback.print_exc()
-    # Under torchrun every rank fails the same way; one message is enough.
-    if int(os.environ.get("RANK", 0)) == 0:
+    rank = int(os.environ.get("RANK", 0))
+    # Under torchrun most problems (the config, a checkpoint) are met alike on every rank, and rank 0 says them
+    # once. One rank's own problem (its batch, its disk) must be said by that rank, or nobody will.
+    if rank == 0:
         click.echo(f"error: {message}", err=True)
+    elif not same_on_every_rank:
+        click.echo(f"error (rank {rank}): {message}", err=True)
     sys.exit(2)
 
 
@@ -26,7 +30,8 @@ def _file_error_message(error: OSError) -> str:
     reason = error.strerror or str(error)
     if isinstance(error, FileExistsError) and not Path(error.filename).is_dir():
         reason = "it exists and is not a directory"  # mkdir(exist_ok=True) met a file
-    return f"cannot use {error.filename}: {reason}"
+    paths = f"{error.filename} or {error.filename2}" if error.filename2 else error.filename
+    return f"cannot use {paths}: {reason}"
 
 
 class CommandGroup(click.Group):
@@ -40,11 +45,11 @@ class CommandGroup(click.Group):
         try:
             return super().invoke(ctx)
         except UserError as error:
-            _exit_with_message(str(error))
+            _exit_with_message(str(error), same_on_every_rank=not isinstance(error, RankLocalError))
         except OSError as error:
             if error.filename is None:
                 raise
-            _exit_with_message(_file_error_message(error))
+            _exit_with_message(_file_error_message(error), same_on_every_rank=False)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         # click cuts each purpose to fit one terminal line ("..."); show the whole first sentence, wrapped.

@@ -70,6 +70,17 @@ class TrainingSettings(_Section):
         "(models larger than a device)",
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _eval_batches_was_replaced(cls, data: object) -> object:
+        # The older key counted micro batches per rank: copying its value over would evaluate less.
+        if isinstance(data, dict) and "eval_batches" in data:
+            raise ValueError(
+                "training.eval_batches was replaced by training.eval_samples, which counts samples: "
+                "eval_batches × micro_batch_size × ranks evaluates as much as before"
+            )
+        return data
+
     def check_batch_sizes(self, data_parallel_size: int) -> None:
         """Global batch = micro batch × gradient accumulation × data-parallel ranks, when it is given."""
         derived = self.micro_batch_size * self.gradient_accumulation_steps * data_parallel_size

@@ -110,7 +110,8 @@ def eval_batches(
     Which samples are evaluated does not depend on the micro batch size or the number of ranks, so runs that
     differ only in layout report the same losses. Every rank runs equally many forward passes of full micro
     batches, as sharded models and compiled blocks want: rows past a rank's last sample repeat sample 0 with
-    every target set to ``IGNORE_INDEX``, so they count no tokens and add no loss.
+    every target set to ``IGNORE_INDEX``, so they count no tokens and add no loss. The collator must return
+    one row per sample, in order (``target_key`` of shape ``[micro_batch_size, ...]``).
     """
     num_samples = len(dataset) if max_samples is None else min(len(dataset), max_samples)
     if num_samples == 0:
@@ -134,6 +135,7 @@ def _eval_batches(
         fillers = micro_batch_size - len(indices)
         batch = collator([dataset[index] for index in indices] + [dataset[0]] * fillers)
         if fillers:
-            is_filler = torch.arange(micro_batch_size) >= len(indices)
-            batch[target_key] = batch[target_key].masked_fill(is_filler[:, None], IGNORE_INDEX)
+            targets = batch[target_key]
+            is_filler = torch.arange(micro_batch_size, device=targets.device) >= len(indices)
+            batch[target_key] = targets.masked_fill(is_filler.view(-1, *[1] * (targets.dim() - 1)), IGNORE_INDEX)
         yield batch

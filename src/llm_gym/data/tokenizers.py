@@ -104,8 +104,13 @@ class HuggingFaceTokenizer:
         return self._tokenizer.decode(list(ids), skip_special_tokens=False)
 
 
-def load_tokenizer(spec: str | Path) -> Tokenizer:
-    """``"byte"`` or the path of a ``tokenizer.json``."""
-    if str(spec) == BYTE_TOKENIZER:
-        return ByteTokenizer()
-    return HuggingFaceTokenizer(Path(spec))
+def load_tokenizer(spec: str | Path, model_vocab_size: int | None = None) -> Tokenizer:
+    """``"byte"`` or the path of a ``tokenizer.json``; with ``model_vocab_size``, checked to fit that model."""
+    tokenizer = ByteTokenizer() if str(spec) == BYTE_TOKENIZER else HuggingFaceTokenizer(Path(spec))
+    if model_vocab_size is not None and tokenizer.vocab_size > model_vocab_size:
+        raise UserError(
+            f"tokenizer {spec} has {tokenizer.vocab_size:,} ids but model.config.vocab_size is {model_vocab_size:,}: "
+            "text it encodes may hold ids the model cannot embed; use the tokenizer the model is configured for, "
+            f"or a model.config.vocab_size of at least {tokenizer.vocab_size:,}"
+        )
+    return tokenizer

@@ -86,16 +86,10 @@ def check_tokenizer(config: TrainingAppConfig, model: nn.Module) -> str:
     Training reads token ids only, so a tokenizer file absent here is not an error (``generate`` and
     ``export_hf`` need it later); one that is present must fit the model.
     """
-    spec, model_vocab = config.data.tokenizer, getattr(model, "vocab_size", None)
+    spec = config.data.tokenizer
     if spec != BYTE_TOKENIZER and not Path(spec).is_file():
         return f"data.tokenizer: {spec} is not here (generate and export_hf will need it)"
-    tokenizer = load_tokenizer(spec)
-    if model_vocab is not None and tokenizer.vocab_size > model_vocab:
-        raise ConfigError(
-            f"data.tokenizer {spec} has {tokenizer.vocab_size:,} ids but model.config.vocab_size is {model_vocab:,}: "
-            f"a corpus it tokenized holds ids the model cannot embed; set model.config.vocab_size to at least "
-            f"{tokenizer.vocab_size:,}"
-        )
+    tokenizer = load_tokenizer(spec, getattr(model, "vocab_size", None))
     return f"data.tokenizer: {spec}, {tokenizer.vocab_size:,} ids"
 
 

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from llm_gym.config.app import NonFiniteAction, TrainingSettings
-from llm_gym.errors import UserError
+from llm_gym.errors import RankLocalError, UserError
 from llm_gym.logging_broker.messages import MetricsRecord, ProgressUpdate, TextMessage
 from llm_gym.parallel.strategies import ParallelismStrategy
 from llm_gym.training.step import BatchKeys, StepResult, evaluate, train_step
@@ -150,11 +150,13 @@ class Trainer:
     def _in_vocabulary(self, batch: dict, split: str) -> dict:
         # An id past the embedding table is an IndexError traceback on CPU and a device-side assert on a GPU.
         if self.vocab_size is not None:
-            largest = max(int(batch[key].max()) for key in (self.batch_keys.inputs, self.batch_keys.targets))
-            if largest >= self.vocab_size:
-                raise UserError(
-                    f"token id {largest} in a {split} batch is outside the model's vocabulary of {self.vocab_size} "
-                    "(model.config.vocab_size): the data was tokenized with a larger vocabulary; tokenize it with "
-                    "the tokenizer the model is configured for, or raise model.config.vocab_size"
+            inputs, targets = batch[self.batch_keys.inputs], batch[self.batch_keys.targets]
+            largest, smallest = max(int(inputs.max()), int(targets.max())), int(inputs.min())
+            if largest >= self.vocab_size or smallest < 0:
+                raise RankLocalError(
+                    f"token id {largest if smallest >= 0 else smallest} in a {split} batch is outside the model's "
+                    f"vocabulary of {self.vocab_size} (model.config.vocab_size): the data was tokenized with "
+                    "another vocabulary; tokenize it with the tokenizer the model is configured for, or raise "
+                    "model.config.vocab_size"
                 )
         return batch

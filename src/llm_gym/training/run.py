@@ -37,6 +37,7 @@ from llm_gym.training.builder import (
 )
 from llm_gym.training.hardware import HardwareMetrics
 from llm_gym.training.loop import Trainer, TrainingProgress
+from llm_gym.training.summary import describe_global_batch
 
 logger = logging.getLogger(__name__)
 
@@ -169,14 +170,11 @@ def _run_header(
 ) -> list[str]:
     """What a log should open with: where the run writes, how it is laid out, what it trains."""
     training = config.training
-    samples = training.samples_per_step(parallelism.data_parallel_size)
     return [
         f"llm_gym run {config.experiment.experiment_id} → {config.experiment.output_dir}",
-        f"{env.world_size} {'rank' if env.world_size == 1 else 'ranks'} on {env.device.type}, "
-        f"{type(parallelism).__name__}; "
-        f"global batch {samples} × {training.sequence_length} tokens "
-        f"({training.micro_batch_size} × {training.gradient_accumulation_steps} accumulation × "
-        f"{parallelism.data_parallel_size} data-parallel); {training.max_steps:,} steps",
+        f"{env.world_size} {'rank' if env.world_size == 1 else 'ranks'} on {env.device.type} "
+        f"({type(parallelism).__name__}), {training.max_steps:,} steps",
+        describe_global_batch(training, parallelism.data_parallel_size),
         *describe_model(model, training.sequence_length),
         tokenizer_line,
     ]

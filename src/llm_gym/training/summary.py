@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from llm_gym.config.app import ActivationCheckpointing, TrainingAppConfig
+from llm_gym.config.app import ActivationCheckpointing, TrainingAppConfig, TrainingSettings
 from llm_gym.errors import UserError
 from llm_gym.models.flops import describe_model, num_parameters
 from llm_gym.parallel.distributed import DistributedEnvironment
@@ -39,11 +39,7 @@ def describe_config(config: TrainingAppConfig, world_size: int) -> Iterator[str]
         f"world size: {world_size} on {env.device.type} ({type(parallelism).__name__}, "
         f"{_shard_description(parallelism)}; plan for another device with training.device=cuda|cpu)"
     )
-    samples = training.samples_per_step(parallelism.data_parallel_size)
-    yield (
-        f"global batch: {samples} samples × {training.sequence_length} tokens"
-        f" = {samples * training.sequence_length:,} tokens per step"
-    )
+    yield describe_global_batch(training, parallelism.data_parallel_size)
     with torch.device("meta"):
         model = get_registry().build_component_by_config(config.model)
     optimizer, _ = build_optimization(config, model)
@@ -51,6 +47,15 @@ def describe_config(config: TrainingAppConfig, world_size: int) -> Iterator[str]
     yield from estimate_memory(model, config, parallelism, optimizer)
     yield check_tokenizer(config, model)
     yield from _check_datasets(config)
+
+
+def describe_global_batch(training: TrainingSettings, data_parallel_size: int) -> str:
+    samples = training.samples_per_step(data_parallel_size)
+    return (
+        f"global batch: {samples} samples ({training.micro_batch_size} micro batch × "
+        f"{training.gradient_accumulation_steps} accumulation × {data_parallel_size} data-parallel) × "
+        f"{training.sequence_length} tokens = {samples * training.sequence_length:,} tokens per step"
+    )
 
 
 def _planned_device(requested: str) -> torch.device:
