@@ -1,5 +1,6 @@
 """Every kind of bad config through the real CLI: exit status 2, one `error:` message naming the key, no traceback."""
 
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -284,13 +285,26 @@ def test_reduce_dtype_is_refused_where_no_gradient_is_reduced_in_it(strategy, ac
         ) in error_lines(result)
 
 
-def test_a_model_shorter_than_the_training_sequence_is_refused():
-    result = validate("--config_file_path", TINY_CPU_CONFIG, "model.config.sequence_length=64")
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        (
+            "model.config.sequence_length=64",
+            "training.sequence_length (128) exceeds model.config.sequence_length (64), the longest sequence the "
+            "model takes; shorten the one or lengthen the other",
+        ),
+        (
+            "training.eval_batches=4",  # the key eval_samples replaced
+            "training: training.eval_batches was replaced by training.eval_samples, which counts samples: "
+            "eval_batches × micro_batch_size × ranks evaluates as much as before",
+        ),
+    ],
+    ids=["model_shorter_than_the_sequence", "replaced_eval_batches"],
+)
+def test_settings_that_contradict_each_other_or_are_gone_are_refused_with_the_way_out(override, expected):
+    result = validate("--config_file_path", TINY_CPU_CONFIG, override)
     assert_user_error(result)
-    assert (
-        "training.sequence_length (128) exceeds model.config.sequence_length (64), the longest sequence the model "
-        "takes; shorten the one or lengthen the other"
-    ) in error_lines(result)
+    assert expected in error_lines(result)
 
 
 def test_a_tokenizer_with_more_ids_than_the_model_is_refused(tmp_path):
@@ -357,10 +371,9 @@ def test_a_failed_rename_names_both_paths():
     assert result.stderr == "error: cannot use /a/partial or /b/final: Invalid cross-device link\n"
 
 
-def test_the_replaced_eval_batches_key_says_how_to_convert_it():
-    result = validate("--config_file_path", TINY_CPU_CONFIG, "training.eval_batches=4")
-    assert_user_error(result)
-    assert (
-        "training: training.eval_batches was replaced by training.eval_samples, which counts samples: "
-        "eval_batches × micro_batch_size × ranks evaluates as much as before"
-    ) in error_lines(result)
+def test_data_commands_handle_sigterm_only_while_they_run(tmp_path):
+    # The handler turning SIGTERM into an interrupt is the command's; whoever invoked it gets theirs back.
+    before = signal.getsignal(signal.SIGTERM)
+    result = CliRunner().invoke(main, ["data", "demo_corpus", "--output_dir", str(tmp_path / "demo")])
+    assert result.exit_code == 0, result.output
+    assert signal.getsignal(signal.SIGTERM) is before

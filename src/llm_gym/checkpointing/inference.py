@@ -17,7 +17,7 @@ from llm_gym.checkpointing.manager import META_FILE
 from llm_gym.checkpointing.warm_start import load_model_weights
 from llm_gym.config.component import Component, ComponentNode
 from llm_gym.config.loading import format_validation_error, import_user_modules
-from llm_gym.data.tokenizers import BYTE_TOKENIZER, Tokenizer, load_tokenizer
+from llm_gym.data.tokenizers import BYTE_TOKENIZER, Tokenizer, load_tokenizer, tokenizer_exists
 from llm_gym.errors import UserError
 from llm_gym.models.generation import stream_tokens
 from llm_gym.registry import get_registry
@@ -35,7 +35,7 @@ class TrainedModel:
     def load_tokenizer(self) -> Tokenizer:
         """The tokenizer the run trained with (``data.tokenizer``), checked to fit the model."""
         spec = str(self.resolved_config.get("data", {}).get("tokenizer", BYTE_TOKENIZER))
-        if spec != BYTE_TOKENIZER and not Path(spec).is_file():
+        if not tokenizer_exists(spec):
             where = "" if Path(spec).is_absolute() else f" (relative to {Path.cwd()})"
             raise UserError(
                 f"the tokenizer this model was trained with, {spec}{where}, no longer exists: run from the "

@@ -104,6 +104,10 @@ class HuggingFaceTokenizer:
         return self._tokenizer.decode(list(ids), skip_special_tokens=False)
 
 
+def tokenizer_exists(spec: str | Path) -> bool:
+    return str(spec) == BYTE_TOKENIZER or Path(spec).is_file()
+
+
 def load_tokenizer(spec: str | Path, model_vocab_size: int | None = None) -> Tokenizer:
     """``"byte"`` or the path of a ``tokenizer.json``; with ``model_vocab_size``, checked to fit that model."""
     tokenizer = ByteTokenizer() if str(spec) == BYTE_TOKENIZER else HuggingFaceTokenizer(Path(spec))

@@ -2,7 +2,6 @@
 
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -10,7 +9,7 @@ from torch import nn
 
 from llm_gym.config.app import TrainingAppConfig
 from llm_gym.data.loaders import eval_batches
-from llm_gym.data.tokenizers import BYTE_TOKENIZER, load_tokenizer
+from llm_gym.data.tokenizers import load_tokenizer, tokenizer_exists
 from llm_gym.errors import ConfigError
 from llm_gym.logging_broker import MessageBroker
 from llm_gym.parallel.block_wrappers import apply_activation_checkpointing, compile_blocks
@@ -87,7 +86,7 @@ def check_tokenizer(config: TrainingAppConfig, model: nn.Module) -> str:
     ``export_hf`` need it later); one that is present must fit the model.
     """
     spec = config.data.tokenizer
-    if spec != BYTE_TOKENIZER and not Path(spec).is_file():
+    if not tokenizer_exists(spec):
         return f"data.tokenizer: {spec} is not here (generate and export_hf will need it)"
     tokenizer = load_tokenizer(spec, getattr(model, "vocab_size", None))
     return f"data.tokenizer: {spec}, {tokenizer.vocab_size:,} ids"
