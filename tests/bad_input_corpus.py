@@ -1,0 +1,93 @@
+"""The bad-input corpus: every bad file, value or crafted artefact a user or an attacker can hand llm_gym, as one
+table, and what the command line must answer (``tests/cli/test_bad_input_corpus.py`` runs every row).
+
+A row names a command line built in its own empty directory (``Workspace``), a regular expression the ``error:``
+message must match, and optionally the paths that must come out byte-identical. Every row must exit 2 with one
+``error:`` message and no traceback, and must never create ``Workspace.marker`` (crafted files try to).
+New commands add their rows here.
+"""
+
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from experiment_runs import TINY_CONFIG, llm_gym, tiny_overrides, write_byte_corpus
+
+_SESSION_CACHE: dict[str, Path] = {}
+
+
+def _cached(name: str, make: Callable[[Path], Path], root: Path) -> Path:
+    if name not in _SESSION_CACHE:
+        directory = root / name
+        directory.mkdir(parents=True)
+        _SESSION_CACHE[name] = make(directory)
+    return _SESSION_CACHE[name]
+
+
+@dataclass
+class Workspace:
+    """A case's own directory (also the working directory while it runs), and copies of shared artefacts."""
+
+    dir: Path
+    shared: Path
+    """Session-wide directory where expensive artefacts are built once."""
+
+    @property
+    def marker(self) -> Path:
+        """A crafted file that manages to run code writes this file; the runner asserts it never appears."""
+        return self.dir / "PWNED"
+
+    def corpus(self) -> Path:
+        """A byte-tokenized corpus: ``train_byte``/``val_byte`` prefixes and the ``train/val.jsonl`` texts."""
+        return _cached("corpus", write_byte_corpus, self.shared)
+
+    def experiment(self) -> Path:
+        """A copy of a finished two-step tiny run's experiment directory (checkpoints/step_2, latest, config)."""
+
+        def train(directory: Path) -> Path:
+            overrides = tiny_overrides(
+                self.corpus(),
+                directory / "experiment",
+                **{"training.max_steps": 2, "training.eval_interval": 2, "checkpointing.every_n_steps": 0,
+                   "model.config.n_layer": 2, "lr_scheduler.config.warmup_steps": 1},
+            )  # fmt: skip
+            llm_gym("run", "--config_file_path", str(TINY_CONFIG), *overrides)
+            return directory / "experiment"
+
+        source = _cached("experiment", train, self.shared)
+        copy = self.dir / "experiment"
+        shutil.copytree(source, copy)
+        return copy
+
+    def checkpoint(self) -> Path:
+        """``step_2`` of a copy of the tiny run (see ``experiment``)."""
+        return self.experiment() / "checkpoints" / "step_2"
+
+
+@dataclass(frozen=True)
+class BadInput:
+    id: str
+    """Unique, kebab-case: the pytest id."""
+    argv: Callable[[Workspace], Sequence[str]]
+    """Prepares the case's files in the workspace; returns the command line after ``llm_gym``."""
+    message: str
+    """A regular expression ``re.search``-ed in stderr."""
+    unchanged: Callable[[Workspace], Sequence[Path]] = field(default=lambda ws: ())
+    """Files or directories that must be byte-identical before and after the command."""
+    subprocess: bool = False
+    """Run ``python -m llm_gym`` in a subprocess instead of in-process (aborts, signals, torch state)."""
+
+
+CASES: list[BadInput] = [
+    BadInput(
+        "validate-missing-config",
+        lambda ws: ["validate", "--config_file_path", ws.dir / "absent.yaml"],
+        r"config file not found: .*absent\.yaml",
+    ),
+    BadInput(
+        "inspect-missing-prefix",
+        lambda ws: ["data", "inspect", "--prefix", ws.dir / "absent"],
+        r"absent",
+    ),
+]
