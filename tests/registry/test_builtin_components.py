@@ -25,6 +25,14 @@ SCHEDULE_CONFIGS = {
     "LinearLR": {"start_factor": 0.5, "total_iters": 4},
     "CosineAnnealingLR": {"T_max": 10},
     "LinearWarmupCosineDecay": {"warmup_steps": 2, "total_steps": 10},
+    "WarmupStableDecay": {"warmup_steps": 2, "total_steps": 10, "decay_steps": 4},
+    "Sequential": {
+        "schedules": [
+            {"type_hint": "LinearLR", "config": {"start_factor": 0.5, "total_iters": 2}},
+            {"type_hint": "CosineAnnealingLR", "config": {"T_max": 8}},
+        ],
+        "milestones": [2],
+    },
 }
 
 
