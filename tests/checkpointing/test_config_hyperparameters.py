@@ -9,7 +9,7 @@ from llm_gym.checkpointing import CheckpointManager, OptimizerState, load_checkp
 from llm_gym.config.component import Component
 from llm_gym.errors import UserError
 from llm_gym.registry import get_registry
-from llm_gym.training.optimizers import OPTIMIZERS, weight_decay_parameter_groups
+from llm_gym.training.optimizers import OPTIMIZERS, parameter_groups
 from llm_gym.training.schedulers import SCHEDULERS
 
 SAVED_AT_STEP = 3
@@ -21,6 +21,20 @@ SCHEDULES = {
     "LinearLR": ({"start_factor": 0.5, "total_iters": 4}, {"start_factor": 0.25, "total_iters": 8}),
     "CosineAnnealingLR": ({"T_max": 6}, {"T_max": 12}),
     "LinearWarmupCosineDecay": ({"warmup_steps": 2, "total_steps": 6}, {"warmup_steps": 2, "total_steps": 12}),
+    "WarmupStableDecay": (
+        {"warmup_steps": 2, "total_steps": 6, "decay_steps": 2},
+        {"warmup_steps": 1, "total_steps": 12, "decay_fraction": 0.25, "decay_shape": "1-sqrt"},
+    ),
+    "Sequential": tuple(
+        {
+            "schedules": [
+                {"type_hint": "LinearLR", "config": {"start_factor": 0.5, "total_iters": 2}},
+                {"type_hint": "CosineAnnealingLR", "config": {"T_max": cosine_steps}},
+            ],
+            "milestones": [2],
+        }
+        for cosine_steps in (4, 10)
+    ),
 }
 OPTIMIZER_CONFIGS = {
     "AdamW": ({"lr": 0.01}, {"lr": 0.02, "weight_decay": 0.05, "betas": (0.8, 0.9), "eps": 1e-6}),
@@ -52,9 +66,7 @@ def build(optimizer_hint: str, optimizer_config: dict, schedule_hint: str, sched
         }
     )
     registry = get_registry()
-    optimizer = registry.build_component_by_config(
-        config.optimizer, extra_kwargs={"params": weight_decay_parameter_groups(model)}
-    )
+    optimizer = registry.build_component_by_config(config.optimizer, extra_kwargs={"params": parameter_groups(model)})
     schedule = registry.build_component_by_config(config.lr_scheduler, extra_kwargs={"optimizer": optimizer})
     return model, optimizer, schedule
 

@@ -9,7 +9,7 @@ from pydantic import BaseModel
 
 from llm_gym.config.component import Component
 from llm_gym.registry import get_registry
-from llm_gym.training.optimizers import OPTIMIZERS, weight_decay_parameter_groups
+from llm_gym.training.optimizers import OPTIMIZERS, parameter_groups
 from llm_gym.training.schedulers import SCHEDULERS, LinearWarmupCosineDecay
 
 
@@ -50,9 +50,7 @@ def build(optimizer_hint: str, schedule_hint: str):
         }
     )
     registry = get_registry()
-    optimizer = registry.build_component_by_config(
-        config.optimizer, extra_kwargs={"params": weight_decay_parameter_groups(model)}
-    )
+    optimizer = registry.build_component_by_config(config.optimizer, extra_kwargs={"params": parameter_groups(model)})
     schedule = registry.build_component_by_config(config.lr_scheduler, extra_kwargs={"optimizer": optimizer})
     return model, optimizer, schedule
 

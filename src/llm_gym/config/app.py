@@ -108,6 +108,26 @@ class CheckpointingSettings(_Section):
     )
 
 
+class ParameterGroupRule(_Section):
+    """Settings for the parameters whose names match ``match``; later rules override earlier ones."""
+
+    match: str = Field(
+        min_length=1, description="glob over parameter names (* also spans dots), e.g. token_embedding.* or *norm*"
+    )
+    lr_multiplier: float | None = Field(
+        None, ge=0, allow_inf_nan=False, description="the group's lr (and its schedule) × this"
+    )
+    weight_decay: float | None = Field(
+        None, ge=0, allow_inf_nan=False, description="this weight decay instead of the optimizer's"
+    )
+
+    @model_validator(mode="after")
+    def _sets_something(self) -> "ParameterGroupRule":
+        if self.lr_multiplier is None and self.weight_decay is None:
+            raise ValueError(f"the rule for '{self.match}' sets neither lr_multiplier nor weight_decay")
+        return self
+
+
 class DataSettings(_Section):
     tokenizer: str = Field("byte", description="'byte' or the path of a Hugging Face tokenizer.json")
     train_dataset: Component("dataset")
@@ -125,6 +145,9 @@ class TrainingAppConfig(_Section):
     model: Component("model")
     parallelism: Component("parallelism")
     optimizer: Component("optimizer")
+    parameter_groups: list[ParameterGroupRule] = Field(
+        default_factory=list, description="lr multipliers and weight decay by parameter name, for every optimizer"
+    )
     lr_scheduler: Component("lr_scheduler")
     data: DataSettings
     loggers: list[Component("logger")] = Field(default_factory=list)

@@ -16,7 +16,7 @@ from llm_gym.parallel.block_wrappers import apply_activation_checkpointing, comp
 from llm_gym.parallel.distributed import DistributedEnvironment
 from llm_gym.parallel.strategies import ParallelismStrategy
 from llm_gym.registry import ResolverRegistry, get_registry
-from llm_gym.training.optimizers import weight_decay_parameter_groups
+from llm_gym.training.optimizers import apply_lr_multipliers, parameter_groups
 from llm_gym.training.step import BatchKeys
 
 
@@ -94,9 +94,12 @@ def check_tokenizer(config: TrainingAppConfig, model: nn.Module) -> str:
 
 def build_optimization(config: TrainingAppConfig, model: nn.Module) -> tuple[torch.optim.Optimizer, Any]:
     registry = get_registry()
-    optimizer = registry.build_component_by_config(
-        config.optimizer, extra_kwargs={"params": weight_decay_parameter_groups(model)}
-    )
+    optimizer_class = registry.find_entry("optimizer", config.optimizer.type_hint).component
+    # Muon treats the hidden matrices apart; the other optimizers need not know which they are.
+    mark_hidden_matrices = getattr(optimizer_class, "treats_hidden_matrices_apart", False)
+    groups = parameter_groups(model, config.parameter_groups, mark_hidden_matrices)
+    optimizer = registry.build_component_by_config(config.optimizer, extra_kwargs={"params": groups})
+    apply_lr_multipliers(optimizer)
     lr_scheduler = registry.build_component_by_config(config.lr_scheduler, extra_kwargs={"optimizer": optimizer})
     return optimizer, lr_scheduler
 

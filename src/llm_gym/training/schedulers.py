@@ -6,6 +6,7 @@ is the lr of the ``s + 1``-th optimizer step.
 """
 
 import bisect
+import itertools
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -192,7 +193,7 @@ class SequentialConfig(_SchedulerConfig):
                 f"milestones: {len(self.schedules)} schedules need {len(self.schedules) - 1} milestones, "
                 f"got {len(self.milestones)}"
             )
-        if any(later <= earlier for earlier, later in zip(self.milestones, self.milestones[1:])):
+        if any(later <= earlier for earlier, later in itertools.pairwise(self.milestones)):
             raise ValueError(f"milestones must increase, got {self.milestones}")
         return self
 
