@@ -1,6 +1,8 @@
 """A checkpoint restores counters and state; the hyperparameters of optimizer and schedule come from the config
 of the run that loads it, for every registered optimizer and schedule."""
 
+from collections import OrderedDict
+
 import pytest
 import torch
 from pydantic import BaseModel
@@ -40,6 +42,10 @@ OPTIMIZER_CONFIGS = {
     "AdamW": ({"lr": 0.01}, {"lr": 0.02, "weight_decay": 0.05, "betas": (0.8, 0.9), "eps": 1e-6}),
     "Adam": ({"lr": 0.01}, {"lr": 0.02, "weight_decay": 0.01, "betas": (0.8, 0.9)}),
     "SGD": ({"lr": 0.01, "momentum": 0.9}, {"lr": 0.02, "momentum": 0.5, "weight_decay": 0.01}),
+    "Muon": (
+        {"lr": 0.02, "adamw": {"lr": 0.01}},
+        {"lr": 0.01, "momentum": 0.9, "nesterov": False, "adamw": {"lr": 0.02, "betas": (0.8, 0.9)}},
+    ),
 }
 
 
@@ -58,7 +64,14 @@ class _Progress:
 
 def build(optimizer_hint: str, optimizer_config: dict, schedule_hint: str, schedule_config: dict):
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Embedding(5, 4), torch.nn.Linear(4, 3))
+    # A "blocks" matrix, for Muon to treat apart from the embedding and the head.
+    model = torch.nn.Sequential(
+        OrderedDict(
+            embedding=torch.nn.Embedding(5, 4),
+            blocks=torch.nn.Sequential(torch.nn.Linear(4, 4)),
+            head=torch.nn.Linear(4, 3),
+        )
+    )
     config = _Optimization.model_validate(
         {
             "optimizer": {"type_hint": optimizer_hint, "config": optimizer_config},
@@ -66,7 +79,8 @@ def build(optimizer_hint: str, optimizer_config: dict, schedule_hint: str, sched
         }
     )
     registry = get_registry()
-    optimizer = registry.build_component_by_config(config.optimizer, extra_kwargs={"params": parameter_groups(model)})
+    groups = parameter_groups(model, mark_hidden_matrices=optimizer_hint == "Muon")
+    optimizer = registry.build_component_by_config(config.optimizer, extra_kwargs={"params": groups})
     schedule = registry.build_component_by_config(config.lr_scheduler, extra_kwargs={"optimizer": optimizer})
     return model, optimizer, schedule
 

@@ -38,19 +38,23 @@ SCHEDULE_CONFIGS = {
 
 def test_every_registered_schedule_has_a_test_config():
     assert set(SCHEDULE_CONFIGS) == set(SCHEDULERS)
-    assert {"AdamW", "Adam", "SGD"} == set(OPTIMIZERS)
+    assert {"AdamW", "Adam", "SGD", "Muon"} == set(OPTIMIZERS)
+
+
+OPTIMIZER_CONFIGS = {"Muon": {"lr": 0.02, "adamw": {"lr": 0.01}}}
 
 
 def build(optimizer_hint: str, schedule_hint: str):
     model = torch.nn.Sequential(torch.nn.Embedding(5, 4), torch.nn.Linear(4, 3))
     config = Optimization.model_validate(
         {
-            "optimizer": {"type_hint": optimizer_hint, "config": {"lr": 0.01}},
+            "optimizer": {"type_hint": optimizer_hint, "config": OPTIMIZER_CONFIGS.get(optimizer_hint, {"lr": 0.01})},
             "lr_scheduler": {"type_hint": schedule_hint, "config": SCHEDULE_CONFIGS[schedule_hint]},
         }
     )
     registry = get_registry()
-    optimizer = registry.build_component_by_config(config.optimizer, extra_kwargs={"params": parameter_groups(model)})
+    groups = parameter_groups(model, mark_hidden_matrices=optimizer_hint == "Muon")
+    optimizer = registry.build_component_by_config(config.optimizer, extra_kwargs={"params": groups})
     schedule = registry.build_component_by_config(config.lr_scheduler, extra_kwargs={"optimizer": optimizer})
     return model, optimizer, schedule
 

@@ -30,6 +30,7 @@ from experiment_runs import (
     torchrun_command,
 )
 from llm_gym.checkpointing import config_differences, load_checkpoint, read_checkpoint_meta, resolve_resume
+from llm_gym.checkpointing.storage import read_dcp_metadata
 
 # What a resumed run must reproduce exactly; tokens_per_s is a wall-clock figure.
 RECORDED = ("step", "split", "loss", "lr", "grad_norm", "tokens_seen")
@@ -397,3 +398,21 @@ def test_resume_from_a_damaged_checkpoint_is_one_error(byte_corpus, stopped_at_4
 
     assert_one_error_line(result, f"checkpoint {experiment / 'checkpoints' / 'step_4'} is corrupted: {shard.name}")
     assert listing(experiment) == before
+
+
+MUON = {"optimizer.type_hint": "Muon", "optimizer.config.lr": 0.02, "optimizer.config.adamw.lr": 3e-3}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_a_muon_run_resumes_to_the_metrics_of_an_uninterrupted_run(byte_corpus, tmp_path, ranks):
+    reference_dir, experiment = tmp_path / "reference", tmp_path / "experiment"
+    train(byte_corpus, reference_dir, ranks, **MUON)
+    train(byte_corpus, experiment, ranks, **MUON, **{"training.max_steps": 4})
+
+    train(byte_corpus, experiment, ranks, "--resume", "auto", **MUON)
+
+    assert recorded(experiment) == recorded(reference_dir)
+    # Its moments went through the checkpoint: the hidden matrices' momentum, AdamW's for the rest.
+    saved = {key.split(".")[-1] for key in read_dcp_metadata(experiment / "checkpoints" / "step_4").state_dict_metadata}
+    assert {"momentum_buffer", "exp_avg", "exp_avg_sq", "use_muon"} <= saved

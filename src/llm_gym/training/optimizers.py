@@ -12,6 +12,7 @@ from torch import nn
 
 from llm_gym.config.app import ParameterGroupRule
 from llm_gym.errors import ConfigError
+from llm_gym.training.muon import Muon, MuonConfig
 
 
 class _OptimizerConfig(BaseModel):
@@ -108,4 +109,5 @@ OPTIMIZERS = {
     "AdamW": (torch.optim.AdamW, AdamWConfig),
     "Adam": (torch.optim.Adam, AdamConfig),
     "SGD": (torch.optim.SGD, SGDConfig),
+    "Muon": (Muon, MuonConfig),
 }

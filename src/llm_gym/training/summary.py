@@ -17,6 +17,7 @@ from llm_gym.parallel.distributed import DistributedEnvironment
 from llm_gym.parallel.strategies import FSDP2, HSDP, ParallelismStrategy
 from llm_gym.registry import get_registry
 from llm_gym.training.builder import build_optimization, check_tokenizer
+from llm_gym.training.muon import Muon
 
 GIB = 2**30
 # Per-layer activations kept for backward, in elements per token of the hidden width, for a pre-norm
@@ -74,10 +75,18 @@ def _shard_description(parallelism: ParallelismStrategy) -> str:
     return f"parameters sharded over {degree} ranks" if degree > 1 else "parameters replicated"
 
 
-def optimizer_state_tensors(optimizer: torch.optim.Optimizer) -> tuple[int, str]:
-    """fp32 state tensors the optimizer keeps per parameter, and how the estimate names them."""
+def optimizer_state_tensors(optimizer: torch.optim.Optimizer) -> tuple[float, str]:
+    """fp32 state tensors the optimizer keeps per parameter (on average), and how the estimate names them."""
     name = type(optimizer).__name__
     defaults = optimizer.defaults
+    if isinstance(optimizer, Muon):
+        sizes = {True: 0, False: 0}
+        for group in optimizer.param_groups:
+            sizes[group["use_muon"]] += sum(parameter.numel() for parameter in group["params"])
+        hidden_share = sizes[True] / max(1, sizes[True] + sizes[False])
+        return hidden_share + 2 * (1 - hidden_share), (
+            f"{name}: 1 fp32 momentum buffer ({hidden_share:.0%} hidden matrices), 2 fp32 AdamW moments (the rest)"
+        )
     if isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)):
         count = 3 if defaults.get("amsgrad") else 2
         return count, f"{name}: {count} fp32 moments"
