@@ -104,7 +104,7 @@ def test_inexpressible_model_names_what_each_architecture_needs():
     with pytest.raises(UserError) as error:
         to_hf(model)
     message = str(error.value)
-    assert "LlamaForCausalLM needs positional: rope, RMSNorm and SwiGLUMLP" in message
+    assert "LlamaForCausalLM needs positional: rope, RMSNorm, SwiGLUMLP and no qk_norm" in message
     assert "the model has positional: rope, LayerNorm, SwiGLUMLP, n_head 4, n_head_kv 2" in message
 
 

@@ -80,6 +80,8 @@ class CausalSelfAttention(nn.Module):
     """Query/key/value projections, optional rotary positions and KV cache, the kernel, the output projection.
 
     With ``n_head_kv < n_head`` groups of ``n_head / n_head_kv`` query heads share one key/value head (GQA).
+    ``query_norm`` and ``key_norm`` (QK-norm) normalise each head over its ``head_dim``, before rotary, so
+    the attention logits stay bounded however large the projections grow.
     """
 
     def __init__(
@@ -90,6 +92,8 @@ class CausalSelfAttention(nn.Module):
         bias: bool,
         kernel: nn.Module,
         rotary: RotaryEmbedding | None = None,
+        query_norm: nn.Module | None = None,
+        key_norm: nn.Module | None = None,
     ):
         super().__init__()
         self.n_head, self.n_head_kv = n_head, n_head_kv
@@ -100,6 +104,7 @@ class CausalSelfAttention(nn.Module):
         self.output = nn.Linear(n_head * self.head_dim, dim, bias=bias)
         self.kernel = kernel
         self.rotary = rotary
+        self.query_norm, self.key_norm = query_norm, key_norm
 
     def _heads(self, projected: torch.Tensor, n_head: int) -> torch.Tensor:
         batch, time, _ = projected.shape
@@ -109,6 +114,8 @@ class CausalSelfAttention(nn.Module):
         query = self._heads(self.query(hidden), self.n_head)
         key = self._heads(self.key(hidden), self.n_head_kv)
         value = self._heads(self.value(hidden), self.n_head_kv)
+        if self.query_norm is not None:
+            query, key = self.query_norm(query), self.key_norm(key)
         if self.rotary is not None:
             query, key = self.rotary(query, key, start)
         if kv_cache is not None:

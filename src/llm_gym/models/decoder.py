@@ -32,6 +32,9 @@ class DecoderLMConfig(BaseModel):
     bias: bool = Field(False, description="biases in every linear layer of attention and MLP")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="on embeddings, attention weights and residual branches")
     tie_embeddings: bool = Field(True, description="the output projection is the token embedding matrix")
+    qk_norm: bool = Field(
+        False, description="normalise each query and key head (the model's norm over head_dim) before rotary"
+    )
     norm: Component("norm")
     attention: Component("attention")
     mlp: Component("mlp")
@@ -73,11 +76,15 @@ class DecoderBlock(nn.Module):
         attention: ComponentFactory,
         mlp: ComponentFactory,
         rotary: RotaryEmbedding | None,
+        qk_norm: bool = False,
     ):
         super().__init__()
         self.layer_index = layer_index
         self.attention_norm = norm(dim=dim)
-        self.attention = CausalSelfAttention(dim, n_head, n_head_kv, bias, attention(dropout=dropout), rotary)
+        head_norms = (norm(dim=dim // n_head), norm(dim=dim // n_head)) if qk_norm else (None, None)
+        self.attention = CausalSelfAttention(
+            dim, n_head, n_head_kv, bias, attention(dropout=dropout), rotary, *head_norms
+        )
         self.mlp_norm = norm(dim=dim)
         self.mlp = mlp(dim=dim, bias=bias)
         self.residual_dropout = nn.Dropout(dropout)
@@ -120,6 +127,7 @@ class DecoderLM(nn.Module):
         bias: bool = False,
         dropout: float = 0.0,
         tie_embeddings: bool = True,
+        qk_norm: bool = False,
     ):
         super().__init__()
         self.vocab_size, self.sequence_length, self.n_layer, self.dim = vocab_size, sequence_length, n_layer, dim
@@ -133,7 +141,7 @@ class DecoderLM(nn.Module):
         rotary = RotaryEmbedding(self.head_dim, rope_theta) if positional == PositionalEncoding.ROPE else None
         self.embedding_dropout = nn.Dropout(dropout)
         self.blocks = nn.ModuleList(
-            DecoderBlock(index, dim, n_head, self.n_head_kv, bias, dropout, norm, attention, mlp, rotary)
+            DecoderBlock(index, dim, n_head, self.n_head_kv, bias, dropout, norm, attention, mlp, rotary, qk_norm)
             for index in range(n_layer)
         )
         self.final_norm = norm(dim=dim)

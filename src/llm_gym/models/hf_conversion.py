@@ -1,9 +1,11 @@
-"""Weights and config of a ``DecoderLM`` in Hugging Face ``transformers`` form: GPT-2 or Llama.
+"""Weights and config of a ``DecoderLM`` in Hugging Face ``transformers`` form: GPT-2, Llama or Qwen3.
 
 ``GPT2LMHeadModel`` takes learned positions, LayerNorm and the GELU MLP with one head per key/value head.
 Biases it always has: a model without them exports zeros, which computes the same. ``LlamaForCausalLM``
-takes RoPE, RMSNorm and the SwiGLU MLP, with or without biases and with grouped-query attention. Anything
-else raises ``UserError``. ``transformers`` is an optional dependency (``pip install llm_gym[hf]``).
+takes RoPE, RMSNorm and the SwiGLU MLP, with or without biases and with grouped-query attention. Neither has
+QK-norm; ``Qwen3ForCausalLM`` is Llama with an RMSNorm over each query and key head before rotary, exactly
+``qk_norm``, but without MLP biases. Anything else raises ``UserError``. ``transformers`` is an optional
+dependency (``pip install llm_gym[hf]``).
 """
 
 from typing import Any
@@ -27,16 +29,21 @@ def to_hf(model: DecoderLM, eos_token_id: int | None = None) -> tuple[Any, dict[
     except ImportError as error:
         raise UserError("exporting to Hugging Face needs transformers: pip install 'llm_gym[hf]'") from error
     parts = _describe(model)
-    if parts == ("learned", LayerNorm, GELUMLP) and model.n_head_kv == model.n_head:
+    qk_norm = model.blocks[0].attention.query_norm is not None
+    if parts == ("learned", LayerNorm, GELUMLP) and model.n_head_kv == model.n_head and not qk_norm:
         return _gpt2_config(transformers, model, eos_token_id), _gpt2_state_dict(model)
-    if parts == ("rope", RMSNorm, SwiGLUMLP):
+    if parts == ("rope", RMSNorm, SwiGLUMLP) and not qk_norm:
         return _llama_config(transformers, model, eos_token_id), _llama_state_dict(model)
+    if parts == ("rope", RMSNorm, SwiGLUMLP) and model.blocks[0].mlp.input.bias is None:
+        return _qwen3_config(transformers, model, eos_token_id), _qwen3_state_dict(model)
     positional, norm, mlp = parts
     raise UserError(
         "this model cannot be expressed in transformers: GPT2LMHeadModel needs positional: learned, LayerNorm, "
-        "GELUMLP and n_head_kv = n_head; LlamaForCausalLM needs positional: rope, RMSNorm and SwiGLUMLP; "
+        "GELUMLP, n_head_kv = n_head and no qk_norm; LlamaForCausalLM needs positional: rope, RMSNorm, "
+        "SwiGLUMLP and no qk_norm; Qwen3ForCausalLM is Llama with qk_norm and bias: false; "
         f"the model has positional: {positional}, {norm.__name__}, {mlp.__name__}, "
-        f"n_head {model.n_head}, n_head_kv {model.n_head_kv}"
+        f"n_head {model.n_head}, n_head_kv {model.n_head_kv}, qk_norm {str(qk_norm).lower()}, "
+        f"bias {str(model.blocks[0].attention.query.bias is not None).lower()}"
     )
 
 
@@ -175,4 +182,41 @@ def _llama_state_dict(model: DecoderLM) -> dict[str, torch.Tensor]:
                 **_linear(f"{prefix}.mlp.down_proj", mlp.output),
             }
         )
+    return state
+
+
+def _qwen3_config(transformers: Any, model: DecoderLM, eos_token_id: int | None) -> Any:
+    if not hasattr(transformers, "Qwen3Config"):
+        raise UserError(
+            f"a model with qk_norm exports as Qwen3ForCausalLM, which needs transformers >= 4.51; this is "
+            f"transformers {transformers.__version__}"
+        )
+    block = model.blocks[0]
+    return transformers.Qwen3Config(
+        vocab_size=model.vocab_size,
+        hidden_size=model.dim,
+        intermediate_size=block.mlp.input.out_features,
+        num_hidden_layers=model.n_layer,
+        num_attention_heads=model.n_head,
+        num_key_value_heads=model.n_head_kv,
+        head_dim=model.head_dim,
+        hidden_act="silu",
+        max_position_embeddings=model.sequence_length,
+        rms_norm_eps=model.final_norm.eps,
+        rope_theta=block.attention.rotary.theta,
+        attention_bias=False,
+        attention_dropout=model.embedding_dropout.p,
+        tie_word_embeddings=model.tie_embeddings,
+        bos_token_id=eos_token_id,
+        eos_token_id=eos_token_id,
+        architectures=["Qwen3ForCausalLM"],
+    )
+
+
+def _qwen3_state_dict(model: DecoderLM) -> dict[str, torch.Tensor]:
+    state = _llama_state_dict(model)
+    for index, block in enumerate(model.blocks):
+        prefix, attention = f"model.layers.{index}.self_attn", block.attention
+        state[f"{prefix}.q_norm.weight"] = _full(attention.query_norm.weight)
+        state[f"{prefix}.k_norm.weight"] = _full(attention.key_norm.weight)
     return state
