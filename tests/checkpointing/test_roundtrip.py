@@ -16,6 +16,7 @@ from llm_gym.checkpointing import (
     read_checkpoint_meta,
 )
 from llm_gym.errors import UserError
+from llm_gym.training.loop import LossWindow
 
 
 def test_round_trip_restores_everything_and_training_continues_identically(tmp_path):
@@ -78,3 +79,22 @@ def test_rng_source_for_a_rank_the_checkpoint_lacks_is_rank_0(monkeypatch):
     assert set(rng.state_dict()) == {"rank_0"}
     with pytest.raises(UserError, match="no random-number-generator state for rank 0"):
         rng.choose_source({"rank_1.cpu"})
+
+
+def test_the_train_loss_window_round_trips_to_the_bit(tmp_path):
+    toy = Toy(make_model())
+    window = LossWindow(loss_sum=1 / 3, z_loss_sum=2e-17, tokens=77)
+    checkpoint = CheckpointManager(tmp_path, 1, 1).save(1, {**toy.state(), "loss_window": window}, {})
+    restored = LossWindow()
+    load_checkpoint(checkpoint, {**Toy(make_model()).state(), "loss_window": restored})
+    assert restored == window
+
+
+def test_a_checkpoint_written_before_the_loss_window_existed_loads_with_a_fresh_one(tmp_path):
+    toy = Toy(make_model())
+    toy.train(2)
+    checkpoint = CheckpointManager(tmp_path, 1, 1).save(2, toy.state(), {})  # no loss_window, as before
+    resumed, window = Toy(make_model(seed=1)), LossWindow()
+    load_checkpoint(checkpoint, {**resumed.state(), "loss_window": window})
+    assert_same(snapshot(toy), snapshot(resumed))
+    assert window == LossWindow()

@@ -1,6 +1,7 @@
 """The loop's own rules: when it logs, evaluates and saves, and what it does with a non-finite loss."""
 
 import itertools
+import math
 from unittest.mock import patch
 
 import pytest
@@ -71,7 +72,7 @@ def test_logs_evaluates_and_offers_a_checkpoint_on_schedule():
     lines, saves, keys, tokens_seen = run_on_ranks(_schedule, 1)[0]
     assert lines == [(2, "train"), (3, "val"), (4, "train"), (6, "train"), (6, "val")]
     assert saves == [(step, step == 6) for step in range(1, 7)]
-    assert keys == ["grad_norm", "loss", "lr", "tokens_per_s", "tokens_seen"]
+    assert keys == ["grad_norm", "loss", "loss_step", "lr", "tokens_per_s", "tokens_seen"]
     assert tokens_seen == 6 * (4 * 8 - 3)
 
 
@@ -179,3 +180,57 @@ def test_global_batch_must_equal_micro_times_accumulation_times_ranks(micro, acc
         derived = micro * accumulation * world
         with pytest.raises(ValueError, match=rf"global_batch_size \(8\) must equal .* = {derived}$"):
             settings.check_batch_sizes(world)
+
+
+def _train_lines_and_step_losses() -> tuple[list[dict], list[tuple[float, int]]]:
+    """Train lines every 3 steps of 7, and every step's (loss, target tokens), with unequal token counts."""
+    trainer, recorder = make_trainer(log_interval=3, max_steps=7)
+    batch = global_batch(4)
+
+    def unequal_batches():
+        for step in itertools.count(1):
+            targets = batch["target_ids"].clone()
+            targets[1, : step % 3 * 2] = -100  # 0, 2 or 4 tokens fewer
+            yield {"input_ids": batch["input_ids"], "target_ids": targets}
+
+    trainer.train_batches = unequal_batches()
+    trainer.train()
+    lines = [m.metrics for m in recorder.messages if type(m).__name__ == "MetricsRecord" and m.split == "train"]
+    updates = [m for m in recorder.messages if type(m).__name__ == "ProgressUpdate"]
+    tokens = [4 * 8 - 3 - step % 3 * 2 for step in range(1, len(updates) + 1)]
+    return lines, [(update.metrics["loss"], count) for update, count in zip(updates, tokens, strict=True)]
+
+
+def test_the_train_line_loss_is_the_token_weighted_mean_of_its_window():
+    lines, steps = run_on_ranks(_train_lines_and_step_losses, 1)[0]
+    windows = [steps[0:3], steps[3:6], steps[6:7]]  # lines at steps 3, 6 and the last, 7
+    for line, window in zip(lines, windows, strict=True):
+        expected = sum(loss * tokens for loss, tokens in window) / sum(tokens for _, tokens in window)
+        assert line["loss"] == pytest.approx(expected, rel=1e-12)
+        assert line["loss_step"] == window[-1][0]  # the logged step's own loss, unaveraged
+    assert lines[-1]["loss"] == lines[-1]["loss_step"]  # a window of one step is that step, to the bit
+
+
+def _window_over_a_skipped_step() -> tuple[list[dict], list[float]]:
+    trainer, recorder = make_trainer(poison_at_step=3, on_nonfinite="skip", max_steps=4, log_interval=4)
+    trainer.train()
+    lines = [m.metrics for m in recorder.messages if type(m).__name__ == "MetricsRecord" and m.split == "train"]
+    return lines, [m.metrics["loss"] for m in recorder.messages if type(m).__name__ == "ProgressUpdate"]
+
+
+def test_a_skipped_non_finite_step_is_left_out_of_the_window():
+    (line,), step_losses = run_on_ranks(_window_over_a_skipped_step, 1)[0]
+    assert math.isnan(step_losses[2])
+    finite = [step_losses[0], step_losses[1], step_losses[3]]  # the same batch each step: equal token counts
+    assert line["loss"] == pytest.approx(sum(finite) / 3, rel=1e-12)
+
+
+def _z_loss_lines() -> list[dict]:
+    trainer, recorder = make_trainer(z_loss_weight=1e-2, log_interval=3, max_steps=3)
+    trainer.train()
+    return [m.metrics for m in recorder.messages if type(m).__name__ == "MetricsRecord" and m.split == "train"]
+
+
+def test_the_z_loss_is_a_metric_of_its_own_on_train_lines():
+    (line,) = run_on_ranks(_z_loss_lines, 1)[0]
+    assert line["z_loss"] > 0 and "z_loss" not in run_on_ranks(_schedule, 1)[0][2]

@@ -416,3 +416,22 @@ def test_a_muon_run_resumes_to_the_metrics_of_an_uninterrupted_run(byte_corpus, 
     # Its moments went through the checkpoint: the hidden matrices' momentum, AdamW's for the rest.
     saved = {key.split(".")[-1] for key in read_dcp_metadata(experiment / "checkpoints" / "step_4").state_dict_metadata}
     assert {"momentum_buffer", "exp_avg", "exp_avg_sq", "use_muon"} <= saved
+
+
+@pytest.mark.slow
+def test_a_resume_inside_a_log_window_writes_the_lines_of_an_uninterrupted_run(byte_corpus, tmp_path):
+    # Train lines at steps 3, 6 and 8, checkpoints at every even step: step 4's is one step into a window.
+    windowed = {"training.log_interval": 3, "training.eval_interval": 8}
+    reference_dir, experiment = tmp_path / "reference", tmp_path / "experiment"
+    train(byte_corpus, reference_dir, 1, **windowed)
+    shutil.copytree(reference_dir, experiment)
+
+    train(byte_corpus, experiment, 1, "--resume", str(experiment / "checkpoints" / "step_4"), **windowed)
+
+    lines = read_metrics(reference_dir / "metrics.jsonl")
+    assert [line["step"] for line in lines if line["split"] == "train"] == [3, 6, 8]
+    assert lines[1]["loss"] != lines[1]["loss_step"]  # the mean over steps 4-6, not step 6 alone
+    assert recorded(experiment) == recorded(reference_dir)
+    assert [line.get("loss_step") for line in read_metrics(experiment / "metrics.jsonl")] == [
+        line.get("loss_step") for line in lines
+    ]

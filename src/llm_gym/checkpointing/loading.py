@@ -17,7 +17,7 @@ from torch.distributed.checkpoint.stateful import Stateful
 from llm_gym.checkpointing import collectives
 from llm_gym.checkpointing.integrity import fingerprint_problems
 from llm_gym.checkpointing.manager import FORMAT_VERSION, LATEST_FILE, META_FILE
-from llm_gym.checkpointing.state import ModelState, OptimizerState, RNGState
+from llm_gym.checkpointing.state import OPTIONAL_STATES, ModelState, OptimizerState, RNGState
 from llm_gym.checkpointing.storage import (
     DCP_METADATA_FILE,
     SafeFileSystemReader,
@@ -175,6 +175,9 @@ def load_checkpoint(checkpoint_dir: Path, state: dict[str, Stateful]) -> dict[st
     if problems := fingerprint_problems(checkpoint_dir, meta["files"]):
         raise UserError(f"checkpoint {checkpoint_dir} is corrupted: {_listed(problems)}")
     dcp_metadata = _read_dcp_metadata(checkpoint_dir, set(meta["files"]))
+    state = {
+        name: value for name, value in state.items() if name not in OPTIONAL_STATES or _saved_keys(dcp_metadata, name)
+    }
     _check_compatible(checkpoint_dir, state, dcp_metadata)
     try:
         with collectives.single_process_quietly():

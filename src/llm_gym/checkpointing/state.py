@@ -157,20 +157,27 @@ class RNGState(Stateful):
         self._source = None
 
 
+# States added after checkpoint format 1 first shipped: a checkpoint written before lacks them, and a run
+# resumed from it starts them fresh instead of refusing it.
+OPTIONAL_STATES = frozenset({"loss_window"})
+
+
 def training_state(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     lr_scheduler: torch.optim.lr_scheduler.LRScheduler,
     train_loader: Stateful,
     progress: Stateful,
+    loss_window: Stateful | None = None,
 ) -> dict[str, Stateful]:
     """Everything an exact resume needs, under the names checkpoints use: counters and state, while the
     hyperparameters of optimizer and schedule come from the config of the run that loads it.
 
-    Loader and counters are stored as they are: their ``state_dict`` must be the same on every rank (one
-    copy is kept) and hold only tensors, numbers, strings, lists and dicts (read with weights_only).
+    Loader, counters and the train-loss window are stored as they are: their ``state_dict`` must be the same
+    on every rank (one copy is kept) and hold only tensors, numbers, strings, lists and dicts (read with
+    weights_only).
     """
-    return {
+    state = {
         "model": ModelState(model),
         "optimizer": OptimizerState(model, optimizer),
         "lr_scheduler": SchedulerState(lr_scheduler),
@@ -178,6 +185,9 @@ def training_state(
         "progress": progress,
         "rng": RNGState(),
     }
+    if loss_window is not None:
+        state["loss_window"] = loss_window
+    return state
 
 
 class NonFiniteWeightsError(UserError):

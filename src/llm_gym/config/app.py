@@ -59,6 +59,9 @@ class TrainingSettings(_Section):
     )
     log_interval: PositiveInt = 1
     max_grad_norm: PositiveFloat | None = Field(1.0, description="clip by global norm; null = no clipping")
+    z_loss_weight: float = Field(
+        0.0, ge=0, allow_inf_nan=False, description="weight of the z-loss, log² of the softmax normaliser; 0 = off"
+    )
     on_nonfinite: NonFiniteAction = NonFiniteAction.STOP
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda)$")
     activation_checkpointing: ActivationCheckpointing = ActivationCheckpointing.NONE

@@ -1,5 +1,6 @@
 """The training loop. It receives built components and never reads YAML; everything else plugs into it."""
 
+import math
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -34,6 +35,41 @@ class TrainingProgress:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step, self.tokens_seen = int(state["step"]), int(state["tokens_seen"])
         self.skipped_steps = int(state.get("skipped_steps", 0))
+
+
+@dataclass
+class LossWindow:
+    """The train loss since the previous train line, token-weighted over its steps: the line's ``loss``.
+
+    A checkpoint saves it, so that a resumed run writes the lines of an uninterrupted one. Steps whose loss
+    is not finite (updates skipped with ``on_nonfinite: skip``) are left out.
+    """
+
+    loss_sum: float = 0.0
+    z_loss_sum: float = 0.0
+    tokens: int = 0
+
+    def add(self, result: StepResult) -> None:
+        if math.isfinite(result.loss_sum) and math.isfinite(result.z_loss_sum):
+            self.loss_sum += result.loss_sum
+            self.z_loss_sum += result.z_loss_sum
+            self.tokens += result.tokens
+
+    def means(self) -> tuple[float, float]:
+        """Cross-entropy and z-loss per target token over the window (NaN when no step counted)."""
+        if not self.tokens:
+            return math.nan, math.nan
+        return self.loss_sum / self.tokens, self.z_loss_sum / self.tokens
+
+    def start(self) -> None:
+        self.loss_sum, self.z_loss_sum, self.tokens = 0.0, 0.0, 0
+
+    def state_dict(self) -> dict[str, float | int]:
+        return {"loss_sum": self.loss_sum, "z_loss_sum": self.z_loss_sum, "tokens": self.tokens}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.loss_sum, self.z_loss_sum = float(state["loss_sum"]), float(state["z_loss_sum"])
+        self.tokens = int(state["tokens"])
 
 
 class TrainingThroughput:
@@ -86,6 +122,7 @@ class Trainer:
     """Figures derived from tokens/s on an accelerator (mfu, peak memory)."""
     vocab_size: int | None = None
     """The model's vocabulary; a batch with a token id beyond it is refused before it reaches the embedding."""
+    loss_window: LossWindow = field(default_factory=LossWindow)
     _last_lr: float = field(default=0.0, init=False)
 
     def train(self) -> None:
@@ -99,6 +136,7 @@ class Trainer:
             result = self._optimizer_step(batches)
             progress.step += 1
             progress.tokens_seen += result.tokens
+            self.loss_window.add(result)
             tokens_per_s = throughput.add(result.tokens)
             is_final = progress.step == settings.max_steps
             metrics = {"loss": result.loss, "tokens_per_s": tokens_per_s}
@@ -106,6 +144,7 @@ class Trainer:
             if progress.step % settings.log_interval == 0 or is_final:
                 self.broker.publish(MetricsRecord(progress.step, "train", self._train_metrics(result, tokens_per_s)))
                 throughput.start_window()
+                self.loss_window.start()
             with throughput.paused():
                 if progress.step % settings.eval_interval == 0 or is_final:
                     self._evaluate_all()
@@ -115,7 +154,14 @@ class Trainer:
         micro_batches = [
             self._in_vocabulary(next(batches), "train") for _ in range(self.settings.gradient_accumulation_steps)
         ]
-        result = train_step(self.model, self.parallelism, micro_batches, self.batch_keys, self.settings.max_grad_norm)
+        result = train_step(
+            self.model,
+            self.parallelism,
+            micro_batches,
+            self.batch_keys,
+            self.settings.max_grad_norm,
+            self.settings.z_loss_weight,
+        )
         self._last_lr = self.lr_scheduler.get_last_lr()[0]
         if result.finite:
             self.optimizer.step()
@@ -132,8 +178,11 @@ class Trainer:
         return result
 
     def _train_metrics(self, result: StepResult, tokens_per_s: float) -> dict[str, float]:
+        loss, z_loss = self.loss_window.means()
         return {
-            "loss": result.loss,
+            "loss": loss,
+            "loss_step": result.loss,
+            **({"z_loss": z_loss} if self.settings.z_loss_weight else {}),
             "lr": self._last_lr,
             "grad_norm": result.grad_norm,
             "tokens_seen": self.progress.tokens_seen,

@@ -36,7 +36,7 @@ from llm_gym.training.builder import (
     check_tokenizer,
 )
 from llm_gym.training.hardware import HardwareMetrics
-from llm_gym.training.loop import Trainer, TrainingProgress
+from llm_gym.training.loop import LossWindow, Trainer, TrainingProgress
 from llm_gym.training.summary import describe_global_batch
 
 logger = logging.getLogger(__name__)
@@ -107,8 +107,8 @@ def _train(config: TrainingAppConfig, resolved: dict, env, resume: str, allow_co
         load_model_weights(built.model, settings.warm_start_from)
     optimizer, lr_scheduler = build_optimization(config, built.model)
     data = build_data(config, parallelism)
-    progress = TrainingProgress()
-    state = training_state(built.model, optimizer, lr_scheduler, data.train_loader, progress)
+    progress, loss_window = TrainingProgress(), LossWindow()
+    state = training_state(built.model, optimizer, lr_scheduler, data.train_loader, progress, loss_window)
     # Per-rank seed for dropout and sampling; a resumed run restores these generators instead.
     torch.manual_seed(config.experiment.seed + env.rank)
     metadata = {"resolved_config": resolved, "world_size": env.world_size}
@@ -143,6 +143,7 @@ def _train(config: TrainingAppConfig, resolved: dict, env, resume: str, allow_co
             broker=broker,
             checkpointer=_PeriodicCheckpoints(checkpoints, state, metadata),
             progress=progress,
+            loss_window=loss_window,
             batch_keys=data.batch_keys,
             hardware_metrics=HardwareMetrics(
                 env.device,

@@ -27,9 +27,14 @@ class BatchKeys:
 @dataclass(frozen=True)
 class StepResult:
     loss: float
+    """Mean cross-entropy per target token of the global batch."""
     grad_norm: float
     tokens: int
     finite: bool
+    loss_sum: float
+    """The cross-entropy summed over the global batch's target tokens (``loss`` is this / ``tokens``)."""
+    z_loss_sum: float
+    """The z-loss penalty (weight × log² Z) summed over the same tokens; 0 without z-loss."""
 
 
 def _all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
@@ -37,11 +42,18 @@ def _all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
     return values
 
 
-def _token_loss_sum(model: nn.Module, batch: dict, keys: BatchKeys, device: torch.device) -> torch.Tensor:
+def _token_losses(
+    model: nn.Module, batch: dict, keys: BatchKeys, device: torch.device, z_loss_weight: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy and z-loss penalty, each summed over the batch's target tokens."""
     inputs = batch[keys.inputs].to(device, non_blocking=True)
-    targets = batch[keys.targets].to(device, non_blocking=True)
-    logits = model(inputs)
-    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
+    targets = batch[keys.targets].to(device, non_blocking=True).flatten()
+    logits = model(inputs).flatten(0, 1).float()
+    cross_entropy = F.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX, reduction="sum")
+    if not z_loss_weight:
+        return cross_entropy, torch.zeros((), device=device)
+    log_normaliser = logits.logsumexp(dim=-1)
+    return cross_entropy, z_loss_weight * (log_normaliser.square() * (targets != IGNORE_INDEX)).sum()
 
 
 def train_step(
@@ -50,22 +62,25 @@ def train_step(
     micro_batches: Sequence[dict],
     keys: BatchKeys,
     max_grad_norm: float | None,
+    z_loss_weight: float = 0.0,
 ) -> StepResult:
     """Forward and backward over the micro batches of one step, then clip. The optimizer is not stepped."""
     device = parallelism.env.device
     local_tokens = sum(int((batch[keys.targets] != IGNORE_INDEX).sum()) for batch in micro_batches)
     global_tokens = int(_all_reduce_sum(torch.tensor([local_tokens], dtype=torch.float64, device=device)).item())
     scale = parallelism.data_parallel_size / max(global_tokens, 1)
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    sums = torch.zeros(2, dtype=torch.float64, device=device)  # cross-entropy, z-loss penalty
     for index, batch in enumerate(micro_batches):
         with parallelism.gradient_sync(model, enabled=index == len(micro_batches) - 1):
             with parallelism.forward_context():
-                token_loss_sum = _token_loss_sum(model, batch, keys, device)
-            (token_loss_sum * scale).backward()
-        loss_sum += token_loss_sum.detach()
-    loss = _all_reduce_sum(loss_sum).item() / max(global_tokens, 1)
+                cross_entropy, penalty = _token_losses(model, batch, keys, device, z_loss_weight)
+            ((cross_entropy + penalty) * scale).backward()
+        sums += torch.stack([cross_entropy.detach(), penalty.detach()])
+    loss_sum, z_loss_sum = _all_reduce_sum(sums).tolist()
+    loss = loss_sum / max(global_tokens, 1)
     grad_norm = parallelism.clip_grad_norm_(model, max_grad_norm).item()
-    return StepResult(loss, grad_norm, global_tokens, math.isfinite(loss) and math.isfinite(grad_norm))
+    finite = math.isfinite(loss) and math.isfinite(grad_norm)
+    return StepResult(loss, grad_norm, global_tokens, finite, loss_sum, z_loss_sum)
 
 
 @torch.no_grad()
@@ -77,7 +92,7 @@ def evaluate(model: nn.Module, parallelism: ParallelismStrategy, batches: Iterab
     model.eval()
     for batch in batches:
         with parallelism.forward_context():
-            totals[0] += _token_loss_sum(model, batch, keys, device)
+            totals[0] += _token_losses(model, batch, keys, device)[0]
         totals[1] += int((batch[keys.targets] != IGNORE_INDEX).sum())
     model.train(was_training)
     loss_sum, tokens = _all_reduce_sum(totals).tolist()
