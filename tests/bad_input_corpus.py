@@ -91,3 +91,78 @@ CASES: list[BadInput] = [
         r"absent",
     ),
 ]
+
+
+# The pretraining recipe: schedules, parameter groups, Muon, z-loss, cooldown branches.
+def _tiny(ws: Workspace, command: str, **overrides: object) -> list[str]:
+    settings = {"model.config.n_layer": 2, "lr_scheduler.config.warmup_steps": 1, **overrides}
+    return [command, "--config_file_path", TINY_CONFIG, *tiny_overrides(ws.corpus(), ws.dir / "run", **settings)]
+
+
+def _damaged_checkpoint(ws: Workspace) -> Path:
+    checkpoint = ws.checkpoint()
+    shard = next(checkpoint.glob("*.distcp"))
+    shard.write_bytes(shard.read_bytes()[:-1])
+    return checkpoint
+
+
+CASES += [
+    BadInput(
+        "wsd-decay-steps-and-fraction",
+        lambda ws: _tiny(
+            ws,
+            "validate",
+            **{
+                "lr_scheduler.type_hint": "WarmupStableDecay",
+                "lr_scheduler.config.decay_steps": 2,
+                "lr_scheduler.config.decay_fraction": 0.5,
+            },
+        ),
+        r"lr_scheduler\.config: give exactly one of decay_steps \(a count\) and decay_fraction",
+    ),
+    BadInput(
+        "sequential-milestones-count",
+        lambda ws: _tiny(
+            ws,
+            "validate",
+            lr_scheduler="{type_hint: Sequential, config: {milestones: [], schedules: "
+            "[{type_hint: ConstantLR}, {type_hint: ConstantLR}]}}",
+        ),
+        r"lr_scheduler\.config: .*2 schedules need 1 milestones, got 0",
+    ),
+    BadInput(
+        "parameter-group-matches-nothing",
+        lambda ws: _tiny(ws, "validate", parameter_groups="[{match: 'embedding.*', lr_multiplier: 0.1}]"),
+        r"parameter_groups\[0\]\.match: 'embedding\.\*' matches no parameter of the model",
+    ),
+    BadInput(
+        "muon-without-adamw-settings",
+        lambda ws: _tiny(ws, "validate", **{"optimizer.type_hint": "Muon"}),
+        r"optimizer\.config\.adamw: missing required key",
+    ),
+    BadInput(
+        "negative-z-loss-weight",
+        lambda ws: _tiny(ws, "validate", **{"training.z_loss_weight": -1e-4}),
+        r"training\.z_loss_weight: .*greater than or equal to 0",
+    ),
+    BadInput(
+        "branch-and-warm-start",
+        lambda ws: _tiny(
+            ws, "validate", **{"checkpointing.branch_from": ws.dir / "a", "checkpointing.warm_start_from": ws.dir / "b"}
+        ),
+        r"set branch_from .* or warm_start_from .*, not both",
+    ),
+    BadInput(
+        "branch-from-missing-checkpoint",
+        lambda ws: _tiny(ws, "run", **{"checkpointing.branch_from": ws.dir / "absent"}),
+        r"checkpointing\.branch_from: checkpoint directory .*absent does not exist",
+        subprocess=True,
+    ),
+    BadInput(
+        "branch-from-damaged-checkpoint",
+        lambda ws: _tiny(ws, "run", **{"checkpointing.branch_from": _damaged_checkpoint(ws)}),
+        r"checkpoint .*step_2 is corrupted: .*\.distcp",
+        unchanged=lambda ws: [ws.dir / "experiment"],
+        subprocess=True,
+    ),
+]

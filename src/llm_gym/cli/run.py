@@ -19,7 +19,8 @@ from llm_gym.cli.options import config_file_option, overrides_argument
 @click.option(
     "--allow_config_change",
     is_flag=True,
-    help="Resume even if the config differs from the checkpoint's in ways that break an exact resume.",
+    help="Resume (or branch, checkpointing.branch_from) even if the config differs from the checkpoint's in ways "
+    "that break an exact continuation.",
 )
 @overrides_argument
 def run(config_file_path: Path, resume: str, allow_config_change: bool, overrides: tuple[str, ...]) -> None:

@@ -109,6 +109,20 @@ class CheckpointingSettings(_Section):
         description="initialise model weights from this checkpoint (a step_<N>, checkpoints/ or experiment "
         "directory) or weights file (.safetensors, .pt); optimizer and schedule start fresh",
     )
+    branch_from: Path | None = Field(
+        None,
+        description="start this new run from a checkpoint of another (a step_<N>, checkpoints/ or experiment "
+        "directory) with its whole state: weights, optimizer moments, data position, step; the schedule, "
+        "max_steps and optimizer settings come from this config (a cooldown branch)",
+    )
+
+    @model_validator(mode="after")
+    def _one_starting_point(self) -> "CheckpointingSettings":
+        if self.branch_from is not None and self.warm_start_from is not None:
+            raise ValueError(
+                "set branch_from (the whole state of another run) or warm_start_from (its weights only), not both"
+            )
+        return self
 
 
 class ParameterGroupRule(_Section):

@@ -19,9 +19,10 @@ from llm_gym.checkpointing import (
     resolve_resume,
     training_state,
 )
+from llm_gym.checkpointing.loading import find_checkpoint
 from llm_gym.config.app import TrainingAppConfig
 from llm_gym.config.loading import load_config
-from llm_gym.errors import ConfigError
+from llm_gym.errors import ConfigError, UserError
 from llm_gym.logging_broker import TextMessage
 from llm_gym.models.flops import describe_model, flops_per_token
 from llm_gym.parallel.distributed import DistributedEnvironment, destroy_distributed, init_distributed
@@ -76,6 +77,28 @@ def _resume_differences(checkpoint_dir: Path, resolved: dict, world_size: int) -
     )
 
 
+def _branch_point(branch_from: Path, max_steps: int) -> Path:
+    """The checkpoint ``checkpointing.branch_from`` means, checked to be complete and before the last step."""
+    try:
+        checkpoint_dir = find_checkpoint(branch_from)
+        step = read_checkpoint_meta(checkpoint_dir)["step"]
+    except UserError as error:
+        raise UserError(f"checkpointing.branch_from: {error}") from None
+    if not isinstance(step, int) or step >= max_steps:
+        raise ConfigError(
+            f"checkpointing.branch_from: {checkpoint_dir} is at step {step}, and training.max_steps ({max_steps}) "
+            "must be later: a branch trains on from the checkpoint's step to max_steps"
+        )
+    return checkpoint_dir
+
+
+def _lineage(branch_dir: Path | None, step: int, source_meta: dict) -> dict:
+    """What this run's checkpoints say about where it branched from: here, or where its source branched."""
+    if branch_dir is not None:
+        return {"branched_from": {"checkpoint": str(branch_dir.resolve()), "step": step}}
+    return {"branched_from": source_meta["branched_from"]} if "branched_from" in source_meta else {}
+
+
 def _train(config: TrainingAppConfig, resolved: dict, env, resume: str, allow_config_change: bool) -> None:
     output_dir = Path(config.experiment.output_dir)
     settings = config.checkpointing
@@ -91,14 +114,20 @@ def _train(config: TrainingAppConfig, resolved: dict, env, resume: str, allow_co
             f"{checkpoints.checkpoint_root} already holds checkpoints of an earlier run: continue it with "
             "--resume auto, or set another experiment.output_dir"
         )
+    branch_dir = None
+    if resume_dir is None and settings.branch_from is not None:
+        branch_dir = _branch_point(settings.branch_from, config.training.max_steps)
+    # A branch continues another run exactly, as a resume does, under the schedule and length of this config.
+    source_dir, start = (resume_dir, "resume") if branch_dir is None else (branch_dir, "branch")
+    starting = {"resume": "resuming", "branch": "branching"}[start]
     differences, changed_hyperparameters = (
-        ([], []) if resume_dir is None else _resume_differences(resume_dir, resolved, env.world_size)
+        ([], []) if source_dir is None else _resume_differences(source_dir, resolved, env.world_size)
     )
     if differences and not allow_config_change:
         raise ConfigError(
-            f"the config differs from the checkpoint's in ways that break an exact resume ({resume_dir}):\n  "
+            f"the config differs from the checkpoint's in ways that break an exact {start} ({source_dir}):\n  "
             + "\n  ".join(differences)
-            + "\npass --allow_config_change to resume anyway"
+            + f"\npass --allow_config_change to {start} anyway"
         )
     parallelism = build_parallelism(config, env)
     built = build_model(config, parallelism)
@@ -113,12 +142,13 @@ def _train(config: TrainingAppConfig, resolved: dict, env, resume: str, allow_co
     torch.manual_seed(config.experiment.seed + env.rank)
     metadata = {"resolved_config": resolved, "world_size": env.world_size}
     resume_step = None
-    if resume_dir is not None:
-        load_checkpoint(resume_dir, state)
+    if source_dir is not None:
+        source_meta = load_checkpoint(source_dir, state)
         resume_step = progress.step
+        metadata.update(_lineage(branch_dir, progress.step, source_meta))
         if changed_hyperparameters and env.is_main_process:
             logger.warning(
-                "resuming with the config's hyperparameters, which differ from the checkpoint's "
+                f"{starting} with the config's hyperparameters, which differ from the checkpoint's "
                 "(the checkpoint restores weights, optimizer moments, counters and the data position):\n  "
                 + "\n  ".join(changed_hyperparameters)
             )
@@ -130,8 +160,10 @@ def _train(config: TrainingAppConfig, resolved: dict, env, resume: str, allow_co
         broker.publish(TextMessage("\n".join(_run_header(config, env, parallelism, built.inner, tokenizer_line))))
         if resume_dir is not None:
             broker.publish(TextMessage(f"resumed from {resume_dir} at step {progress.step}"))
+        if branch_dir is not None:
+            broker.publish(TextMessage(f"branched from {branch_dir} at step {progress.step}, into {output_dir}"))
         if differences:
-            broker.publish(TextMessage("config changes allowed on resume:\n  " + "\n  ".join(differences)))
+            broker.publish(TextMessage(f"config changes allowed on {start}:\n  " + "\n  ".join(differences)))
         trainer = Trainer(
             settings=config.training,
             model=built.model,
