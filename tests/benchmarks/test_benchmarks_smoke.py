@@ -46,3 +46,11 @@ def test_gpu_throughput_smoke(tmp_path):
         assert "error" not in row and row["tokens_per_s"] > 0 and row["tokens_per_step"] == 2 * 32
         assert row["mfu"] is None  # no GPU peak to measure against on a CPU
     assert "logged tok/s" in output
+
+
+@pytest.mark.slow
+def test_recipe_comparison_smoke():
+    output = run_benchmark("recipe_comparison.py", "--smoke").stdout
+    for recipe in ("AdamW + cosine (demo)", "Muon + WSD"):
+        assert f"\n{recipe} " in output
+    assert "val@3" in output and "ratio" in output
