@@ -194,13 +194,14 @@ def test_unknown_type_hint_lists_valid_names(write_config):
     message = config_error(write_config(TOY_YAML), ["optimizer.type_hint=AdamWW"])
     assert message.splitlines() == [
         "invalid config (1 error):",
-        "  optimizer: unknown type_hint 'AdamWW' for 'optimizer'; did you mean 'AdamW'? valid names: Adam, AdamW, SGD",
+        "  optimizer: unknown type_hint 'AdamWW' for 'optimizer'; did you mean 'AdamW'? "
+        "valid names: Adam, AdamW, Muon, SGD",
     ]
 
 
 def test_component_without_type_hint(write_config):
     message = config_error(write_config(TOY_YAML.replace("  type_hint: AdamW\n", "")))
-    assert "  optimizer: missing 'type_hint' for 'optimizer' (one of: Adam, AdamW, SGD)" in message.splitlines()
+    assert "  optimizer: missing 'type_hint' for 'optimizer' (one of: Adam, AdamW, Muon, SGD)" in message.splitlines()
 
 
 def test_component_that_is_not_a_mapping(write_config):
