@@ -9,7 +9,6 @@ with pickle protocol 4 (frames, ``STACK_GLOBAL``, memo opcodes), which that unpi
 torch release this package supports (2.6 to 2.13).
 """
 
-import collections
 import io
 import pathlib
 import pickle
@@ -53,7 +52,6 @@ _NAMED_OBJECTS = (
     torch.Size,
     torch.serialization._get_layout,
     pathlib.PosixPath,
-    collections.OrderedDict,
 )
 _ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
     **{(named.__module__, named.__qualname__): named for named in _NAMED_OBJECTS},
