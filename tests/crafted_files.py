@@ -111,3 +111,20 @@ def forge_stored_value(checkpoint: Path, key_prefix: str, content: bytes) -> str
     metadata.storage_data[index] = dataclasses.replace(info, offset=offset, length=len(content))
     forge(checkpoint, ".metadata", pickle.dumps(metadata))
     return index.fqn
+
+
+PLANTED_MODULE = "planted_components"
+
+
+def record_planted_module(checkpoint: Path, marker: Path, model_type_hint: str | None = None) -> None:
+    """The checkpoint's saved config lists ``PLANTED_MODULE`` under ``user_modules``, a module placed beside the
+    checkpoint, in its experiment directory and in the current directory that would create ``marker`` if
+    imported; with ``model_type_hint``, also a model type that only such a module could register."""
+    for directory in (checkpoint, checkpoint.parent.parent, Path.cwd()):
+        (directory / f"{PLANTED_MODULE}.py").write_text(f"import pathlib\npathlib.Path({str(marker)!r}).touch()\n")
+    meta_path = checkpoint / "llm_gym_meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["resolved_config"]["user_modules"] = [PLANTED_MODULE]
+    if model_type_hint is not None:
+        meta["resolved_config"]["model"]["type_hint"] = model_type_hint
+    meta_path.write_text(json.dumps(meta))

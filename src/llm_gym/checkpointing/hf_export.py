@@ -7,6 +7,7 @@ nothing that looks like a model.
 
 import os
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,13 +54,15 @@ def _publish(partial: Path, output_dir: Path) -> None:
     shutil.rmtree(replaced, ignore_errors=True)
 
 
-def export_to_hf(checkpoint_path: Path, output_dir: Path, force: bool = False) -> HFExport:
+def export_to_hf(
+    checkpoint_path: Path, output_dir: Path, force: bool = False, user_modules: Sequence[str] = ()
+) -> HFExport:
     """Write the model of a checkpoint (a ``step_<N>``, ``checkpoints/`` or experiment directory) to ``output_dir``,
     loadable with ``transformers.AutoModelForCausalLM.from_pretrained``. Refuses a non-empty ``output_dir``
-    unless ``force``, and models that transformers cannot express."""
+    unless ``force``, and models that transformers cannot express. ``user_modules``: see ``load_trained_model``."""
     output_dir = Path(output_dir)
     _check_output_dir(output_dir, force)
-    trained = load_trained_model(checkpoint_path, device="cpu")
+    trained = load_trained_model(checkpoint_path, device="cpu", user_modules=user_modules)
     tokenizer = trained.load_tokenizer()
     hf_config, state_dict = to_hf(trained.model, eos_token_id=tokenizer.eos_id)
     import transformers  # to_hf has checked that it is installed

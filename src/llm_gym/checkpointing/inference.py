@@ -1,9 +1,10 @@
 """A trained model on one process, for sampling and export: rebuilt from the checkpoint's own config.
 
 Whatever world size wrote the checkpoint, DCP reassembles whole tensors here; no process group is needed.
+The saved config is data: the ``user_modules`` it lists are never imported, only those the caller names.
 """
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from llm_gym.checkpointing.loading import find_checkpoint, read_checkpoint_meta
 from llm_gym.checkpointing.manager import META_FILE
 from llm_gym.checkpointing.warm_start import load_model_weights
 from llm_gym.config.component import Component, ComponentNode
-from llm_gym.config.loading import format_validation_error, import_user_modules
+from llm_gym.config.loading import USER_MODULES_KEY, format_validation_error, import_modules
 from llm_gym.data.tokenizers import BYTE_TOKENIZER, Tokenizer, load_tokenizer, tokenizer_exists
 from llm_gym.errors import UserError
 from llm_gym.models.generation import stream_tokens
@@ -49,31 +50,60 @@ class _ModelSection(BaseModel):
     model: Component("model")
 
 
-def _model_config(meta: dict[str, Any], checkpoint_dir: Path) -> tuple[dict[str, Any], ComponentNode]:
+def _model_config(
+    meta: dict[str, Any], checkpoint_dir: Path, user_modules: Sequence[str]
+) -> tuple[dict[str, Any], ComponentNode]:
     """The run's resolved config and its validated model node."""
+    meta_path = checkpoint_dir / META_FILE
     resolved = meta.get("resolved_config")
     if not isinstance(resolved, dict) or not isinstance(resolved.get("model"), dict):
         raise UserError(
-            f"{checkpoint_dir / META_FILE} has no model config (resolved_config.model): "
+            f"{meta_path} has no model config (resolved_config.model): "
             "only checkpoints written by `llm_gym run` can be loaded without a config"
         )
-    import_user_modules(resolved, Path.cwd())
     section = {"model": resolved["model"]}
     try:
         return resolved, _ModelSection.model_validate(section).model
     except ValidationError as error:
+        problem = format_validation_error(error, _ModelSection, section)
+        if any(detail["type"] == "unknown_type_hint" for detail in error.errors()):
+            raise UserError(
+                f"the model saved in {meta_path} needs a component that is not registered: "
+                f"{_user_modules_hint(resolved, user_modules)}\n{problem}"
+            ) from None
         raise UserError(
-            f"the run config saved in {checkpoint_dir / META_FILE} is not valid for this llm_gym "
-            f"(written by another version?): {format_validation_error(error, _ModelSection, section)}"
+            f"the run config saved in {meta_path} is not valid for this llm_gym (written by another version?): "
+            f"{problem}"
         ) from None
 
 
-def load_trained_model(checkpoint_path: Path, device: torch.device | str = "cpu") -> TrainedModel:
+def _user_modules_hint(resolved: dict[str, Any], given: Sequence[str]) -> str:
+    """Which ``--user_modules`` to pass: the modules the run's config lists, shown by name and never imported."""
+    recorded = resolved.get(USER_MODULES_KEY)
+    names = [
+        name
+        for name in (recorded if isinstance(recorded, list) else [])
+        if isinstance(name, str) and all(part.isidentifier() for part in name.split(".")) and name not in given
+    ]
+    if not names:
+        return "pass the module that registers it with --user_modules MODULE"
+    return (
+        f"the run that wrote it imported {', '.join(names)}, and a checkpoint's modules are never imported "
+        f"for you; if you trust that code, pass {' '.join(f'--user_modules {name}' for name in names)}"
+    )
+
+
+def load_trained_model(
+    checkpoint_path: Path, device: torch.device | str = "cpu", user_modules: Sequence[str] = ()
+) -> TrainedModel:
     """The model of a checkpoint (see ``find_checkpoint`` for the paths that name one), weights loaded.
-    Raises ``UserError`` naming the problem for a missing, partial, corrupted or incompatible checkpoint."""
+    ``user_modules`` (imported from the current directory or ``sys.path``) register the components a model of
+    the user's own needs. Raises ``UserError`` naming the problem for a missing, partial, corrupted or
+    incompatible checkpoint, or one whose model needs a component no module registered."""
     checkpoint_dir = find_checkpoint(checkpoint_path)
     meta = read_checkpoint_meta(checkpoint_dir)
-    resolved, node = _model_config(meta, checkpoint_dir)
+    import_modules(user_modules, Path.cwd(), "--user_modules")
+    resolved, node = _model_config(meta, checkpoint_dir, user_modules)
     with torch.device(device):
         model = get_registry().build_component_by_config(node)
     load_model_weights(model, checkpoint_dir)

@@ -17,3 +17,10 @@ checkpoint_path_option = click.option(
     required=True,
     help="A checkpoint directory (step_<N>), or a checkpoints/ or experiment directory to take its latest.",
 )
+user_modules_option = click.option(
+    "--user_modules",
+    multiple=True,
+    metavar="MODULE",
+    help="Import this module (repeatable; from the current directory or sys.path) to register the components of "
+    "a model of your own. The modules a checkpoint's config lists are never imported: name those you trust.",
+)

@@ -252,17 +252,21 @@ def import_user_modules(config: dict[str, Any], config_dir: Path) -> None:
     modules = config.get(USER_MODULES_KEY) or []
     if not isinstance(modules, list) or not all(isinstance(name, str) for name in modules):
         raise ConfigError(f"{USER_MODULES_KEY}: expected a list of module names")
-    if modules and str(config_dir) not in sys.path:
-        sys.path.insert(0, str(config_dir))
-    for name in modules:
+    import_modules(modules, config_dir, USER_MODULES_KEY)
+
+
+def import_modules(names: Sequence[str], directory: Path, named_by: str) -> None:
+    """Import modules a user named (``named_by``: the config's ``user_modules``, or ``--user_modules``), with
+    ``directory`` importable. Nothing else may run code: never pass names read from a checkpoint or data file."""
+    if names and str(directory) not in sys.path:
+        sys.path.insert(0, str(directory))
+    for name in names:
         try:
             importlib.import_module(name)
         except ImportError as error:
-            raise ConfigError(f"{USER_MODULES_KEY}: cannot import '{name}': {error}") from error
+            raise ConfigError(f"{named_by}: cannot import '{name}': {error}") from error
         except Exception as error:  # the user's own code failed while importing; --debug shows where
-            raise ConfigError(
-                f"{USER_MODULES_KEY}: importing '{name}' failed: {type(error).__name__}: {error}"
-            ) from error
+            raise ConfigError(f"{named_by}: importing '{name}' failed: {type(error).__name__}: {error}") from error
 
 
 def format_validation_error(
