@@ -12,6 +12,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from crafted_files import (
+    PLANTED_MODULE,
+    forge,
+    forge_stored_value,
+    metadata_hiding_code,
+    metadata_running_code,
+    record_planted_module,
+    torch_save_running_code,
+)
 from experiment_runs import TINY_CONFIG, llm_gym, tiny_overrides, write_byte_corpus
 
 _SESSION_CACHE: dict[str, Path] = {}
@@ -90,4 +99,77 @@ CASES: list[BadInput] = [
         lambda ws: ["data", "inspect", "--prefix", ws.dir / "absent"],
         r"absent",
     ),
+    # Trust: crafted checkpoints
+    *[
+        BadInput(
+            f"{command}-{craft}",
+            lambda ws, command=command, craft=craft: _crafted_checkpoint_command(ws, command, craft),
+            message,
+        )
+        for command in ("generate", "export_hf", "resume", "warm_start")
+        for craft, message in (
+            ("metadata-running-code", r"\.metadata is corrupted: it refers to .*os\.system.*refused"),
+            ("metadata-hiding-code", r"\.metadata is corrupted: it refers to .*os\.system.*refused"),
+            ("stored-value-running-code", r"could not be loaded: .*Weights only load failed"),
+        )
+    ],
+    *[
+        BadInput(
+            f"{command}-recorded-user-module",
+            lambda ws, command=command: _crafted_checkpoint_command(ws, command, "recorded-user-module"),
+            message,
+        )
+        for command, message in (
+            ("generate", rf"needs a component that is not registered: .*pass --user_modules {PLANTED_MODULE}"),
+            ("export_hf", rf"needs a component that is not registered: .*pass --user_modules {PLANTED_MODULE}"),
+            ("resume", r"differs from the checkpoint's .*\n  model\.type_hint"),
+        )
+    ],
+    *[
+        BadInput(
+            f"warm-start-{suffix.lstrip('.')}-running-code",
+            lambda ws, suffix=suffix: _warm_start_command(
+                ws, ws.experiment(), _write(ws.dir / f"weights{suffix}", ws.marker)
+            ),
+            r"weights\.\w+ could not be read as weights: Weights only load failed",
+        )
+        for suffix in (".pt", ".pth", ".bin")
+    ],
 ]
+
+
+def _write(path: Path, marker: Path) -> Path:
+    path.write_bytes(torch_save_running_code(marker))
+    return path
+
+
+def _crafted_checkpoint_command(ws: Workspace, command: str, craft: str) -> list:
+    """``command`` (generate, export_hf, a resume or a warm start) on a copy of the tiny run whose checkpoint
+    was crafted to run code (``craft``)."""
+    experiment = ws.experiment()
+    checkpoint = experiment / "checkpoints" / "step_2"
+    if craft == "metadata-running-code":
+        forge(checkpoint, ".metadata", metadata_running_code(ws.marker))
+    elif craft == "metadata-hiding-code":
+        forge(checkpoint, ".metadata", metadata_hiding_code(checkpoint, ws.marker))
+    elif craft == "stored-value-running-code":
+        # The model's tensors are what inference reads; a resume also reads the loader's plain values.
+        forge_stored_value(
+            checkpoint, "dataloader." if command == "resume" else "model.", torch_save_running_code(ws.marker)
+        )
+    else:
+        record_planted_module(checkpoint, ws.marker, model_type_hint="PlantedModel")
+    if command == "generate":
+        return ["generate", "--checkpoint_path", experiment, "--prompt", "x", "--max_new_tokens", "1"]
+    if command == "export_hf":
+        return ["export_hf", "--checkpoint_path", experiment, "--output_dir", ws.dir / "hf"]
+    if command == "resume":
+        return ["run", "--config_file_path", experiment / "config.yaml", f"experiment.output_dir={experiment}",
+                "--resume", "auto"]  # fmt: skip
+    return _warm_start_command(ws, experiment, checkpoint)
+
+
+def _warm_start_command(ws: Workspace, experiment: Path, source: Path) -> list:
+    """A new run of the tiny run's config whose weights come from ``source``."""
+    return ["run", "--config_file_path", experiment / "config.yaml", f"experiment.output_dir={ws.dir / 'new'}",
+            f"checkpointing.warm_start_from={source}"]  # fmt: skip
