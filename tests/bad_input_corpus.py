@@ -7,6 +7,7 @@ message must match, and optionally the paths that must come out byte-identical. 
 New commands add their rows here.
 """
 
+import json
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -135,12 +136,68 @@ CASES: list[BadInput] = [
         )
         for suffix in (".pt", ".pth", ".bin")
     ],
+    # A torch.save file that runs code, wherever another path is read: it is read as what the path should hold.
+    BadInput(
+        "tokenize-tokenizer-pickle",
+        lambda ws: _tokenize(ws, _text_file(ws), _write(ws.dir / "t.json", ws.marker)),
+        r"t\.json: not a valid Hugging Face tokenizer\.json",
+    ),
+    BadInput(
+        "tokenize-input-pickle",
+        lambda ws: _tokenize(ws, _write(ws.dir / "in.jsonl", ws.marker), "byte"),
+        r"in\.jsonl:1: invalid UTF-8",
+    ),
+    BadInput(
+        "train-tokenizer-input-pickle",
+        lambda ws: ["data", "train_tokenizer", "--input", _write(ws.dir / "in.jsonl", ws.marker), *_VOCAB_300],
+        r"in\.jsonl:1: invalid UTF-8",
+    ),
+    BadInput(
+        "inspect-index-pickle",
+        lambda ws: ["data", "inspect", "--prefix", _pickled_corpus(ws)],
+        r"p\.idx: not a Megatron indexed dataset index",
+    ),
+    BadInput(
+        "generate-recorded-tokenizer-pickle",
+        lambda ws: _generate_with_recorded_tokenizer(ws, _write(ws.dir / "tokenizer.json", ws.marker)),
+        r"tokenizer\.json: not a valid Hugging Face tokenizer\.json",
+    ),
 ]
 
 
 def _write(path: Path, marker: Path) -> Path:
     path.write_bytes(torch_save_running_code(marker))
     return path
+
+
+_VOCAB_300 = ["--vocab_size", "300", "--output_path", "tokenizer.json"]
+
+
+def _tokenize(ws: Workspace, source: Path, tokenizer: object) -> list:
+    return ["data", "tokenize", "--input", source, "--tokenizer", tokenizer, "--output_prefix", ws.dir / "out"]
+
+
+def _pickled_corpus(ws: Workspace) -> Path:
+    """A tokenized-corpus prefix whose ``.bin`` and ``.idx`` are both code-running pickles."""
+    for suffix in (".bin", ".idx"):
+        _write(ws.dir / f"p{suffix}", ws.marker)
+    return ws.dir / "p"
+
+
+def _text_file(ws: Workspace) -> Path:
+    path = ws.dir / "docs.jsonl"
+    path.write_text('{"text": "hello"}\n')
+    return path
+
+
+def _generate_with_recorded_tokenizer(ws: Workspace, tokenizer: Path) -> list:
+    """``generate`` on a copy of the tiny run whose saved config names ``tokenizer`` as the one it trained with."""
+    experiment = ws.experiment()
+    meta_path = experiment / "checkpoints" / "step_2" / "llm_gym_meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["resolved_config"]["data"]["tokenizer"] = str(tokenizer)
+    meta_path.write_text(json.dumps(meta))
+    return ["generate", "--checkpoint_path", experiment, "--prompt", "x", "--max_new_tokens", "1"]
 
 
 def _crafted_checkpoint_command(ws: Workspace, command: str, craft: str) -> list:
