@@ -21,6 +21,6 @@ user_modules_option = click.option(
     "--user_modules",
     multiple=True,
     metavar="MODULE",
-    help="Import this module (repeatable; from the current directory or sys.path) to register the components of "
-    "a model of your own. The modules a checkpoint's config lists are never imported: name those you trust.",
+    help="A module registering components of your own that the model needs (repeatable). A checkpoint's own "
+    "user_modules are never imported.",
 )
