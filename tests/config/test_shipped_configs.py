@@ -1,4 +1,4 @@
-"""Every shipped training config validates, and accepts SPEC.md's override keys with their meaning."""
+"""Every shipped training config validates, and accepts the override keys of docs/contract.md with their meaning."""
 
 from pathlib import Path
 

@@ -1,4 +1,4 @@
-"""The .bin/.idx files byte for byte against SPEC.md, and the rejection of damaged or foreign pairs."""
+"""The .bin/.idx files byte for byte against docs/contract.md, and the rejection of damaged or foreign pairs."""
 
 import os
 import re

@@ -1,4 +1,4 @@
-"""metrics.jsonl: the SPEC keys, one flushed line per record, and truncation on resume."""
+"""metrics.jsonl: the keys of docs/contract.md, one flushed line per record, and truncation on resume."""
 
 import json
 
