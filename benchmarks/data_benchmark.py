@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 # Only light imports at the top: tokenizing workers are spawned and re-import this module; torch and the
 # modules that need it are imported where used.
 from llm_gym.data.demo_corpus import write_demo_corpus
-from llm_gym.data.documents import iter_texts
+from llm_gym.data.inputs import iter_texts
 from llm_gym.data.tokenization import tokenize_files, usable_cpus
 from llm_gym.data.tokenizer_training import train_bpe_tokenizer
 
