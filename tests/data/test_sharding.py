@@ -3,6 +3,8 @@ corpus one run writes, whatever N; the merge streams, and refuses what it cannot
 
 import itertools
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +13,7 @@ from click.testing import CliRunner
 from corpus_helpers import write_corpus
 from input_files import write_arrow, write_gzip, write_hf_dataset, write_jsonl_file, write_parquet, write_zstd
 
+from experiment_runs import ROOT, subprocess_env
 from llm_gym.cli import main
 from llm_gym.data import indexed
 from llm_gym.data.indexed import IndexedDataset, merge_corpora
@@ -247,3 +250,20 @@ def test_inspect_describes_a_sharded_corpus_as_one(tmp_path: Path, mixed):
     assert histogram == [line for line in merged.output.splitlines() if line.startswith("  ") and "#" in line]
     assert sum(int(line.split()[1].replace(",", "")) for line in histogram) == len(TEXTS)
     assert f"| {TEXTS[119]}" in result.output and str(shards[-1]) in result.output
+
+
+@pytest.mark.slow
+def test_the_slurm_array_script_tokenizes_one_shard_per_task(tmp_path: Path, mixed):
+    """scripts/slurm_tokenize.sbatch run as SLURM runs each array task (bash, SLURM_ARRAY_TASK_ID set)."""
+    corpus, whole = mixed
+    for task in range(3):
+        environment = {**subprocess_env(), "SLURM_ARRAY_TASK_ID": str(task), "PYTHON": sys.executable}
+        result = subprocess.run(
+            ["bash", "scripts/slurm_tokenize.sbatch", "3", str(tmp_path / "train"), "--input", str(corpus),
+             "--tokenizer", "byte", "--num_workers", "1"],
+            cwd=ROOT, env=environment, capture_output=True, text=True,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout.splitlines()[-1])["shard_index"] == task
+    merge_corpora(resolve_prefixes([str(tmp_path / "train-*-of-00003")]), tmp_path / "merged")
+    assert_identical(tmp_path / "merged", whole)
