@@ -12,7 +12,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import zstandard
+
 from experiment_runs import TINY_CONFIG, llm_gym, tiny_overrides, write_byte_corpus
+from llm_gym.data.indexed import IndexedDatasetWriter
 
 _SESSION_CACHE: dict[str, Path] = {}
 
@@ -95,17 +101,12 @@ CASES: list[BadInput] = [
 
 # Corpus-scale data: inputs as published (parquet, zstd, Hugging Face datasets, directories), shards, merge, globs.
 def _parquet(path: Path, column: str = "text") -> Path:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.table({column: ["one", "two"]}), path)
     return path
 
 
 def _truncated_zstd(path: Path) -> Path:
-    import zstandard
-
     data = zstandard.ZstdCompressor().compress(
         b"".join(b'{"text": "line %d %d"}\n' % (i, i * 7919) for i in range(9999))
     )
@@ -130,10 +131,6 @@ def _directory(path: Path) -> Path:
 
 
 def _corpus(prefix: Path, dtype: str = "uint16") -> Path:
-    import numpy as np
-
-    from llm_gym.data.indexed import IndexedDatasetWriter
-
     writer = IndexedDatasetWriter(prefix, np.dtype(dtype))
     writer.add_documents(np.array([1, 2, 3]), np.array([3]))
     writer.finalize()
