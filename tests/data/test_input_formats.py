@@ -27,6 +27,7 @@ from llm_gym.cli import main
 from llm_gym.data import columnar, documents
 from llm_gym.data.indexed import IndexedDataset
 from llm_gym.data.inputs import find_input_files, iter_texts, plan_shard, read_pieces
+from llm_gym.data.tokenization import tokenize_files
 
 TEXTS = [f"document {index}: " + "héllo wörld ✓ " * (index % 5) for index in range(40)]
 
@@ -390,3 +391,14 @@ def test_the_tokens_of_each_format_are_identical(tmp_path: Path):
         assert tokenize([WRITERS[kind](directory, TEXTS)], directory / "out").exit_code == 0
         digests.add((directory / "out.bin").read_bytes() + (directory / "out.idx").read_bytes())
     assert len(digests) == 1 and np.frombuffer(digests.pop()[:2], np.uint16)[0] == ord("d")
+
+
+def test_worker_processes_write_what_one_process_writes_for_every_format(tmp_path: Path, monkeypatch):
+    monkeypatch.setattr(columnar, "ROWS_PER_READ", 16)  # many blocks, put back in order from two workers
+    texts = [f"{index}: " + TEXTS[index % len(TEXTS)] * (1 + index % 3) for index in range(500)]
+    sources = [WRITERS[kind](tmp_path, texts) for kind in ("parquet", "jsonl.zst", "arrow stream")]
+    tokenize_files(sources, "byte", tmp_path / "serial", num_workers=0)
+    tokenize_files(sources, "byte", tmp_path / "parallel", num_workers=2)
+    for suffix in (".bin", ".idx"):
+        assert (tmp_path / f"serial{suffix}").read_bytes() == (tmp_path / f"parallel{suffix}").read_bytes()
+    assert texts_of(tmp_path / "parallel") == texts * 3

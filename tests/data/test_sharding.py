@@ -25,12 +25,13 @@ TEXTS = [f"doc {index} " + "abc " * (index % 11) for index in range(120)]
 
 
 def mixed_corpus(directory: Path) -> Path:
-    """Every kind of unit: plain lines split by bytes, uneven row groups, record batches, whole compressed files,
-    a .txt file, empty files."""
+    """Every kind of unit: plain lines split by bytes, uneven row groups, record batches (Arrow stream and file
+    formats), whole compressed files, a .txt file, empty files."""
     directory.mkdir()
     write_jsonl_file(directory / "a.jsonl", TEXTS[:30])
     write_parquet(directory / "b.parquet", TEXTS[30:55], row_groups=[1, 13, 2, 9])
-    write_arrow(directory / "c.arrow", TEXTS[55:70], batch_rows=4)
+    write_arrow(directory / "c.arrow", TEXTS[55:63], batch_rows=3)
+    write_arrow(directory / "c_file.arrow", TEXTS[63:70], batch_rows=2, file_format=True)
     write_zstd(directory / "d.jsonl.zst", TEXTS[70:85])
     (directory / "e.jsonl").write_bytes(b"")
     write_gzip(directory / "f.json.gz", TEXTS[85:95])
