@@ -13,6 +13,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import zstandard
+
 from crafted_files import (
     PLANTED_MODULE,
     forge,
@@ -23,6 +28,7 @@ from crafted_files import (
     torch_save_running_code,
 )
 from experiment_runs import TINY_CONFIG, llm_gym, tiny_overrides, write_byte_corpus
+from llm_gym.data.indexed import IndexedDatasetWriter
 
 _SESSION_CACHE: dict[str, Path] = {}
 
@@ -230,3 +236,127 @@ def _warm_start_command(ws: Workspace, experiment: Path, source: Path) -> list:
     """A new run of the tiny run's config whose weights come from ``source``."""
     return ["run", "--config_file_path", experiment / "config.yaml", f"experiment.output_dir={ws.dir / 'new'}",
             f"checkpointing.warm_start_from={source}"]  # fmt: skip
+
+
+# Corpus-scale data: inputs as published (parquet, zstd, Hugging Face datasets, directories), shards, merge, globs.
+def _parquet(path: Path, column: str = "text") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({column: ["one", "two"]}), path)
+    return path
+
+
+def _truncated_zstd(path: Path) -> Path:
+    data = zstandard.ZstdCompressor().compress(
+        b"".join(b'{"text": "line %d %d"}\n' % (i, i * 7919) for i in range(9999))
+    )
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+def _hf_dataset_escaping(directory: Path) -> Path:
+    directory.mkdir()
+    (directory / "state.json").write_text('{"_data_files": [{"filename": "../outside.arrow"}]}')
+    return directory
+
+
+def _written(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def _directory(path: Path) -> Path:
+    path.mkdir()
+    return path
+
+
+def _corpus(prefix: Path, dtype: str = "uint16") -> Path:
+    writer = IndexedDatasetWriter(prefix, np.dtype(dtype))
+    writer.add_documents(np.array([1, 2, 3]), np.array([3]))
+    writer.finalize()
+    return prefix
+
+
+def _tokenize_bytes(ws: Workspace, source: Path, *options: str) -> list:
+    return ["data", "tokenize", "--input", source, "--tokenizer", "byte", "--output_prefix", ws.dir / "out", *options]
+
+
+def _merge(ws: Workspace, *prefixes: Path, output: str = "merged", force: bool = False) -> list:
+    return ["data", "merge", "--input", *prefixes, "--output_prefix", ws.dir / output, *(["--force"] if force else [])]
+
+
+def _shards(ws: Workspace, indices: Sequence[int], count: int) -> Path:
+    for index in indices:
+        _corpus(ws.dir / f"train-{index:05d}-of-{count:05d}")
+    return ws.dir / "train-*"
+
+
+CASES += [
+    BadInput(
+        "tokenize-parquet-without-the-text-column",
+        lambda ws: _tokenize_bytes(ws, _parquet(ws.dir / "in.parquet", column="content")),
+        r"in\.parquet: row 1: no column 'text' \(set --text_key; the columns are content\)",
+    ),
+    BadInput(
+        "tokenize-damaged-parquet",
+        lambda ws: _tokenize_bytes(ws, _written(ws.dir / "in.parquet", b"PAR1 damaged PAR1")),
+        r"in\.parquet: not a readable parquet file",
+    ),
+    BadInput(
+        "tokenize-truncated-zstd",
+        lambda ws: _tokenize_bytes(ws, _truncated_zstd(ws.dir / "in.jsonl.zst"), "--on_error", "skip"),
+        r"in\.jsonl\.zst:\d+: cannot decompress \(the file ends inside a zstd frame: truncated\)",
+    ),
+    BadInput(
+        "tokenize-hf-dataset-state-escapes-its-directory",
+        lambda ws: _tokenize_bytes(ws, _hf_dataset_escaping(ws.dir / "dataset")),
+        r"state\.json: data file '\.\./outside\.arrow' is not the name of a file in",
+    ),
+    BadInput(
+        "tokenize-directory-without-inputs",
+        lambda ws: _tokenize_bytes(ws, _directory(ws.dir / "empty")),
+        r"empty: no input files in this directory ending in \.jsonl\.zst",
+    ),
+    BadInput(
+        "tokenize-pattern-matches-nothing",
+        lambda ws: _tokenize_bytes(ws, _parquet(ws.dir / "corpus" / "a.parquet").parent, "--pattern", "*.jsonl"),
+        r"no input files in this directory matching --pattern '\*\.jsonl'",
+    ),
+    BadInput(
+        "tokenize-shard-index-out-of-range",
+        lambda ws: _tokenize_bytes(ws, _parquet(ws.dir / "in.parquet"), "--num_shards", "8", "--shard_index", "8"),
+        r"--shard_index 8 is out of range for --num_shards 8",
+    ),
+    BadInput(
+        "merge-corpora-of-different-dtypes",
+        lambda ws: _merge(ws, _corpus(ws.dir / "a"), _corpus(ws.dir / "b", "int32")),
+        r"b holds int32 tokens but .*a holds uint16: corpora of different tokenizers cannot be merged",
+    ),
+    BadInput(
+        "merge-into-one-of-its-inputs",
+        lambda ws: _merge(ws, _corpus(ws.dir / "a"), _corpus(ws.dir / "b"), output="b", force=True),
+        r"the output .*b is also an input",
+        unchanged=lambda ws: [ws.dir / "a.bin", ws.dir / "a.idx", ws.dir / "b.bin", ws.dir / "b.idx"],
+    ),
+    BadInput(
+        "merge-glob-missing-a-shard",
+        lambda ws: _merge(ws, _shards(ws, (0, 2), 3)),
+        r"matches 2 of the 3 shards of .*train: shard 1 missing",
+    ),
+    BadInput(
+        "inspect-glob-matches-nothing",
+        lambda ws: ["data", "inspect", "--prefix", ws.dir / "shards-*"],
+        r"no tokenized corpus matches '.*shards-\*'",
+    ),
+    BadInput(
+        "run-path-prefix-glob-matches-nothing",
+        lambda ws: [
+            "run",
+            "--config_file_path",
+            TINY_CONFIG,
+            *tiny_overrides(
+                ws.corpus(), ws.dir / "experiment", **{"data.train_dataset.config.path_prefix": ws.dir / "train-*"}
+            ),
+        ],
+        r"no tokenized corpus matches '.*train-\*'",
+    ),
+]

@@ -160,6 +160,18 @@ def test_skip_counts_bad_lines_and_keeps_good_ones(tmp_path: Path):
     assert [bytes(corpus.document(i)[:-1].tolist()) for i in range(len(corpus))] == [b"one", b"two"]
 
 
+@pytest.mark.parametrize("tokenizer", ["byte", "bpe"])
+def test_a_block_whose_every_line_is_skipped_adds_no_token(tmp_path: Path, monkeypatch, tokenizer, bpe_tokenizer):
+    monkeypatch.setattr(documents, "BLOCK_BYTES", 64)
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b'{"text": "one"}\n' + BAD_LINES["empty document"] * 20 + b'{"text": "two"}\n')
+    spec = "byte" if tokenizer == "byte" else str(bpe_tokenizer)
+    result = tokenize([path], tmp_path / "out", "--tokenizer", spec, "--on_error", "skip", "--num_workers", "0")
+    assert result.exit_code == 0, result.output
+    corpus, encoder = IndexedDataset(tmp_path / "out"), load_tokenizer(spec)
+    assert corpus.num_tokens == len(encoder.encode("one")) + len(encoder.encode("two")) + 2
+
+
 @pytest.mark.parametrize(("content", "message"), [(b"caf\xe9", "invalid UTF-8 (at byte 3)"), (b"", "empty document")])
 def test_bad_txt_file_fails_naming_the_file(tmp_path: Path, content: bytes, message: str):
     path = tmp_path / "in.txt"

@@ -5,7 +5,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from llm_gym.data.documents import iter_texts
+from llm_gym.data.inputs import iter_texts
 from llm_gym.data.tokenizers import END_OF_DOCUMENT
 from llm_gym.errors import UserError
 
@@ -14,7 +14,12 @@ MIN_VOCAB_SIZE = BYTE_ALPHABET_SIZE + 1  # every byte, plus the end-of-document 
 
 
 def train_bpe_tokenizer(
-    inputs: Sequence[str | Path], vocab_size: int, output_path: Path, text_key: str = "text", force: bool = False
+    inputs: Sequence[str | Path],
+    vocab_size: int,
+    output_path: Path,
+    text_key: str = "text",
+    force: bool = False,
+    pattern: str | None = None,
 ) -> int:
     """Train on ``inputs`` and save ``output_path``; returns the vocabulary size reached.
 
@@ -35,7 +40,7 @@ def train_bpe_tokenizer(
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    texts = iter_texts(inputs, text_key)
+    texts = iter_texts(inputs, text_key, pattern)
     first_text = next(texts, None)
     if first_text is None:
         raise UserError("no documents in the input: nothing to train a tokenizer on")
