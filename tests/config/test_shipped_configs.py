@@ -7,8 +7,6 @@ import yaml
 from click.testing import CliRunner
 
 from llm_gym.cli import main
-from llm_gym.config.app import TrainingAppConfig
-from llm_gym.config.loading import load_config, read_config_file, resolve
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "config_files"
 TRAINING_CONFIGS = sorted(CONFIG_DIR.glob("*.yaml"))
@@ -139,28 +137,6 @@ def test_memory_estimate_counts_the_configured_optimizers_state():
     # fp32 weights + gradients (8 bytes) plus 4 bytes per state tensor: 16, 12 and 8 bytes per parameter.
     assert _state_gib(adamw) / _state_gib(sgd) == pytest.approx(16 / 12, rel=0.02)
     assert _state_gib(adamw) / _state_gib(plain_sgd) == pytest.approx(16 / 8, rel=0.02)
-
-
-# Each model section is a copy of the model of one shipped training config (demo_cpu.yaml has none).
-SECTION_OF_CONFIG = {
-    "config.yaml": "gpt2_124m.yaml",
-    "llama_1b.yaml": "llama_1b.yaml",
-    "tiny_cpu.yaml": "tiny_cpu.yaml",
-}
-
-
-@pytest.mark.parametrize(("config", "section"), SECTION_OF_CONFIG.items())
-def test_model_section_is_the_model_of_its_training_config(config, section):
-    _, resolved = load_config(CONFIG_DIR / config, TrainingAppConfig)
-    # The section's interpolations (the sequence length) resolve against the training config's settings.
-    raw_section = read_config_file(CONFIG_DIR / "model_sections" / section)
-    raw_section.training = resolved["training"]
-    assert resolve(raw_section)["model"] == resolved["model"]
-    assert set(raw_section) == {"model", "training"}  # a section holds the model and nothing else
-
-
-def test_every_model_section_has_its_training_config():
-    assert sorted(SECTION_OF_CONFIG.values()) == sorted(path.name for path in (CONFIG_DIR / "model_sections").glob("*"))
 
 
 def test_swapping_a_component_in_a_list_by_its_index():
