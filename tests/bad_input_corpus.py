@@ -137,16 +137,6 @@ CASES: list[BadInput] = [
         lambda ws: ["validate", "--config_file_path", TINY_CONFIG, "training.max_steps+=[1]"],
         r"bad override 'training\.max_steps\+=\[1\]': training\.max_steps is 50, not a list; \+= appends to a list",
     ),
-    BadInput(
-        "override-append-to-a-missing-list",
-        lambda ws: [
-            "validate",
-            "--config_file_path",
-            TINY_CONFIG,
-            "checkpointing.strategies+=[{type_hint: SaveAtEnd}]",
-        ],
-        r"there is no list 'checkpointing\.strategies' to append to; set it whole: checkpointing\.strategies=",
-    ),
 ]
 
 

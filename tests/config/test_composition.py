@@ -208,7 +208,7 @@ def test_the_training_schema_defaults_make_a_minimal_config(tmp_path):
     minimal = tmp_path / "minimal.yaml"
     minimal.write_text(
         f"defaults: [{CONFIG_DIR / 'model_sections' / 'tiny_cpu.yaml'}]\n"
-        "experiment: {output_dir: runs/minimal}\n"
+        "experiment: {experiment_id: minimal}\n"
         "training: {max_steps: 100, sequence_length: 128, micro_batch_size: 8, eval_interval: 50}\n"
         "parallelism: {type_hint: NoParallelism}\n"
         "optimizer: {type_hint: AdamW, config: {lr: 1.0e-3}}\n"
@@ -219,6 +219,7 @@ def test_the_training_schema_defaults_make_a_minimal_config(tmp_path):
     result = CliRunner().invoke(main, ["validate", "--config_file_path", str(minimal)])
     assert result.exit_code == 0, result.output
     resolved = yaml.safe_load(result.output.split("\n---\n")[0])
+    assert resolved["experiment"] == {"experiment_id": "minimal", "output_dir": "experiments/minimal", "seed": 42}
     assert resolved["data"]["sampler"] == {"type_hint": "ResumableDistributedSampler", "config": {"seed": 42}}
     assert resolved["data"]["collator"] == {"type_hint": "CausalLMCollator"}
     assert resolved["data"]["dataloader"] == {"type_hint": "DataLoader"}
@@ -262,12 +263,21 @@ def test_appended_items_keep_their_interpolations(write_config, isolated_imports
     assert resolved["user_modules"] == ["json", "csv", "ast"]
 
 
+def test_append_to_a_key_not_there_yet_sets_the_list(write_config):
+    assert loaded(write_config(TOY_YAML), "user_modules+=json")["user_modules"] == ["json"]
+    strategies = "checkpointing.strategies+=[{type_hint: KeepEveryNSteps, config: {every_n_steps: 100}}]"
+    assert resolved_config(validate(CONFIG_DIR / "tiny_cpu.yaml", strategies))["checkpointing"]["strategies"] == [
+        {"type_hint": "KeepEveryNSteps", "config": {"every_n_steps": 100}}
+    ]
+    misspelt = validate(CONFIG_DIR / "tiny_cpu.yaml", "loger+=[{type_hint: TensorBoard}]")
+    assert misspelt.exit_code == 2 and "loger: unknown key; did you mean 'loggers'?" in misspelt.stderr
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [
         ("training.max_steps+=1", "training.max_steps is 100, not a list; += appends to a list"),
         ("optimizer+=[1]", "optimizer is a mapping, not a list; += appends to a list"),
-        ("names+=[a]", "there is no list 'names' to append to; set it whole: names=[...]; += appends to a list"),
         ("lr_scheduler.config.total_steps+=[1]", "lr_scheduler.config.total_steps is an interpolation"),
         ("+=[1]", "expected dotted.key=value"),
     ],

@@ -27,9 +27,10 @@ class _Section(BaseModel):
 
 
 class ExperimentSettings(_Section):
-    experiment_id: str = Field("default", min_length=1)
+    # Their defaults are TrainingAppConfig.composition_defaults', where ${experiment.experiment_id} resolves.
+    experiment_id: str = Field(min_length=1)
     output_dir: Path = Field(description="experiment directory: config.yaml, metrics.jsonl, checkpoints/")
-    seed: NonNegativeInt = Field(description="42 unless a file sets it (TrainingAppConfig.composition_defaults)")
+    seed: NonNegativeInt
 
 
 class NonFiniteAction(str, Enum):
@@ -125,7 +126,7 @@ class TrainingAppConfig(_Section):
     # appends to these loggers, and config.yaml records what ran. Each node's other settings are its config
     # model's defaults.
     composition_defaults: ClassVar[dict[str, Any]] = {
-        "experiment": {"seed": 42},
+        "experiment": {"experiment_id": "default", "output_dir": "experiments/${experiment.experiment_id}", "seed": 42},
         "data": {
             "sampler": {"type_hint": "ResumableDistributedSampler", "config": {"seed": "${experiment.seed}"}},
             "collator": {"type_hint": "CausalLMCollator"},

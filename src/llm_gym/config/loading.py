@@ -76,8 +76,10 @@ def apply_overrides(composed: ComposedConfig, overrides: Sequence[str]) -> None:
         parts = tuple(key.split("."))
         value = _parse_override(override, parts)
         if append:
-            _append_to_list(composed, override, parts, value)
-            continue
+            value = value if isinstance(value, list) else [value]
+            if _append_to_list(composed, override, parts, value):
+                continue
+            # No list there yet: the items are the list, set like any value.
         # The component node whose type the override may change: `optimizer.type_hint=SGD`, or a whole node
         # `optimizer={type_hint: SGD, config: {lr: 0.1}}`, which merges into the file's node like any mapping.
         node = parts[:-1] if parts[-1] == "type_hint" else parts if _is_component_node(value) else None
@@ -125,23 +127,23 @@ def _parse_override(override: str, parts: tuple[str, ...]) -> Any:
     return value
 
 
-def _append_to_list(composed: ComposedConfig, override: str, parts: tuple[str, ...], value: Any) -> None:
-    """``dotted.key+=value``: a list value extends the list at the key, any other value is appended as one item."""
+def _append_to_list(composed: ComposedConfig, override: str, parts: tuple[str, ...], items: list[Any]) -> bool:
+    """``dotted.key+=value`` (a list value extends, any other is one item): append ``items`` to the list at the
+    key. False where the key is not there yet."""
     key = ".".join(parts)
     parent, name = _parent_of(composed.raw, key)
     if not _has_child(parent, name):
-        problem = f"there is no list '{key}' to append to; set it whole: {key}=[...]"
-    elif OmegaConf.is_interpolation(parent, _child_key(parent, name)):
+        return False
+    if OmegaConf.is_interpolation(parent, _child_key(parent, name)):
         problem = f"{key} is an interpolation; set the list whole: {key}=[...]"
     elif not isinstance(target := parent[_child_key(parent, name)], ListConfig):
         problem = f"{key} is {'a mapping' if isinstance(target, DictConfig) else repr(target)}, not a list"
     else:
-        items = value if isinstance(value, list) else [value]
         for item in items:
             composed.origins.record(COMMAND_LINE, item, (*parts, str(len(target))))
             target.append(item)
         composed.swaps.note_set(parts, items)
-        return
+        return True
     raise ConfigError(f"bad override '{override}': {problem}; += appends to a list")
 
 
