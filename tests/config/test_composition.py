@@ -421,7 +421,7 @@ def test_origins_name_the_last_layer_that_set_each_key(files):
 def test_validate_shows_origins_of_a_shipped_config():
     result = validate(CONFIG_DIR / "tiny_cpu.yaml", "--show_origins", "loggers+=[{type_hint: TensorBoard}]")
     assert result.exit_code == 0, result.output
-    origins = result.output.split("where each key was set (the last file to set it):\n")[1].splitlines()
+    origins = result.output.split("where each key was set (by the last layer to set it):\n")[1].splitlines()
     assert "  model: config_files/model_sections/tiny_cpu.yaml" in [line.replace(str(CONFIG_DIR.parent) + "/", "")
                                                                       for line in origins]  # fmt: skip
     assert any(line.endswith("data.sampler: schema defaults") for line in origins)

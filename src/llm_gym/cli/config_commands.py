@@ -43,7 +43,7 @@ def validate(config_file_path: Path, world_size: int | None, show_origins: bool,
         for line in summary:
             click.echo(line)
         if show_origins:
-            click.echo("---\nwhere each key was set (the last file to set it):")
+            click.echo("---\nwhere each key was set (by the last layer to set it):")
             for line in origins.lines(resolved):
                 click.echo(f"  {line}")
 
