@@ -359,4 +359,58 @@ CASES += [
         ],
         r"no tokenized corpus matches '.*train-\*'",
     ),
+    # Config composition
+    BadInput(
+        "compose-missing-default",
+        lambda ws: _validate_composed(ws, {"run.yaml": "defaults: [common.yaml, absent.yaml]\n", "common.yaml": "{}"}),
+        r"run\.yaml: defaults\[1\]: config file not found: .*absent\.yaml$",
+    ),
+    BadInput(
+        "compose-cycle",
+        lambda ws: _validate_composed(ws, {"run.yaml": "defaults: [a.yaml]\n", "a.yaml": "defaults: [run.yaml]\n"}),
+        r"a\.yaml: defaults\[0\]: the defaults include each other in a cycle: .*run\.yaml → .*a\.yaml → .*run\.yaml",
+    ),
+    BadInput(
+        "compose-default-not-a-mapping",
+        lambda ws: _validate_composed(ws, {"run.yaml": "defaults: [list.yaml]\n", "list.yaml": "[1, 2]\n"}),
+        r"run\.yaml: defaults\[0\]: .*list\.yaml must hold a mapping at the top level",
+    ),
+    BadInput(
+        "compose-defaults-not-a-list",
+        lambda ws: _validate_composed(ws, {"run.yaml": "defaults: common.yaml\n"}),
+        r"run\.yaml: defaults must be a list of YAML files",
+    ),
+    BadInput(
+        "compose-default-not-a-path",
+        lambda ws: _validate_composed(ws, {"run.yaml": "defaults: [{model: tiny}]\n"}),
+        r"run\.yaml: defaults\[0\] must be the path of a YAML file, not \{'model': 'tiny'\}",
+    ),
+    BadInput(
+        "compose-default-yaml-syntax",
+        lambda ws: _validate_composed(ws, {"run.yaml": "defaults: [bad.yaml]\n", "bad.yaml": "a: [1,\n"}),
+        r"run\.yaml: defaults\[0\]: YAML syntax error in .*bad\.yaml at line",
+    ),
+    BadInput(
+        "compose-default-crafted-python-tag",
+        lambda ws: _validate_composed(
+            ws,
+            {
+                "run.yaml": "defaults: [crafted.yaml]\n",
+                "crafted.yaml": "a: !!python/object/apply:os.system [touch PWNED]\n",
+            },
+        ),
+        r"run\.yaml: defaults\[0\]: YAML syntax error in .*crafted\.yaml",
+    ),
+    BadInput(
+        "override-append-to-a-scalar",
+        lambda ws: ["validate", "--config_file_path", TINY_CONFIG, "training.max_steps+=[1]"],
+        r"bad override 'training\.max_steps\+=\[1\]': training\.max_steps is 50, not a list; \+= appends to a list",
+    ),
 ]
+
+
+def _validate_composed(ws: Workspace, files: dict[str, str]) -> list:
+    """``llm_gym validate`` of ``run.yaml`` among ``files``, written into the case's directory."""
+    for name, text in files.items():
+        (ws.dir / name).write_text(text)
+    return ["validate", "--config_file_path", ws.dir / "run.yaml"]

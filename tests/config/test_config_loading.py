@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from llm_gym.config.loading import apply_overrides, load_config, read_config_file
+from llm_gym.config.composition import compose
+from llm_gym.config.loading import apply_overrides, load_config
 from llm_gym.errors import ConfigError
 from toy_config import TOY_YAML, ToyConfig
 
@@ -282,7 +283,7 @@ from toy_config import ToyConfig
 
 from omegaconf import OmegaConf
 
-from llm_gym.config.loading import apply_overrides, load_config, read_config_file
+from llm_gym.config.loading import load_config
 
 config, _ = load_config(Path(sys.argv[1]), ToyConfig)
 Path(sys.argv[2], f"rank{config.training.rank}").write_text(str(config.training.world_size))
@@ -391,11 +392,10 @@ LIST_YAML = TOY_YAML + "user_modules: []\nnames: [a, b]\nsteps: [{every: 1}, {ev
 
 
 def test_override_indexes_a_list_item(write_config):
-    raw, _ = apply_overrides(
-        read_config_file(write_config(LIST_YAML)), ["names.1=c", "steps.0.every=5", "steps.1={keep: true}"]
-    )
-    assert OmegaConf.to_container(raw)["names"] == ["a", "c"]
-    assert OmegaConf.to_container(raw)["steps"] == [{"every": 5}, {"every": 2, "keep": True}]
+    composed = compose(write_config(LIST_YAML))
+    apply_overrides(composed, ["names.1=c", "steps.0.every=5", "steps.1={keep: true}"])
+    assert OmegaConf.to_container(composed.raw)["names"] == ["a", "c"]
+    assert OmegaConf.to_container(composed.raw)["steps"] == [{"every": 5}, {"every": 2, "keep": True}]
 
 
 @pytest.mark.parametrize(("override", "list_key"), [("names.first=x", "names"), ("steps.2.every=1", "steps")])

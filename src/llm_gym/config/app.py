@@ -6,6 +6,7 @@ checked here too, before anything heavy is built.
 
 from enum import Enum
 from pathlib import Path
+from typing import Any, ClassVar
 
 from pydantic import (
     BaseModel,
@@ -26,9 +27,10 @@ class _Section(BaseModel):
 
 
 class ExperimentSettings(_Section):
-    experiment_id: str = Field("default", min_length=1)
+    # Their defaults are TrainingAppConfig.composition_defaults', where ${experiment.experiment_id} resolves.
+    experiment_id: str = Field(min_length=1)
     output_dir: Path = Field(description="experiment directory: config.yaml, metrics.jsonl, checkpoints/")
-    seed: NonNegativeInt = 42
+    seed: NonNegativeInt
 
 
 class NonFiniteAction(str, Enum):
@@ -118,6 +120,21 @@ class DataSettings(_Section):
 
 
 class TrainingAppConfig(_Section):
+    # What almost every run leaves as it is, written as a YAML file would write it: the first layer of every
+    # composed config (config/composition.py), under every file. So ${experiment.seed} resolves in any file,
+    # a file's own sampler of another type_hint drops these keys as a later file's would, `loggers+=[...]`
+    # appends to these loggers, and config.yaml records what ran. Each node's other settings are its config
+    # model's defaults.
+    composition_defaults: ClassVar[dict[str, Any]] = {
+        "experiment": {"experiment_id": "default", "output_dir": "experiments/${experiment.experiment_id}", "seed": 42},
+        "data": {
+            "sampler": {"type_hint": "ResumableDistributedSampler", "config": {"seed": "${experiment.seed}"}},
+            "collator": {"type_hint": "CausalLMCollator"},
+            "dataloader": {"type_hint": "DataLoader"},
+        },
+        "loggers": [{"type_hint": "Console"}, {"type_hint": "MetricsJsonl"}],
+    }
+
     user_modules: list[str] = Field(default_factory=list, description="modules imported to register components")
     experiment: ExperimentSettings
     training: TrainingSettings
