@@ -71,7 +71,12 @@ def train_tokenizer(inputs: tuple[Path, ...], vocab_size: int, output_path: Path
 @data.command("tokenize")
 @input_option
 @click.option("--tokenizer", "tokenizer_spec", required=True, help="'byte', or the path of a tokenizer.json.")
-@click.option("--output_prefix", type=click.Path(path_type=Path), required=True, help="Writes PREFIX.bin + .idx.")
+@click.option(
+    "--output_prefix",
+    type=click.Path(),  # kept as written: a trailing slash (a directory, refused) must reach the check
+    required=True,
+    help="Writes PREFIX.bin + .idx.",
+)
 @text_key_option
 @click.option(
     "--num_workers",
@@ -90,7 +95,7 @@ def train_tokenizer(inputs: tuple[Path, ...], vocab_size: int, output_path: Path
 def tokenize(
     inputs: tuple[Path, ...],
     tokenizer_spec: str,
-    output_prefix: Path,
+    output_prefix: str,
     text_key: str,
     num_workers: int | None,
     on_error: str,
@@ -136,7 +141,7 @@ def tokenize(
 
 
 @data.command("inspect")
-@click.option("--prefix", type=click.Path(path_type=Path), required=True, help="PREFIX of PREFIX.bin + .idx.")
+@click.option("--prefix", type=click.Path(), required=True, help="PREFIX of PREFIX.bin + .idx.")
 @click.option(
     "--tokenizer",
     "tokenizer_spec",
@@ -146,7 +151,7 @@ def tokenize(
 )
 @click.option("--document", type=click.IntRange(min=0), default=0, show_default=True, help="Which document to show.")
 @click.option("--max_tokens", type=click.IntRange(min=1), default=200, show_default=True)
-def inspect(prefix: Path, tokenizer_spec: str | None, document: int, max_tokens: int) -> None:
+def inspect(prefix: str, tokenizer_spec: str | None, document: int, max_tokens: int) -> None:
     """Print a tokenized corpus's documents, tokens and dtype, and a decoded sample."""
     from llm_gym.data.inspection import describe_corpus
 
