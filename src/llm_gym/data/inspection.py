@@ -8,7 +8,7 @@ from llm_gym.data.tokenizers import BYTE_TOKENIZER, ByteTokenizer, load_tokenize
 from llm_gym.errors import UserError
 
 
-def describe_corpus(prefix: Path, tokenizer_spec: str | None, document: int, max_tokens: int) -> Iterator[str]:
+def describe_corpus(prefix: str | Path, tokenizer_spec: str | None, document: int, max_tokens: int) -> Iterator[str]:
     corpus = IndexedDataset(prefix)
     sizes = corpus.sizes
     yield f"prefix:    {prefix}"
