@@ -45,7 +45,7 @@ class PackedDataset(torch.utils.data.Dataset):
 class PackedDatasetConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    path_prefix: Path = Field(description="PREFIX of a tokenized PREFIX.bin + PREFIX.idx")
+    path_prefix: str = Field(description="PREFIX of a tokenized PREFIX.bin + PREFIX.idx, as written")
     sequence_length: PositiveInt
 
 
