@@ -3,12 +3,15 @@ on one rank and sharded over two."""
 
 import pytest
 import torch
+from torch.distributed.tensor import DTensor
 
 from distributed import run_on_ranks, skip_unless_gloo_sharding_works
 from experiment_runs import TINY_CONFIG
 from llm_gym.config.app import TrainingAppConfig
 from llm_gym.config.loading import load_config
 from llm_gym.errors import ConfigError
+from llm_gym.models.attention import AttentionKernelConfig, SDPAttention
+from llm_gym.models.mlp import GELUMLP, GELUMLPConfig
 from llm_gym.parallel.distributed import destroy_distributed, init_distributed
 from llm_gym.registry import get_registry
 from llm_gym.training.builder import build_model, build_parallelism
@@ -86,3 +89,115 @@ def test_a_model_without_init_weights_is_refused_by_name(fresh_registry, one_ran
     config = load_config(TINY_CONFIG, TrainingAppConfig, overrides)[0]
     with pytest.raises(ConfigError, match=r"model: _NoInitWeights has no init_weights\(\); llm_gym builds models"):
         build_model(config, build_parallelism(config, one_rank))
+
+
+class _ScaledMLP(GELUMLP):
+    """A user MLP with a bare parameter and buffers that only its constructor fills."""
+
+    def __init__(self, dim: int, hidden_dim: int, bias: bool, approximate: str = "tanh"):
+        super().__init__(dim, hidden_dim, bias, approximate)
+        self.scale = torch.nn.Parameter(torch.ones(dim))
+        self.register_buffer("keep", torch.ones(dim, dtype=torch.bool), persistent=False)
+        self.register_buffer("positions", torch.arange(dim), persistent=False)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return super().forward(hidden) * self.scale
+
+
+class _ResetScaledMLP(_ScaledMLP):
+    def reset_parameters(self) -> None:
+        self.scale.fill_(1.0)
+        self.keep.fill_(True)
+        self.positions.copy_(torch.arange(self.positions.numel()))
+
+
+class _MaskedAttention(SDPAttention):
+    """A kernel holding only a buffer, an int8 table whose values include the integer sentinel (-128)."""
+
+    def __init__(self, dropout: float = 0.0):
+        super().__init__(dropout)
+        self.register_buffer("table", torch.full((4,), -128, dtype=torch.int8))
+
+
+class _ResetMaskedAttention(_MaskedAttention):
+    def reset_parameters(self) -> None:
+        self.table.fill_(-128)
+
+
+class _HalfResetMaskedAttention(_MaskedAttention):
+    def reset_parameters(self) -> None:
+        self.table[:2] = -128  # the rest keeps what the memory held
+
+
+def build_with(registry, env, *overrides: str, mlp: type | None = None, attention: type | None = None):
+    """``build_model`` of the small config with its MLP and attention kernel replaced by these test classes."""
+    nodes = []
+    for key, cls, config_model, config in (
+        ("mlp", mlp, GELUMLPConfig, "{hidden_dim: 64}"),
+        ("attention", attention, AttentionKernelConfig, "{}"),
+    ):
+        if cls is not None:
+            registry.register_component(key, cls.__name__, cls, config_model)
+            nodes.append(f"model.config.{key}={{type_hint: {cls.__name__}, config: {config}}}")
+    config = load_config(TINY_CONFIG, TrainingAppConfig, [*SMALL, *nodes, *overrides])[0]
+    return build_model(config, build_parallelism(config, env))
+
+
+@pytest.mark.parametrize("activation_checkpointing", ["none", "full"])
+def test_parameters_and_buffers_that_init_weights_leaves_unfilled_are_refused_by_name(
+    fresh_registry, one_rank, activation_checkpointing
+):
+    with pytest.raises(ConfigError) as error:
+        build_with(
+            fresh_registry, one_rank, f"training.activation_checkpointing={activation_checkpointing}", mlp=_ScaledMLP
+        )
+    message = str(error.value)
+    assert message.startswith(
+        "model: DecoderLM.init_weights() left blocks.0.mlp.scale, blocks.1.mlp.scale, blocks.0.mlp.keep, "
+        "blocks.0.mlp.positions, blocks.1.mlp.keep and 1 more (parameters and buffers of _ScaledMLP) without values"
+    )
+    assert "give _ScaledMLP a reset_parameters() that fills its own" in message
+
+
+def test_a_component_filling_its_state_in_reset_parameters_is_initialised(fresh_registry, one_rank):
+    built = build_with(fresh_registry, one_rank, mlp=_ResetScaledMLP, attention=_ResetMaskedAttention)
+    block = built.inner.blocks[1]
+    assert torch.equal(block.mlp.scale, torch.ones(32)) and bool(block.mlp.keep.all())
+    assert torch.equal(block.mlp.positions, torch.arange(32))
+    assert torch.equal(block.attention.kernel.table, torch.full((4,), -128, dtype=torch.int8))
+
+
+@pytest.mark.parametrize("kernel", [_MaskedAttention, _HalfResetMaskedAttention])
+def test_an_integer_buffer_left_unfilled_in_whole_or_part_is_refused(fresh_registry, one_rank, kernel):
+    with pytest.raises(ConfigError, match=r"left blocks\.0\.attention\.kernel\.table, blocks\.1\.attention"):
+        build_with(fresh_registry, one_rank, attention=kernel)
+
+
+class _ShardUnawareMLP(_ResetScaledMLP):
+    """Fills the scale on rank 0 only, as an init written for one process would fill only its own shard."""
+
+    def reset_parameters(self) -> None:
+        self.keep.fill_(True)
+        self.positions.copy_(torch.arange(self.positions.numel()))
+        if torch.distributed.get_rank() == 0:  # (the constructor's call, on the meta device, is not sharded)
+            (self.scale.to_local() if isinstance(self.scale, DTensor) else self.scale).fill_(1.0)
+
+
+def _build_sharded_after_sharding(mlp: type) -> str:
+    env = init_distributed("cpu")
+    try:
+        build_with(get_registry(), env, "parallelism.type_hint=FSDP2", "training.meta_device_init=true", mlp=mlp)
+    except ConfigError as error:
+        return str(error)
+    return "built"
+
+
+@pytest.mark.slow
+def test_a_shard_left_unfilled_on_one_rank_is_refused_on_every_rank():
+    skip_unless_gloo_sharding_works()
+    messages = run_on_ranks(_build_sharded_after_sharding, 2, _ShardUnawareMLP)
+    assert messages[0] == messages[1]
+    assert messages[0].startswith(
+        "model: DecoderLM.init_weights() left blocks.0.mlp.scale, blocks.1.mlp.scale (parameters of _ShardUnawareMLP)"
+    )
+    assert run_on_ranks(_build_sharded_after_sharding, 2, _ResetScaledMLP) == ["built", "built"]

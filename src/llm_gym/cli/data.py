@@ -105,7 +105,7 @@ def train_tokenizer(
 @click.option("--tokenizer", "tokenizer_spec", required=True, help="'byte', or the path of a tokenizer.json.")
 @click.option(
     "--output_prefix",
-    type=click.Path(path_type=Path),
+    type=click.Path(),  # kept as written: a trailing slash (a directory, refused) must reach the check
     required=True,
     help="Writes PREFIX.bin + .idx (with --num_shards: PREFIX-IIIII-of-NNNNN.bin + .idx).",
 )
@@ -141,7 +141,7 @@ def tokenize(
     inputs: tuple[Path, ...],
     pattern: str | None,
     tokenizer_spec: str,
-    output_prefix: Path,
+    output_prefix: str,
     text_key: str,
     num_workers: int | None,
     on_error: str,
@@ -213,9 +213,9 @@ def tokenize(
     help="A PREFIX of PREFIX.bin + .idx, or a quoted glob of prefixes ('data/tok/train-*-of-00064'); several may "
     "follow the option. Concatenated in the order given, each glob's matches sorted.",
 )
-@click.option("--output_prefix", type=click.Path(path_type=Path), required=True, help="Writes PREFIX.bin + .idx.")
+@click.option("--output_prefix", type=click.Path(), required=True, help="Writes PREFIX.bin + .idx.")
 @force_option
-def merge(inputs: tuple[str, ...], output_prefix: Path, force: bool) -> None:
+def merge(inputs: tuple[str, ...], output_prefix: str, force: bool) -> None:
     """Concatenate tokenized corpora (the shards of a tokenize job) into one PREFIX.bin/.idx, streaming."""
     from llm_gym.data.indexed import merge_corpora
     from llm_gym.data.prefixes import resolve_prefixes

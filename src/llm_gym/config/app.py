@@ -62,6 +62,9 @@ class TrainingSettings(_Section):
     log_interval: PositiveInt = 1
     max_grad_norm: PositiveFloat | None = Field(1.0, description="clip by global norm; null = no clipping")
     on_nonfinite: NonFiniteAction = NonFiniteAction.STOP
+    max_consecutive_skipped_steps: PositiveInt = Field(
+        10, description="with on_nonfinite: skip, stop the run (exit 2) when this many steps in a row are skipped"
+    )
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda)$")
     activation_checkpointing: ActivationCheckpointing = ActivationCheckpointing.NONE
     activation_checkpointing_every_k: PositiveInt = 2

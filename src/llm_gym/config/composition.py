@@ -14,6 +14,7 @@ once the config is resolved), and the layer that set each key (``KeyOrigins``).
 """
 
 import copy
+import io
 import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
@@ -49,17 +50,86 @@ def yaml_problem(error: yaml.YAMLError) -> str:
     return getattr(error, "problem", None) or str(error).splitlines()[0]
 
 
+# A config holds a few hundred values. Aliases (*name) can make a small file expand into billions of them (the
+# "billion laughs" bomb), which OmegaConf would build one by one: the expanded size is counted on the parsed
+# node graph first, in time linear in the file, with the limits of omegaconf 2.4 (which older releases lack).
+MAX_YAML_VALUES = 10_000
+_MAX_ALIAS_EXPANSION, _ALIAS_EXPANSION_FLOOR = 100, 1_000
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class YAMLExpansionError(Exception):
+    pass
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [child for pair in node.value for child in pair]
+    return []
+
+
+def check_yaml_expansion(text: str) -> None:
+    """Raise ``YAMLExpansionError`` saying what was refused when aliases expand ``text`` beyond the limits."""
+    loader = _YAML_LOADER(text)
+    try:
+        root = loader.get_single_node()
+    finally:
+        loader.dispose()
+    if root is None:
+        return
+    expanded: dict[int, int] = {}  # id(node) → values it stands for, aliases expanded
+    unique, stack, on_path = 0, [(root, False)], set()
+    while stack:  # depth first, without recursion: a deeply nested file must not overflow Python's stack
+        node, children_done = stack.pop()
+        if children_done:
+            on_path.discard(id(node))
+            expanded[id(node)] = 1 + sum(expanded[id(child)] for child in _children(node))
+            continue
+        if id(node) in expanded:
+            continue
+        if id(node) in on_path:
+            mark = node.start_mark
+            raise YAMLExpansionError(
+                f"the value at line {mark.line + 1}, column {mark.column + 1} contains an alias of itself "
+                "(a recursive alias)"
+            )
+        unique += 1
+        on_path.add(id(node))
+        stack.append((node, True))
+        stack.extend((child, False) for child in _children(node) if id(child) not in expanded)
+    total = expanded[id(root)]
+    if unique > MAX_YAML_VALUES:
+        raise YAMLExpansionError(f"it holds {unique:,} values, more than the {MAX_YAML_VALUES:,} a config may hold")
+    limit = (
+        f"more than the {MAX_YAML_VALUES:,} a config may hold"
+        if total > MAX_YAML_VALUES
+        else f"over {_MAX_ALIAS_EXPANSION} times as many as written"
+        if total > _ALIAS_EXPANSION_FLOOR and total > _MAX_ALIAS_EXPANSION * unique
+        else None
+    )
+    if limit:
+        raise YAMLExpansionError(
+            f"it is an alias bomb (billion laughs): its aliases (*name) expand {unique:,} values to {total:,}, {limit}"
+        )
+
+
 def read_config_file(path: Path) -> DictConfig:
     """Read the YAML as it is written; nothing is resolved yet."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"config file not found: {path}")
     try:
-        raw = OmegaConf.load(path)
+        text = path.read_text(encoding="utf-8")
+        check_yaml_expansion(text)
+        raw = OmegaConf.load(io.StringIO(text))
     except UnicodeDecodeError as error:
         raise ConfigError(f"cannot read {path}: not UTF-8 text ({error.reason} at byte {error.start})") from error
     except OSError as error:  # a directory, no permission, an I/O error
         raise ConfigError(f"cannot read {path}: {error.strerror or error}") from error
+    except YAMLExpansionError as error:
+        raise ConfigError(f"{path} is refused: {error}") from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

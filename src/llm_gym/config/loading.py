@@ -27,6 +27,8 @@ from llm_gym.config.composition import (
     ComposedConfig,
     KeyOrigins,
     TypeHintSwap,
+    YAMLExpansionError,
+    check_yaml_expansion,
     compose,
     omegaconf_message,
     yaml_problem,
@@ -117,7 +119,10 @@ def _parse_override(override: str, parts: tuple[str, ...]) -> Any:
     """The override's value, parsed as YAML; interpolations in it stay unresolved, to resolve in the config."""
     text = override.partition("=")[2]
     try:
+        check_yaml_expansion(text)
         value = OmegaConf.to_container(OmegaConf.from_dotlist([f"{'.'.join(parts)}={text}"]), resolve=False)
+    except YAMLExpansionError as error:
+        raise ConfigError(f"bad override '{override}': the value is refused: {error}") from None
     except yaml.YAMLError as error:
         raise ConfigError(f"bad override '{override}': the value is not valid YAML: {yaml_problem(error)}") from error
     except (OmegaConfBaseException, TypeError, ValueError) as error:

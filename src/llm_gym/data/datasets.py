@@ -132,10 +132,10 @@ class PackedDataset(torch.utils.data.Dataset):
 class PackedDatasetConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    path_prefix: Path | Annotated[list[Path], Field(min_length=1)] = Field(
+    path_prefix: str | Annotated[list[str], Field(min_length=1)] = Field(
         description="PREFIX of a tokenized PREFIX.bin + PREFIX.idx, a glob pattern of prefixes "
         "(data/tok/train-*-of-00064), or a list of these: read back to back in that order, each glob's matches "
-        "sorted; relative to the working directory"
+        "sorted; relative to the working directory; kept as written, so a trailing / (a directory) is refused"
     )
     sequence_length: PositiveInt
 

@@ -50,12 +50,25 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16 if vocab_size < 65_500 else np.int32)
 
 
+def checked_prefix(prefix: str | os.PathLike) -> str:
+    """``prefix`` as text, refused when it ends in a directory (``out/``, ``.``): the names made from it would be
+    ``out/.bin`` (or, once a path type drops the slash, ``out.bin`` beside the directory)."""
+    text = os.fspath(prefix)
+    if not text or text.endswith(("/", os.sep)) or Path(text).name in ("", ".", ".."):
+        suggestion = os.path.join(text, "corpus") if text else "corpus"
+        raise UserError(
+            f"prefix '{text}' is refused: it names a directory, and a prefix is the start of two file names, "
+            f"PREFIX.bin and PREFIX.idx; add a name, e.g. {suggestion} for {suggestion}.bin and {suggestion}.idx"
+        )
+    return text
+
+
 def bin_path(prefix: str | os.PathLike) -> Path:
-    return Path(f"{os.fspath(prefix)}.bin")
+    return Path(f"{checked_prefix(prefix)}.bin")
 
 
 def idx_path(prefix: str | os.PathLike) -> Path:
-    return Path(f"{os.fspath(prefix)}.idx")
+    return Path(f"{checked_prefix(prefix)}.idx")
 
 
 def _incomplete(path: Path) -> Path:
@@ -179,7 +192,14 @@ class IndexedDataset:
         self.idx_path, self.bin_path = idx_path(prefix), bin_path(prefix)
         for path in (self.idx_path, self.bin_path):
             if not path.is_file():
-                raise UserError(f"{path}: no such file (expected a tokenized corpus PREFIX.bin + PREFIX.idx)")
+                problem = (
+                    "is a directory, not a file"
+                    if path.is_dir()
+                    else "is not a regular file"
+                    if path.exists()
+                    else "no such file"
+                )
+                raise UserError(f"{path}: {problem} (expected a tokenized corpus PREFIX.bin + PREFIX.idx)")
         self.dtype, self.sizes, self.pointers, self.document_indices = self._read_index()
         if not np.issubdtype(self.dtype, np.integer):
             raise UserError(

@@ -14,6 +14,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
+from llm_gym.data.indexed import checked_prefix
 from llm_gym.errors import UserError
 
 _GLOB_CHARACTERS = re.compile(r"[*?[]")
@@ -23,7 +24,7 @@ _SHARD_NAME = re.compile(r"^(?P<stem>.*)-(?P<index>\d{5,})-of-(?P<count>\d{5,})$
 def shard_prefix(prefix: str | os.PathLike, shard_index: int, num_shards: int) -> Path:
     """``PREFIX-00003-of-00064``: zero-padded, so the shards of a run sort in order."""
     width = max(5, len(str(num_shards)))
-    return Path(f"{os.fspath(prefix)}-{shard_index:0{width}d}-of-{num_shards:0{width}d}")
+    return Path(f"{checked_prefix(prefix)}-{shard_index:0{width}d}-of-{num_shards:0{width}d}")
 
 
 def resolve_prefixes(patterns: Sequence[str | os.PathLike]) -> list[Path]:
@@ -49,7 +50,7 @@ def resolve_prefixes(patterns: Sequence[str | os.PathLike]) -> list[Path]:
             _check_whole_shard_sets(prefix, matches)
             prefixes.extend(Path(match) for match in matches)
         else:
-            prefixes.append(Path(prefix))
+            prefixes.append(Path(checked_prefix(prefix)))
     seen: set[Path] = set()
     for prefix in prefixes:
         if prefix.absolute() in seen:

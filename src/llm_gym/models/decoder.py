@@ -88,16 +88,31 @@ class DecoderBlock(nn.Module):
 
     def init_weights(self, weight_init: WeightInit) -> None:
         residual_projections = (self.attention.output, getattr(self.mlp, "output", None))
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                if any(module is projection for projection in residual_projections):
-                    weight_init.residual_projection_(module.weight, self.layer_index)
-                else:
-                    weight_init.linear_(module.weight)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif hasattr(module, "reset_parameters") and next(module.parameters(recurse=False), None) is not None:
-                module.reset_parameters()
+        _init_modules(self, weight_init, residual_projections, self.layer_index)
+
+
+def _init_modules(
+    root: nn.Module, weight_init: WeightInit, residual_projections: tuple = (), layer_index: int = 0
+) -> None:
+    """Initialise every module under ``root``, itself included, in place, in module order.
+
+    Each ``nn.Linear`` is drawn by the scheme (a residual projection with the residual std) with its bias at
+    zero; any other module holding parameters or buffers of its own fills them with its ``reset_parameters()``.
+    """
+    for module in root.modules():
+        if isinstance(module, nn.Linear):
+            if any(module is projection for projection in residual_projections):
+                weight_init.residual_projection_(module.weight, layer_index)
+            else:
+                weight_init.linear_(module.weight)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif hasattr(module, "reset_parameters") and _holds_state(module):
+            module.reset_parameters()
+
+
+def _holds_state(module: nn.Module) -> bool:
+    return any(True for _ in module.parameters(recurse=False)) or any(True for _ in module.buffers(recurse=False))
 
 
 class DecoderLM(nn.Module):
@@ -177,7 +192,7 @@ class DecoderLM(nn.Module):
             self.weight_init.embedding_(self.position_embedding.weight)
         for block in self.blocks:
             block.init_weights(self.weight_init)
-        self.final_norm.reset_parameters()
+        _init_modules(self.final_norm, self.weight_init)
         if self.output is not None:
             self.weight_init.linear_(self.output.weight)
 

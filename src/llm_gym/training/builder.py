@@ -16,6 +16,7 @@ from llm_gym.parallel.block_wrappers import apply_activation_checkpointing, comp
 from llm_gym.parallel.distributed import DistributedEnvironment
 from llm_gym.parallel.strategies import ParallelismStrategy
 from llm_gym.registry import ResolverRegistry, get_registry
+from llm_gym.training.materialise import materialise
 from llm_gym.training.optimizers import weight_decay_parameter_groups
 from llm_gym.training.step import BatchKeys
 
@@ -59,7 +60,7 @@ def build_model(
         )
     inner = model
     if not settings.meta_device_init:
-        _materialise(inner, device, config.experiment.seed)
+        materialise(inner, device, config.experiment.seed)
     apply_activation_checkpointing(
         model, settings.activation_checkpointing.value, settings.activation_checkpointing_every_k
     )
@@ -67,16 +68,8 @@ def build_model(
         compile_blocks(model)
     model = parallelism.parallelize(model)
     if settings.meta_device_init:
-        _materialise(inner, device, config.experiment.seed)
+        materialise(inner, device, config.experiment.seed)
     return BuiltModel(model, inner)
-
-
-def _materialise(model: nn.Module, device: torch.device, seed: int) -> None:
-    """Allocate a meta-device model on ``device`` and draw its weights from ``seed`` (``init_weights``)."""
-    model.to_empty(device=device)
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        model.init_weights()
 
 
 def check_tokenizer(config: TrainingAppConfig, model: nn.Module) -> str:

@@ -1,5 +1,6 @@
 """The training loop. It receives built components and never reads YAML; everything else plugs into it."""
 
+import math
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -20,6 +21,16 @@ class NonFiniteLossError(UserError):
     """Training diverged; nothing non-finite was written to a checkpoint."""
 
 
+def describe_non_finite(result: StepResult) -> str:
+    """Which of the step's loss and gradient norm is not finite, with both values."""
+    loss_finite, grad_norm_finite = math.isfinite(result.loss), math.isfinite(result.grad_norm)
+    if not loss_finite and not grad_norm_finite:
+        return f"non-finite loss ({result.loss}) and gradient norm ({result.grad_norm})"
+    if not loss_finite:
+        return f"non-finite loss ({result.loss}; gradient norm {result.grad_norm})"
+    return f"non-finite gradient norm ({result.grad_norm}; the loss, {result.loss}, is finite)"
+
+
 @dataclass
 class TrainingProgress:
     """Counters that a checkpoint saves and a resumed run continues from."""
@@ -27,6 +38,9 @@ class TrainingProgress:
     step: int = 0
     tokens_seen: int = 0
     skipped_steps: int = 0
+    consecutive_skipped_steps: int = 0
+    """Skipped since the last update; not saved (checkpoints of earlier releases lack it), so a resumed run
+    counts from 0."""
 
     def state_dict(self) -> dict[str, int]:
         return {"step": self.step, "tokens_seen": self.tokens_seen, "skipped_steps": self.skipped_steps}
@@ -117,16 +131,26 @@ class Trainer:
         ]
         result = train_step(self.model, self.parallelism, micro_batches, self.batch_keys, self.settings.max_grad_norm)
         self._last_lr = self.lr_scheduler.get_last_lr()[0]
+        step, progress = self.progress.step + 1, self.progress
+        non_finite = "" if result.finite else describe_non_finite(result)
         if result.finite:
             self.optimizer.step()
+            progress.consecutive_skipped_steps = 0
         elif self.settings.on_nonfinite == NonFiniteAction.STOP:
             raise NonFiniteLossError(
-                f"non-finite loss ({result.loss}) or gradient norm ({result.grad_norm}) at step "
-                f"{self.progress.step + 1}; lower optimizer.config.lr or set training.on_nonfinite=skip"
+                f"{non_finite} at step {step}; lower optimizer.config.lr or set training.on_nonfinite=skip"
             )
         else:
-            self.progress.skipped_steps += 1
-            self.broker.publish(TextMessage(f"step {self.progress.step + 1}: non-finite loss, update skipped"))
+            progress.skipped_steps += 1
+            progress.consecutive_skipped_steps += 1
+            limit = self.settings.max_consecutive_skipped_steps
+            if progress.consecutive_skipped_steps >= limit:
+                raise NonFiniteLossError(
+                    f"{limit} steps in a row ({step - limit + 1}-{step}) had non-finite values and were skipped, "
+                    f"the last with {non_finite} (training.max_consecutive_skipped_steps: {limit}): the run has "
+                    "diverged; lower optimizer.config.lr, or raise training.max_consecutive_skipped_steps"
+                )
+            self.broker.publish(TextMessage(f"step {step}: {non_finite}, update skipped"))
         self.optimizer.zero_grad(set_to_none=True)
         self.lr_scheduler.step()
         return result

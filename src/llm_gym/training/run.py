@@ -153,9 +153,10 @@ def _train(config: TrainingAppConfig, resolved: dict, env, resume: str, allow_co
             vocab_size=getattr(built.inner, "vocab_size", None),
         )
         trainer.train()
+        skipped = f" ({progress.skipped_steps} skipped: non-finite values)" if progress.skipped_steps else ""
         broker.publish(
             TextMessage(
-                f"done at step {progress.step}: metrics in {output_dir / 'metrics.jsonl'}, "
+                f"done at step {progress.step}{skipped}: metrics in {output_dir / 'metrics.jsonl'}, "
                 f"checkpoints in {checkpoints.checkpoint_root}"
             )
         )
