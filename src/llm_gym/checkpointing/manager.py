@@ -114,7 +114,7 @@ class CheckpointManager:
         write_file_atomically(self.checkpoint_root / LATEST_FILE, final_dir.name + "\n")
         logger.info("saved checkpoint %s", final_dir)
 
-    def _step_dirs(self) -> list[tuple[int, Path]]:
+    def step_dirs(self) -> list[tuple[int, Path]]:
         """The published ``step_<N>`` directories, by step."""
         return sorted(
             (_step_of(entry), entry)
@@ -130,7 +130,7 @@ class CheckpointManager:
         if not latest.is_file() or latest.read_text().strip() != checkpoint_dir.name:
             return
         replaced_step = _step_of(checkpoint_dir)
-        others = [(step, entry) for step, entry in self._step_dirs() if step != replaced_step]
+        others = [(step, entry) for step, entry in self.step_dirs() if step != replaced_step]
         older = [entry for step, entry in others if step < replaced_step]
         if substitutes := older or [entry for _, entry in others]:
             write_file_atomically(latest, substitutes[-1].name + "\n")
@@ -145,7 +145,7 @@ class CheckpointManager:
             if entry.name.startswith(TMP_PREFIX) and entry.is_dir():
                 shutil.rmtree(entry, ignore_errors=True)
         kept_step = _step_of(keep)
-        complete = [(step, entry) for step, entry in self._step_dirs() if step <= kept_step]
+        complete = [(step, entry) for step, entry in self.step_dirs() if step <= kept_step]
         steps = [step for step, _ in complete]
         doomed_entries = [
             entry

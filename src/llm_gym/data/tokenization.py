@@ -16,9 +16,10 @@ from pathlib import Path
 import numpy as np
 
 from llm_gym.data.documents import Block, Problem, check_inputs, parse_block, read_blocks
-from llm_gym.data.indexed import IndexedDatasetWriter, existing_outputs, token_dtype
-from llm_gym.data.tokenizers import load_tokenizer
+from llm_gym.data.indexed import IndexedDatasetWriter, bin_path, existing_outputs, idx_path, token_dtype
+from llm_gym.data.tokenizers import BYTE_TOKENIZER, load_tokenizer
 from llm_gym.errors import UserError
+from llm_gym.outputs import refuse_writing_over_inputs
 
 ON_ERROR_CHOICES = ("fail", "skip")
 
@@ -105,6 +106,10 @@ def tokenize_files(
     if on_error not in ON_ERROR_CHOICES:
         raise ValueError(f"on_error must be one of {ON_ERROR_CHOICES}")
     paths = check_inputs(inputs)
+    tokenizer_file = [] if str(tokenizer_spec) == BYTE_TOKENIZER else [tokenizer_spec]
+    refuse_writing_over_inputs(
+        [bin_path(output_prefix), idx_path(output_prefix)], paths + tokenizer_file, "--output_prefix"
+    )
     existing = existing_outputs(output_prefix)
     if existing and not force:
         raise UserError(f"{existing[0]} exists; pass --force to overwrite it")

@@ -8,6 +8,7 @@ from pathlib import Path
 from llm_gym.data.documents import iter_texts
 from llm_gym.data.tokenizers import END_OF_DOCUMENT
 from llm_gym.errors import UserError
+from llm_gym.outputs import refuse_writing_over_inputs
 
 BYTE_ALPHABET_SIZE = 256
 MIN_VOCAB_SIZE = BYTE_ALPHABET_SIZE + 1  # every byte, plus the end-of-document token
@@ -24,6 +25,7 @@ def train_bpe_tokenizer(
 
     if vocab_size < MIN_VOCAB_SIZE:
         raise UserError(f"--vocab_size must be at least {MIN_VOCAB_SIZE} (256 bytes + end of document)")
+    refuse_writing_over_inputs([output_path], inputs, "--output_path")
     if output_path.exists() and not force:
         raise UserError(f"{output_path} exists; pass --force to overwrite it")
     tokenizer = Tokenizer(models.BPE())
