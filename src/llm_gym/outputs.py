@@ -1,7 +1,8 @@
-"""Where commands write: never over what they read or what the user keeps."""
+"""Where commands write: never over what they read or what the user keeps, and a failed write said in one line."""
 
+import contextlib
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from llm_gym.errors import UserError
@@ -39,3 +40,14 @@ def refuse_writing_over_inputs(outputs: Iterable[Path], inputs: Iterable[str | o
                     f"choose another {option}"
                 )
 
+
+@contextlib.contextmanager
+def writing(path: str | os.PathLike, error_type: type[UserError] = UserError) -> Iterator[None]:
+    """A write that fails (a full disk, a read-only file system, a quota) as one line naming ``path`` and the cause.
+
+    A failed ``write()`` raises an ``OSError`` without a file name, which would otherwise say nothing of where.
+    """
+    try:
+        yield
+    except OSError as error:
+        raise error_type(f"cannot write {path}: {error.strerror or error}") from error

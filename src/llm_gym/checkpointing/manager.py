@@ -16,6 +16,7 @@ from typing import Any
 
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import FileSystemWriter
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.stateful import Stateful
 
 from llm_gym.checkpointing import collectives
@@ -23,6 +24,8 @@ from llm_gym.checkpointing.integrity import file_fingerprints
 from llm_gym.checkpointing.state import ModelState, assert_finite
 from llm_gym.checkpointing.storage import DCP_METADATA_FILE, read_dcp_metadata
 from llm_gym.checkpointing.strategies import CheckpointStrategy, KeepLast, SaveAtEnd, SaveEveryNSteps
+from llm_gym.errors import UserError
+from llm_gym.outputs import writing
 
 logger = logging.getLogger(__name__)
 
@@ -48,12 +51,25 @@ def _fsync_dir(directory: Path) -> None:
 def write_file_atomically(path: Path, text: str) -> None:
     """Readers see the old content or the new one, never a partial file."""
     partial = path.with_name(f"{TMP_PREFIX}{path.name}")
-    with partial.open("w") as file:
-        file.write(text)
-        file.flush()
-        os.fsync(file.fileno())
+    try:
+        with writing(path), partial.open("w") as file:
+            file.write(text)
+            file.flush()
+            os.fsync(file.fileno())
+    except UserError:
+        partial.unlink(missing_ok=True)
+        raise
     os.replace(partial, path)
     _fsync_dir(path.parent)
+
+
+def first_failure(error: BaseException) -> tuple[int | None, BaseException]:
+    """The first failing rank and its own exception, which DCP gathers from every rank into a
+    ``CheckpointException``; ``(None, error)`` for any other exception."""
+    if isinstance(error, CheckpointException) and error.failures:
+        rank, (exception, _) = next(iter(error.failures.items()))
+        return rank, exception
+    return None, error
 
 
 class CheckpointManager:
@@ -89,8 +105,21 @@ class CheckpointManager:
             self.checkpoint_root.mkdir(parents=True, exist_ok=True)
             shutil.rmtree(partial_dir, ignore_errors=True)
         collectives.barrier()
-        with collectives.single_process_quietly():
-            dcp.save(state, storage_writer=FileSystemWriter(partial_dir))
+        try:
+            with collectives.single_process_quietly():
+                dcp.save(state, storage_writer=FileSystemWriter(partial_dir))
+        except CheckpointException as error:
+            # Every rank holds the same gathered failures; a file one of them could not write is the user's to fix.
+            failed_rank, cause = first_failure(error)
+            if not isinstance(cause, OSError):
+                raise
+            if is_main:
+                shutil.rmtree(partial_dir, ignore_errors=True)  # what was written, so the disk gets its room back
+            where = f" (rank {failed_rank})" if collectives.world_size() > 1 else ""
+            raise UserError(
+                f"cannot write checkpoint {final_dir}{where}: {cause.strerror or cause}; the earlier checkpoints "
+                f"and {LATEST_FILE} are unchanged"
+            ) from error
         # Read back rather than use dcp.save's return value: torch 2.11 returns it without storage_data.
         dcp_metadata = read_dcp_metadata(partial_dir)
         written = sorted({info.relative_path for info in dcp_metadata.storage_data.values()} | {DCP_METADATA_FILE})

@@ -10,6 +10,7 @@ int64 document indices. Files written here have one sequence per document, so do
 Token ids are integers: a corpus whose dtype code is a float type (a foreign file) is refused when opened.
 """
 
+import contextlib
 import os
 import struct
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from llm_gym.errors import UserError
+from llm_gym.outputs import writing
 
 MAGIC = b"MMIDIDX\x00\x00"
 VERSION = 1
@@ -87,19 +89,21 @@ class IndexedDatasetWriter:
 
     def add_documents(self, tokens: np.ndarray, lengths: np.ndarray) -> None:
         """Append ``len(lengths)`` documents whose tokens lie back to back in ``tokens``."""
-        self._bin_file.write(np.ascontiguousarray(tokens, dtype=self.dtype).tobytes())
+        with writing(self._bin):
+            self._bin_file.write(np.ascontiguousarray(tokens, dtype=self.dtype).tobytes())
         self._lengths.append(np.asarray(lengths, dtype=np.int32))
         self.num_tokens += int(tokens.size)
 
     def finalize(self) -> None:
-        self._bin_file.close()
+        with writing(self._bin):
+            self._bin_file.close()
         lengths = np.concatenate(self._lengths) if self._lengths else np.zeros(0, np.int32)
         pointers = np.zeros(len(lengths), dtype=np.int64)
         np.cumsum(lengths[:-1], dtype=np.int64, out=pointers[1:])
         pointers *= self.dtype.itemsize
         document_indices = np.arange(len(lengths) + 1, dtype=np.int64)
         incomplete_idx = _incomplete(self._idx)
-        with open(incomplete_idx, "wb") as file:
+        with writing(self._idx), open(incomplete_idx, "wb") as file:
             file.write(_HEADER.pack(MAGIC, VERSION, _CODE_OF_DTYPE[self.dtype], len(lengths), len(document_indices)))
             file.write(lengths.tobytes())
             file.write(pointers.tobytes())
@@ -112,7 +116,8 @@ class IndexedDatasetWriter:
 
     def discard(self) -> None:
         """Remove everything written so far; the output names stay untouched."""
-        self._bin_file.close()
+        with contextlib.suppress(OSError):  # closing flushes, which fails again on a full disk; the file goes anyway
+            self._bin_file.close()
         for path in (_incomplete(self._bin), _incomplete(self._idx)):
             path.unlink(missing_ok=True)
 

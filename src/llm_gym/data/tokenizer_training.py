@@ -8,7 +8,7 @@ from pathlib import Path
 from llm_gym.data.documents import iter_texts
 from llm_gym.data.tokenizers import END_OF_DOCUMENT
 from llm_gym.errors import UserError
-from llm_gym.outputs import refuse_writing_over_inputs
+from llm_gym.outputs import refuse_writing_over_inputs, writing
 
 BYTE_ALPHABET_SIZE = 256
 MIN_VOCAB_SIZE = BYTE_ALPHABET_SIZE + 1  # every byte, plus the end-of-document token
@@ -44,6 +44,13 @@ def train_bpe_tokenizer(
     tokenizer.train_from_iterator(itertools.chain([first_text], texts), trainer=trainer)
     output_path.parent.mkdir(parents=True, exist_ok=True)
     incomplete = output_path.with_name(output_path.name + ".incomplete")
-    tokenizer.save(str(incomplete))
+    # Written by Python rather than tokenizer.save, whose failures (a full disk, a read-only directory) are bare
+    # Exceptions; a failed write leaves no partial file.
+    try:
+        with writing(output_path):
+            incomplete.write_text(tokenizer.to_str(pretty=True), encoding="utf-8")
+    except UserError:
+        incomplete.unlink(missing_ok=True)
+        raise
     os.replace(incomplete, output_path)
     return tokenizer.get_vocab_size(with_added_tokens=True)

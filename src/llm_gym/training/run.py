@@ -24,7 +24,7 @@ from llm_gym.config.loading import load_config
 from llm_gym.errors import ConfigError
 from llm_gym.logging_broker import TextMessage
 from llm_gym.models.flops import describe_model, flops_per_token
-from llm_gym.outputs import refuse_writing_over_inputs
+from llm_gym.outputs import refuse_writing_over_inputs, writing
 from llm_gym.parallel.distributed import DistributedEnvironment, destroy_distributed, init_distributed
 from llm_gym.parallel.strategies import ParallelismStrategy
 from llm_gym.registry import get_registry
@@ -137,7 +137,8 @@ def _train(
             )
     if env.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / CONFIG_FILE).write_text(yaml.safe_dump(resolved, sort_keys=False))
+        with writing(output_dir / CONFIG_FILE):
+            (output_dir / CONFIG_FILE).write_text(yaml.safe_dump(resolved, sort_keys=False))
     broker = build_broker(config, resolved, env.is_main_process, resume_step)
     with broker:
         broker.publish(TextMessage("\n".join(_run_header(config, env, parallelism, built.inner, tokenizer_line))))
