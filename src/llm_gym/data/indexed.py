@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from llm_gym.errors import UserError
+from llm_gym.errors import MissingInputError, UserError
 from llm_gym.outputs import writing
 
 MAGIC = b"MMIDIDX\x00\x00"
@@ -133,7 +133,7 @@ class IndexedDataset:
         self.idx_path, self.bin_path = idx_path(prefix), bin_path(prefix)
         for path in (self.idx_path, self.bin_path):
             if not path.is_file():
-                raise UserError(f"{path}: no such file (expected a tokenized corpus PREFIX.bin + PREFIX.idx)")
+                raise MissingInputError(f"{path}: no such file (expected a tokenized corpus PREFIX.bin + PREFIX.idx)")
         self.dtype, self.sizes, self.pointers, self.document_indices = self._read_index()
         if not np.issubdtype(self.dtype, np.integer):
             raise UserError(

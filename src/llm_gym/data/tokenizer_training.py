@@ -12,6 +12,9 @@ from llm_gym.outputs import refuse_writing_over_inputs, writing
 
 BYTE_ALPHABET_SIZE = 256
 MIN_VOCAB_SIZE = BYTE_ALPHABET_SIZE + 1  # every byte, plus the end-of-document token
+# The largest vocabularies in use hold a few hundred thousand tokens; the trainer reserves memory for every token
+# asked (about 70 bytes each), and a reservation it cannot get aborts the process.
+MAX_VOCAB_SIZE = 2**24
 
 
 def train_bpe_tokenizer(
@@ -25,6 +28,11 @@ def train_bpe_tokenizer(
 
     if vocab_size < MIN_VOCAB_SIZE:
         raise UserError(f"--vocab_size must be at least {MIN_VOCAB_SIZE} (256 bytes + end of document)")
+    if vocab_size > MAX_VOCAB_SIZE:
+        raise UserError(
+            f"--vocab_size {vocab_size:,} is beyond the {MAX_VOCAB_SIZE:,} this trainer allows: it reserves memory "
+            "for every token asked, and vocabularies in use hold a few hundred thousand"
+        )
     refuse_writing_over_inputs([output_path], inputs, "--output_path")
     if output_path.exists() and not force:
         raise UserError(f"{output_path} exists; pass --force to overwrite it")
