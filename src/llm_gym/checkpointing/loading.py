@@ -42,9 +42,13 @@ def resolve_resume(resume: str, checkpoint_root: Path) -> Path | None:
             if collectives.rank() == 0:
                 logger.warning("--resume auto: no checkpoint in %s yet; starting from scratch", checkpoint_root)
             return None
-        name = latest.read_text().strip()
+        try:
+            name = latest.read_bytes().decode("utf-8").strip()
+        except UnicodeDecodeError:
+            name = None
         if not name or "/" in name or name.startswith("."):
-            raise UserError(f"{latest} is corrupted: it should name a checkpoint directory, found {name!r}")
+            found = "bytes that are not UTF-8 text" if name is None else repr(name)
+            raise UserError(f"{latest} is corrupted: it should name a checkpoint directory, found {found}")
         checkpoint_dir = latest.parent / name
     else:
         checkpoint_dir = Path(resume)
