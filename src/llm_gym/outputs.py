@@ -42,7 +42,7 @@ def refuse_writing_over_inputs(outputs: Iterable[Path], inputs: Iterable[str | o
 
 
 @contextlib.contextmanager
-def writing(path: str | os.PathLike, error_type: type[UserError] = UserError) -> Iterator[None]:
+def writing(path: str | os.PathLike) -> Iterator[None]:
     """A write that fails (a full disk, a read-only file system, a quota) as one line naming ``path`` and the cause.
 
     A failed ``write()`` raises an ``OSError`` without a file name, which would otherwise say nothing of where.
@@ -50,4 +50,4 @@ def writing(path: str | os.PathLike, error_type: type[UserError] = UserError) ->
     try:
         yield
     except OSError as error:
-        raise error_type(f"cannot write {path}: {error.strerror or error}") from error
+        raise UserError(f"cannot write {path}: {error.strerror or error}") from error

@@ -142,7 +142,7 @@ class TrainingAppConfig(_Section):
         return self
 
     @model_validator(mode="after")
-    def _datasets_cut_the_training_sequence(self) -> "TrainingAppConfig":
+    def _datasets_have_the_training_sequence_length(self) -> "TrainingAppConfig":
         # Longer samples than the model takes fail in the first forward pass; shorter ones train on other
         # sequences than the run reports (the tokens per step of its header).
         nodes = {"data.train_dataset": self.data.train_dataset} | {
