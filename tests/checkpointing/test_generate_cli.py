@@ -204,14 +204,14 @@ BAD_CHECKPOINTS = {
 @pytest.mark.parametrize("command", ["generate", "export_hf"])
 @pytest.mark.parametrize(("damage", "message"), BAD_CHECKPOINTS.values(), ids=BAD_CHECKPOINTS)
 def test_bad_checkpoint_is_exit_2_with_a_message(llama_checkpoints, tmp_path, command, damage, message):
-    root = tmp_path / "checkpoints"
+    root = tmp_path / "experiment" / "checkpoints"
     shutil.copytree(llama_checkpoints, root)
     checkpoint_path = damage(root)
-    output_dir = tmp_path / "exported"
+    output_dir = tmp_path / "exported"  # outside the experiment, as export_hf wants
     command_options = ["--prompt", "a"] if command == "generate" else ["--output_dir", str(output_dir)]
     result = CliRunner().invoke(main, [command, "--checkpoint_path", str(checkpoint_path), *command_options])
     assert result.exit_code == 2, result.output
     assert result.stderr.startswith("error: ") and "Traceback" not in result.stderr
     assert result.stdout == ""
     assert re.search(message, result.stderr), result.stderr
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["checkpoints"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["experiment"]

@@ -202,6 +202,17 @@ def test_existing_output_is_refused_unless_forced(tmp_path: Path):
     assert IndexedDataset(tmp_path / "out").document(0).tolist() == [*b"new", 256]
 
 
+def test_an_output_that_is_the_tokenizer_file_is_refused_even_when_forced(tmp_path: Path, bpe_tokenizer: Path):
+    tokenizer = tmp_path / "out.bin"
+    tokenizer.write_bytes(bpe_tokenizer.read_bytes())  # a tokenizer.json by another name
+    inputs = [write_jsonl(tmp_path / "in.jsonl", ["new"])]
+    result = tokenize(inputs, tmp_path / "out", "--tokenizer", str(tokenizer), "--force")
+    assert result.exit_code == 2
+    assert f"{tokenizer} is also an input of this command ({tokenizer})" in result.stderr
+    assert tokenizer.read_bytes() == bpe_tokenizer.read_bytes()
+    assert files_in(tmp_path) == ["in.jsonl", "out.bin"]
+
+
 @pytest.mark.parametrize(
     ("make_input", "options", "message"),
     [

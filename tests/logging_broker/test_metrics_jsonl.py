@@ -2,6 +2,9 @@
 
 import json
 
+import pytest
+
+from llm_gym.errors import UserError
 from llm_gym.logging_broker import MetricsRecord
 from llm_gym.logging_broker.metrics_file import MetricsJsonl
 
@@ -71,3 +74,12 @@ def test_resuming_without_a_file_starts_one_under_the_configured_name(tmp_path):
     logger = write_run(experiment_dir, [3], resume_step=2, filename="train_metrics.jsonl")
     assert logger.path == experiment_dir / "train_metrics.jsonl"
     assert [line["step"] for line in read_lines(logger.path)] == [3]
+
+
+def test_a_full_disk_is_a_user_error_naming_the_file(tmp_path):
+    (tmp_path / "metrics.jsonl").symlink_to("/dev/full")  # every write fails with ENOSPC, as on a full disk
+    logger = MetricsJsonl(tmp_path, {}, None)
+    with pytest.raises(UserError, match=f"cannot write {tmp_path / 'metrics.jsonl'}: No space left on device"):
+        logger.consume(MetricsRecord(1, "train", TRAIN))
+    with pytest.raises(UserError, match="No space left on device"):
+        logger.close()

@@ -12,9 +12,10 @@ from llm_gym.config.loading import load_config
 from llm_gym.errors import ConfigError
 from llm_gym.models.attention import AttentionKernelConfig, SDPAttention
 from llm_gym.models.mlp import GELUMLP, GELUMLPConfig
-from llm_gym.parallel.distributed import destroy_distributed, init_distributed
+from llm_gym.parallel.distributed import DistributedEnvironment, destroy_distributed, init_distributed
 from llm_gym.registry import get_registry
-from llm_gym.training.builder import build_model, build_parallelism
+from llm_gym.training import builder
+from llm_gym.training.builder import build_model, build_model_on_meta, build_parallelism, check_model_fits
 
 SEED = 5
 # The shipped tiny config (RoPE, GQA, SwiGLU, TruncatedNormal), smaller still; data paths are never read here.
@@ -201,3 +202,19 @@ def test_a_shard_left_unfilled_on_one_rank_is_refused_on_every_rank():
         "model: DecoderLM.init_weights() left blocks.0.mlp.scale, blocks.1.mlp.scale (parameters of _ShardUnawareMLP)"
     )
     assert run_on_ranks(_build_sharded_after_sharding, 2, _ResetScaledMLP) == ["built", "built"]
+
+
+@pytest.mark.parametrize("meta_device_init", [False, True])
+def test_weights_beyond_the_memory_of_the_device_are_refused(monkeypatch, meta_device_init):
+    """Two CPU ranks of one machine share its RAM; with meta_device_init each holds only its FSDP2 shard."""
+    config = load("FSDP2", meta_device_init)
+    env = DistributedEnvironment(0, 0, 2, 2, torch.device("cpu"))
+    parallelism = get_registry().build_component_by_config(config.parallelism, extra_kwargs={"env": env})
+    model = build_model_on_meta(config)
+    tensors = {id(tensor): tensor for tensor in [*model.parameters(), *model.buffers()]}.values()
+    needed = sum(tensor.numel() * tensor.element_size() for tensor in tensors) * (1 if meta_device_init else 2)
+    monkeypatch.setattr(builder, "available_memory", lambda device: needed)
+    check_model_fits(model, config, parallelism)
+    monkeypatch.setattr(builder, "available_memory", lambda device: needed - 1)
+    with pytest.raises(ConfigError, match=r"^model: its weights alone need [\d.]+ GiB × 2 ranks on cpu, more than"):
+        check_model_fits(model, config, parallelism)

@@ -20,7 +20,7 @@ from llm_gym.config.component import Component, ComponentNode
 from llm_gym.config.loading import USER_MODULES_KEY, format_validation_error, import_modules
 from llm_gym.data.tokenizers import BYTE_TOKENIZER, Tokenizer, load_tokenizer, tokenizer_exists
 from llm_gym.errors import UserError
-from llm_gym.models.generation import stream_tokens
+from llm_gym.models.generation import check_sampling_settings, stream_tokens
 from llm_gym.registry import get_registry
 
 
@@ -124,7 +124,13 @@ def stream_text(
 
     An empty prompt starts a new document (the end-of-text token). A piece is yielded only once it decodes
     to whole characters, so a character split across tokens (bytes of UTF-8) comes out in one piece.
+    Bad settings and a prompt that is not text raise ``UserError`` here, before the first piece is asked for.
     """
+    check_sampling_settings(max_new_tokens, temperature, top_k, top_p, seed)
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError as error:  # bytes a shell passed that are not UTF-8 arrive as lone surrogates
+        raise UserError(f"the prompt is not valid UTF-8 text (at character {error.start})") from None
     device = next(model.parameters()).device
     prompt_ids = tokenizer.encode(prompt) or [tokenizer.eos_id]
     generator = torch.Generator(device).manual_seed(seed)
@@ -138,6 +144,10 @@ def stream_text(
         generator,
         eos_id=tokenizer.eos_id,
     )
+    return _text_pieces(tokenizer, prompt_ids, tokens)
+
+
+def _text_pieces(tokenizer: Tokenizer, prompt_ids: list[int], tokens: Iterator[torch.Tensor]) -> Iterator[str]:
     # Decoding the prompt with the new ids keeps what depends on the context (a BPE's leading space) right.
     prompt_text = tokenizer.decode(prompt_ids)
     new_ids: list[int] = []

@@ -43,8 +43,10 @@ def generate(
 
     trained = load_trained_model(checkpoint_path, select_device("auto", local_rank=0), user_modules)
     tokenizer = trained.load_tokenizer()
+    # Checks the options and the prompt before anything is printed.
+    pieces = stream_text(trained.model, tokenizer, prompt, max_new_tokens, temperature, top_k, top_p, seed)
     click.echo(f"{trained.checkpoint_dir} (step {trained.step}) on {next(trained.model.parameters()).device}", err=True)
     click.echo(prompt, nl=False)
-    for piece in stream_text(trained.model, tokenizer, prompt, max_new_tokens, temperature, top_k, top_p, seed):
+    for piece in pieces:
         click.echo(piece, nl=False)
     click.echo()

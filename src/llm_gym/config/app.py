@@ -4,6 +4,7 @@ Cross-field rules that need the whole picture (batch sizes against the world siz
 checked here too, before anything heavy is built.
 """
 
+from collections.abc import Iterator
 from enum import Enum
 from pathlib import Path
 from typing import Any, ClassVar
@@ -19,7 +20,8 @@ from pydantic import (
 )
 
 from llm_gym.checkpointing.strategies import KeepCount
-from llm_gym.config.component import Component
+from llm_gym.config.component import Component, ComponentNode
+from llm_gym.data.permutation import Seed
 
 
 class _Section(BaseModel):
@@ -30,7 +32,7 @@ class ExperimentSettings(_Section):
     # Their defaults are TrainingAppConfig.composition_defaults', where ${experiment.experiment_id} resolves.
     experiment_id: str = Field(min_length=1)
     output_dir: Path = Field(description="experiment directory: config.yaml, metrics.jsonl, checkpoints/")
-    seed: NonNegativeInt
+    seed: Seed
 
 
 class NonFiniteAction(str, Enum):
@@ -160,6 +162,22 @@ class TrainingAppConfig(_Section):
         return self
 
     @model_validator(mode="after")
+    def _datasets_have_the_training_sequence_length(self) -> "TrainingAppConfig":
+        # Longer samples than the model takes fail in the first forward pass; shorter ones train on other
+        # sequences than the run reports (the tokens per step of its header).
+        nodes = {"data.train_dataset": self.data.train_dataset} | {
+            f"data.eval_datasets.{split}": node for split, node in self.data.eval_datasets.items()
+        }
+        expected = self.training.sequence_length
+        for key, value in (item for path, node in nodes.items() for item in _sequence_lengths(node, path)):
+            if value != expected:
+                raise ValueError(
+                    f"{key} ({value}) differs from training.sequence_length ({expected}): every dataset's samples "
+                    "must be that long; set it to ${training.sequence_length}"
+                )
+        return self
+
+    @model_validator(mode="after")
     def _meta_device_init_needs_a_strategy_that_materialises(self) -> "TrainingAppConfig":
         if not self.training.meta_device_init:
             return self
@@ -180,3 +198,17 @@ class TrainingAppConfig(_Section):
                 "or training.meta_device_init: false"
             )
         return self
+
+
+def _sequence_lengths(node: ComponentNode, path: str) -> Iterator[tuple[str, int]]:
+    """The ``sequence_length`` of a component node's config and of the nodes inside it (a blend's datasets)."""
+    config = node.config
+    if isinstance(getattr(config, "sequence_length", None), int):
+        yield f"{path}.config.sequence_length", config.sequence_length
+    for name in type(config).model_fields:
+        value = getattr(config, name)
+        children = value if isinstance(value, list | tuple) else [value]
+        for index, child in enumerate(children):
+            if isinstance(child, ComponentNode):
+                child_path = f"{path}.config.{name}" + (f".{index}" if children is value else "")
+                yield from _sequence_lengths(child, child_path)

@@ -7,11 +7,11 @@ from typing import Annotated
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
 
 from llm_gym.config.component import Component
 from llm_gym.data.indexed import IndexedDataset, bin_path
-from llm_gym.data.permutation import seeded_permutation
+from llm_gym.data.permutation import Seed, seeded_permutation
 from llm_gym.data.prefixes import resolve_prefixes
 from llm_gym.errors import ConfigError
 
@@ -214,7 +214,7 @@ class BlendedDatasetConfig(BaseModel):
     datasets: list[Component("dataset")] = Field(min_length=1)
     weights: list[PositiveFloat] = Field(min_length=1, description="relative; normalised to sum to 1")
     num_samples: PositiveInt | None = Field(None, description="null: as many as fit before any dataset repeats")
-    seed: NonNegativeInt = 0
+    seed: Seed = 0
 
     @model_validator(mode="after")
     def _one_weight_per_dataset(self) -> "BlendedDatasetConfig":

@@ -14,6 +14,7 @@ Token ids are integers: a corpus whose dtype code is a float type (a foreign fil
 nor the index.
 """
 
+import contextlib
 import os
 import shutil
 import struct
@@ -24,7 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from llm_gym.errors import UserError
+from llm_gym.errors import MissingInputError, UserError
+from llm_gym.outputs import writing
 
 MAGIC = b"MMIDIDX\x00\x00"
 VERSION = 1
@@ -151,19 +153,21 @@ class IndexedDatasetWriter:
 
     def add_documents(self, tokens: np.ndarray, lengths: np.ndarray) -> None:
         """Append ``len(lengths)`` documents whose tokens lie back to back in ``tokens``."""
-        self._bin_file.write(np.ascontiguousarray(tokens, dtype=self.dtype).tobytes())
+        with writing(self._bin):
+            self._bin_file.write(np.ascontiguousarray(tokens, dtype=self.dtype).tobytes())
         self._lengths.append(np.asarray(lengths, dtype=np.int32))
         self.num_tokens += int(tokens.size)
 
     def finalize(self) -> None:
-        self._bin_file.close()
+        with writing(self._bin):
+            self._bin_file.close()
         lengths = np.concatenate(self._lengths) if self._lengths else np.zeros(0, np.int32)
         pointers = np.zeros(len(lengths), dtype=np.int64)
         np.cumsum(lengths[:-1], dtype=np.int64, out=pointers[1:])
         pointers *= self.dtype.itemsize
         document_indices = np.arange(len(lengths) + 1, dtype=np.int64)
         incomplete_idx = _incomplete(self._idx)
-        with open(incomplete_idx, "wb") as file:
+        with writing(self._idx), open(incomplete_idx, "wb") as file:
             file.write(_HEADER.pack(MAGIC, VERSION, _CODE_OF_DTYPE[self.dtype], len(lengths), len(document_indices)))
             file.write(lengths.tobytes())
             file.write(pointers.tobytes())
@@ -176,7 +180,8 @@ class IndexedDatasetWriter:
 
     def discard(self) -> None:
         """Remove everything written so far; the output names stay untouched."""
-        self._bin_file.close()
+        with contextlib.suppress(OSError):  # closing flushes, which fails again on a full disk; the file goes anyway
+            self._bin_file.close()
         for path in (_incomplete(self._bin), _incomplete(self._idx)):
             path.unlink(missing_ok=True)
 
@@ -197,8 +202,12 @@ class IndexedDataset:
                     if path.is_dir()
                     else "is not a regular file"
                     if path.exists()
-                    else "no such file"
+                    else None
                 )
+                if problem is None:
+                    raise MissingInputError(
+                        f"{path}: no such file (expected a tokenized corpus PREFIX.bin + PREFIX.idx)"
+                    )
                 raise UserError(f"{path}: {problem} (expected a tokenized corpus PREFIX.bin + PREFIX.idx)")
         self.dtype, self.sizes, self.pointers, self.document_indices = self._read_index()
         if not np.issubdtype(self.dtype, np.integer):

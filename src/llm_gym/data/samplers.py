@@ -10,9 +10,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, NonNegativeInt
+from pydantic import BaseModel, ConfigDict
 
-from llm_gym.data.permutation import seeded_permutation
+from llm_gym.data.permutation import Seed, seeded_permutation
 
 
 class ResumableDistributedSampler:
@@ -66,7 +66,7 @@ class ResumableDistributedSampler:
 class ResumableDistributedSamplerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    seed: NonNegativeInt
+    seed: Seed
     shuffle: bool = True
 
 

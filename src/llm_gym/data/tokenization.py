@@ -16,11 +16,12 @@ from pathlib import Path
 import numpy as np
 
 from llm_gym.data.documents import Block, ColumnBlock, Problem, located, parse_block
-from llm_gym.data.indexed import IndexedDatasetWriter, existing_outputs, token_dtype
+from llm_gym.data.indexed import IndexedDatasetWriter, bin_path, existing_outputs, idx_path, token_dtype
 from llm_gym.data.inputs import Piece, find_input_files, plan_shard, read_pieces
 from llm_gym.data.prefixes import shard_prefix
-from llm_gym.data.tokenizers import load_tokenizer
+from llm_gym.data.tokenizers import BYTE_TOKENIZER, load_tokenizer
 from llm_gym.errors import UserError
+from llm_gym.outputs import refuse_writing_over_inputs
 
 ON_ERROR_CHOICES = ("fail", "skip")
 
@@ -135,6 +136,12 @@ def tokenize_files(
     pieces = plan_shard(files, num_shards or 1, shard_index)
     if num_shards is not None:
         output_prefix = shard_prefix(output_prefix, shard_index, num_shards)
+    tokenizer_file = [] if str(tokenizer_spec) == BYTE_TOKENIZER else [tokenizer_spec]
+    refuse_writing_over_inputs(
+        [bin_path(output_prefix), idx_path(output_prefix)],
+        [file.path for file in files] + tokenizer_file,
+        "--output_prefix",
+    )
     existing = existing_outputs(output_prefix)
     if existing and not force:
         raise UserError(f"{existing[0]} exists; pass --force to overwrite it")

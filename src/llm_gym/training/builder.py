@@ -1,5 +1,6 @@
 """From a validated config to built, wired components: the only place that reads the config of a run."""
 
+import itertools
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -7,15 +8,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from llm_gym.config.app import TrainingAppConfig
+from llm_gym.config.app import TrainingAppConfig, TrainingSettings
 from llm_gym.data.loaders import eval_batches
 from llm_gym.data.tokenizers import load_tokenizer, tokenizer_exists
 from llm_gym.errors import ConfigError
 from llm_gym.logging_broker import MessageBroker
 from llm_gym.parallel.block_wrappers import apply_activation_checkpointing, compile_blocks
 from llm_gym.parallel.distributed import DistributedEnvironment
-from llm_gym.parallel.strategies import ParallelismStrategy
+from llm_gym.parallel.strategies import FSDP2, HSDP, ParallelismStrategy
 from llm_gym.registry import ResolverRegistry, get_registry
+from llm_gym.training.hardware import available_memory
 from llm_gym.training.materialise import materialise
 from llm_gym.training.optimizers import weight_decay_parameter_groups
 from llm_gym.training.step import BatchKeys
@@ -49,10 +51,9 @@ def build_model(
     after sharding, shard by shard: the way to train models larger than one device. Both give the same
     weights (an FSDP2 shard is drawn whole, then sliced).
     """
-    registry = registry or get_registry()
     settings, device = config.training, parallelism.env.device
-    with torch.device("meta"):
-        model = registry.build_component_by_config(config.model)
+    model = build_model_on_meta(config, registry)
+    check_model_fits(model, config, parallelism)
     if not callable(getattr(model, "init_weights", None)):
         raise ConfigError(
             f"model: {type(model).__name__} has no init_weights(); llm_gym builds models on the meta device and "
@@ -70,6 +71,51 @@ def build_model(
     if settings.meta_device_init:
         materialise(inner, device, config.experiment.seed)
     return BuiltModel(model, inner)
+
+
+def build_model_on_meta(config: TrainingAppConfig, registry: ResolverRegistry | None = None) -> nn.Module:
+    """The model's shapes without its memory: what `validate` sizes and `run` materialises."""
+    registry = registry or get_registry()
+    try:
+        with torch.device("meta"):
+            return registry.build_component_by_config(config.model)
+    except (RuntimeError, TypeError, OverflowError) as error:
+        # How torch refuses a tensor size beyond 64 bits, even on the meta device.
+        if "overflow" not in str(error).lower():
+            raise
+        reason = str(error).strip().splitlines()[0]
+        raise ConfigError(f"model: a tensor of this size cannot exist (beyond 2^63 bytes): {reason}") from None
+
+
+def shard_degree(parallelism: ParallelismStrategy) -> int:
+    """Over how many ranks each parameter is split."""
+    if isinstance(parallelism, HSDP):
+        return parallelism.shard_degree
+    return parallelism.env.world_size if isinstance(parallelism, FSDP2) else 1
+
+
+def check_model_fits(model: nn.Module, config: TrainingAppConfig, parallelism: ParallelismStrategy) -> None:
+    """Refuse a model (on the meta device) whose weights alone cannot be allocated on the device a rank trains on.
+
+    Weights are materialised whole on every rank, or only their shard with ``training.meta_device_init``; the
+    ranks of one machine share its RAM. Optimizer state and activations come on top, so a model that passes
+    may still not train: ``validate`` prints the whole estimate.
+    """
+    env = parallelism.env
+    available = available_memory(env.device)
+    if available is None:
+        return
+    tensors = {id(tensor): tensor for tensor in itertools.chain(model.parameters(), model.buffers())}.values()
+    model_bytes = sum(tensor.numel() * tensor.element_size() for tensor in tensors)
+    per_rank = model_bytes / shard_degree(parallelism) if config.training.meta_device_init else model_bytes
+    sharing = env.local_world_size if env.device.type == "cpu" else 1
+    if per_rank * sharing > available:
+        ranks = f" × {sharing} ranks" if sharing > 1 else ""
+        raise ConfigError(
+            f"model: its weights alone need {per_rank / 2**30:,.2f} GiB{ranks} on {env.device.type}, more than the "
+            f"{available / 2**30:,.2f} GiB available there; make the model smaller (model.config), or shard its "
+            "weights over more devices (FSDP2 with training.meta_device_init: true)"
+        )
 
 
 def check_tokenizer(config: TrainingAppConfig, model: nn.Module) -> str:
@@ -94,6 +140,15 @@ def build_optimization(config: TrainingAppConfig, model: nn.Module) -> tuple[tor
     return optimizer, lr_scheduler
 
 
+def check_train_dataset_size(num_samples: int, training: TrainingSettings, data_parallel_size: int) -> None:
+    samples_per_step = training.samples_per_step(data_parallel_size)
+    if num_samples < samples_per_step:
+        raise ConfigError(
+            f"data.train_dataset has {num_samples:,} samples, fewer than one global batch ({samples_per_step:,}): "
+            "every step would repeat samples; give it more data, or shorten training.sequence_length or the batch"
+        )
+
+
 @dataclass
 class BuiltData:
     train_loader: Any
@@ -106,6 +161,7 @@ def build_data(config: TrainingAppConfig, parallelism: ParallelismStrategy) -> B
     dp_rank, dp_size = parallelism.data_parallel_rank, parallelism.data_parallel_size
     micro_batch_size = config.training.micro_batch_size
     train_dataset = registry.build_component_by_config(data.train_dataset)
+    check_train_dataset_size(len(train_dataset), config.training, dp_size)
     sampler = registry.build_component_by_config(
         data.sampler,
         extra_kwargs={"dataset_length": len(train_dataset), "dp_rank": dp_rank, "dp_world_size": dp_size},

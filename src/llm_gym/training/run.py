@@ -24,6 +24,7 @@ from llm_gym.config.loading import load_config
 from llm_gym.errors import ConfigError
 from llm_gym.logging_broker import TextMessage
 from llm_gym.models.flops import describe_model, flops_per_token
+from llm_gym.outputs import refuse_writing_over_inputs, writing
 from llm_gym.parallel.distributed import DistributedEnvironment, destroy_distributed, init_distributed
 from llm_gym.parallel.strategies import ParallelismStrategy
 from llm_gym.registry import get_registry
@@ -40,6 +41,9 @@ from llm_gym.training.loop import Trainer, TrainingProgress
 from llm_gym.training.summary import describe_global_batch
 
 logger = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.yaml"
+"""The resolved config of the run, in the experiment directory."""
 
 
 class _PeriodicCheckpoints:
@@ -59,7 +63,7 @@ def run_training(
     config, resolved = load_config(config_file_path, TrainingAppConfig, overrides)
     env = init_distributed(config.training.device)
     try:
-        _train(config, resolved, env, resume, allow_config_change)
+        _train(config, resolved, env, resume, allow_config_change, Path(config_file_path))
     finally:
         destroy_distributed()
 
@@ -76,7 +80,9 @@ def _resume_differences(checkpoint_dir: Path, resolved: dict, world_size: int) -
     )
 
 
-def _train(config: TrainingAppConfig, resolved: dict, env, resume: str, allow_config_change: bool) -> None:
+def _train(
+    config: TrainingAppConfig, resolved: dict, env, resume: str, allow_config_change: bool, config_file_path: Path
+) -> None:
     output_dir = Path(config.experiment.output_dir)
     settings = config.checkpointing
     checkpoints = CheckpointManager(
@@ -86,11 +92,18 @@ def _train(config: TrainingAppConfig, resolved: dict, env, resume: str, allow_co
         [get_registry().build_component_by_config(node) for node in settings.strategies],
     )
     resume_dir = resolve_resume(resume, checkpoints.checkpoint_root)
-    if resume_dir is None and (checkpoints.checkpoint_root / LATEST_FILE).exists():
+    # A fresh run would prune checkpoints it did not write. Without `latest`, --resume auto starts from scratch
+    # over what a run killed inside its first save left, which is its own.
+    earlier_run = (checkpoints.checkpoint_root / LATEST_FILE).exists() or (
+        resume == "none" and checkpoints.checkpoint_root.is_dir() and checkpoints.step_dirs()
+    )
+    if resume_dir is None and earlier_run:
         raise ConfigError(
             f"{checkpoints.checkpoint_root} already holds checkpoints of an earlier run: continue it with "
             "--resume auto, or set another experiment.output_dir"
         )
+    if resume_dir is None:  # a resumed run updates its own config.yaml, which it may have been started from
+        refuse_writing_over_inputs([output_dir / CONFIG_FILE], [config_file_path], "experiment.output_dir")
     differences, changed_hyperparameters = (
         ([], []) if resume_dir is None else _resume_differences(resume_dir, resolved, env.world_size)
     )
@@ -124,7 +137,8 @@ def _train(config: TrainingAppConfig, resolved: dict, env, resume: str, allow_co
             )
     if env.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+        with writing(output_dir / CONFIG_FILE):
+            (output_dir / CONFIG_FILE).write_text(yaml.safe_dump(resolved, sort_keys=False))
     broker = build_broker(config, resolved, env.is_main_process, resume_step)
     with broker:
         broker.publish(TextMessage("\n".join(_run_header(config, env, parallelism, built.inner, tokenizer_line))))
