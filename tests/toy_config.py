@@ -2,7 +2,7 @@
 
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt
 
-from llm_gym.config.component import Component
+from llm_gym.registry.component import Component
 
 
 class ToySettings(BaseModel):

@@ -11,10 +11,10 @@ from llm_gym.models.decoder import MODELS
 from llm_gym.models.initialization import WEIGHT_INITS
 from llm_gym.models.mlp import MLPS
 from llm_gym.models.norms import NORMS
+from llm_gym.optim.optimizers import OPTIMIZERS
+from llm_gym.optim.schedulers import SCHEDULERS
 from llm_gym.parallel.strategies import PARALLELISM
 from llm_gym.registry.registry import ResolverRegistry
-from llm_gym.training.optimizers import OPTIMIZERS
-from llm_gym.training.schedulers import SCHEDULERS
 
 BUILTIN_COMPONENTS = {
     "optimizer": OPTIMIZERS,

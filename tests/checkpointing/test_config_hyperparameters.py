@@ -6,11 +6,11 @@ import torch
 from pydantic import BaseModel
 
 from llm_gym.checkpointing import CheckpointManager, OptimizerState, load_checkpoint, training_state
-from llm_gym.config.component import Component
 from llm_gym.errors import UserError
+from llm_gym.optim.optimizers import OPTIMIZERS, weight_decay_parameter_groups
+from llm_gym.optim.schedulers import SCHEDULERS
 from llm_gym.registry import get_registry
-from llm_gym.training.optimizers import OPTIMIZERS, weight_decay_parameter_groups
-from llm_gym.training.schedulers import SCHEDULERS
+from llm_gym.registry.component import Component
 
 SAVED_AT_STEP = 3
 # Each schedule as a run first configured it, and as a longer run resumed from that one configures it.

@@ -3,9 +3,9 @@
 import pytest
 from pydantic import BaseModel, ValidationError
 
-from llm_gym.config.component import Component, ComponentNode
-from llm_gym.config.lookup_enum import LookupEnum
-from llm_gym.training.optimizers import AdamWConfig
+from llm_gym.optim.optimizers import AdamWConfig
+from llm_gym.registry.component import Component, ComponentNode
+from llm_gym.registry.lookup_enum import LookupEnum
 
 
 class Colour(LookupEnum):

@@ -7,12 +7,12 @@ import pytest
 import torch
 from pydantic import BaseModel, ValidationError
 
-from llm_gym.config.component import Component
 from llm_gym.data.collators import IGNORE_INDEX, CausalLMCollator
 from llm_gym.data.datasets import PackedDataset
 from llm_gym.data.loaders import ResumableDataLoader, eval_batches
 from llm_gym.errors import UserError
 from llm_gym.registry import get_registry
+from llm_gym.registry.component import Component
 
 SEQUENCE_LENGTH, MICRO_BATCH = 10, 4
 

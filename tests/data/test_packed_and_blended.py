@@ -9,10 +9,10 @@ import torch
 from corpus_helpers import write_corpus
 from pydantic import BaseModel, ValidationError
 
-from llm_gym.config.component import Component
 from llm_gym.data.datasets import BlendedDataset, PackedDataset
 from llm_gym.errors import ConfigError
 from llm_gym.registry import get_registry
+from llm_gym.registry.component import Component
 
 
 class _DatasetField(BaseModel):

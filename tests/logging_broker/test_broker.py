@@ -3,11 +3,11 @@
 import pytest
 from pydantic import TypeAdapter, ValidationError
 
-from llm_gym.config.component import Component
 from llm_gym.logging_broker import MessageBroker, MetricsRecord, ProgressUpdate, Subscriber, TextMessage
 from llm_gym.logging_broker.console import Console
 from llm_gym.logging_broker.metrics_file import MetricsJsonl
 from llm_gym.registry import get_registry
+from llm_gym.registry.component import Component
 
 
 class Recorder(Subscriber):

@@ -5,9 +5,9 @@ from typing import Any
 import torch
 from pydantic import TypeAdapter
 
-from llm_gym.config.component import Component, ComponentNode
 from llm_gym.models.decoder import DecoderLM
 from llm_gym.registry import get_registry
+from llm_gym.registry.component import Component, ComponentNode
 
 TINY = {"vocab_size": 61, "sequence_length": 16, "n_layer": 2, "dim": 32, "n_head": 4}
 

@@ -7,10 +7,10 @@ import pytest
 import torch
 from pydantic import BaseModel
 
-from llm_gym.config.component import Component
+from llm_gym.optim.optimizers import OPTIMIZERS, weight_decay_parameter_groups
+from llm_gym.optim.schedulers import SCHEDULERS, LinearWarmupCosineDecay
 from llm_gym.registry import get_registry
-from llm_gym.training.optimizers import OPTIMIZERS, weight_decay_parameter_groups
-from llm_gym.training.schedulers import SCHEDULERS, LinearWarmupCosineDecay
+from llm_gym.registry.component import Component
 
 
 class Optimization(BaseModel):

@@ -6,10 +6,10 @@ import pytest
 from class_resolver import ClassResolver
 from pydantic import BaseModel, ConfigDict, PositiveFloat, PositiveInt, ValidationError
 
-from llm_gym.config.component import Component
 from llm_gym.config.loading import load_config
 from llm_gym.errors import ConfigError
 from llm_gym.registry import ComponentFactory, config_model_from_signature, register_component
+from llm_gym.registry.component import Component
 from toy_config import TOY_YAML, ToyConfig
 
 

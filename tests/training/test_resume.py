@@ -29,7 +29,8 @@ from experiment_runs import (
     torchrun,
     torchrun_command,
 )
-from llm_gym.checkpointing import config_differences, load_checkpoint, read_checkpoint_meta, resolve_resume
+from llm_gym.checkpointing import load_checkpoint, read_checkpoint_meta, resolve_resume
+from llm_gym.training.resume_policy import config_differences
 
 # What a resumed run must reproduce exactly; tokens_per_s is a wall-clock figure.
 RECORDED = ("step", "split", "loss", "lr", "grad_norm", "tokens_seen")

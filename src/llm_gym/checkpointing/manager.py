@@ -18,11 +18,11 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import FileSystemWriter
 from torch.distributed.checkpoint.stateful import Stateful
 
-from llm_gym.checkpointing import collectives
 from llm_gym.checkpointing.integrity import file_fingerprints
 from llm_gym.checkpointing.state import ModelState, assert_finite
 from llm_gym.checkpointing.storage import DCP_METADATA_FILE, read_dcp_metadata
 from llm_gym.checkpointing.strategies import CheckpointStrategy, KeepLast, SaveAtEnd, SaveEveryNSteps
+from llm_gym.parallel import collectives
 
 logger = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from llm_gym.cli.options import checkpoint_path_option
 @click.option("--force", is_flag=True, help="Replace a non-empty output directory.")
 def export_hf(checkpoint_path: Path, output_dir: Path, force: bool) -> None:
     """Export a checkpoint as a Hugging Face transformers model directory (GPT-2 or Llama)."""
-    from llm_gym.checkpointing.hf_export import export_to_hf
+    from llm_gym.inference.hf_export import export_to_hf
 
     export = export_to_hf(checkpoint_path, output_dir, force)
     click.echo(f"wrote {export.output_dir}: {export.architecture} from {export.checkpoint_dir}")

@@ -18,7 +18,7 @@ from pydantic import (
 )
 
 from llm_gym.checkpointing.strategies import KeepCount
-from llm_gym.config.component import Component
+from llm_gym.registry.component import Component
 
 
 class _Section(BaseModel):

@@ -20,8 +20,8 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import InterpolationKeyError, OmegaConfBaseException
 from pydantic import BaseModel, ValidationError
 
-from llm_gym.config.component import did_you_mean, find_component_entry, model_at, value_at
 from llm_gym.errors import ConfigError
+from llm_gym.registry.component import did_you_mean, find_component_entry, model_at, value_at
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 

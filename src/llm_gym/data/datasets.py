@@ -8,10 +8,10 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
 
-from llm_gym.config.component import Component
 from llm_gym.data.indexed import IndexedDataset
 from llm_gym.data.permutation import seeded_permutation
 from llm_gym.errors import ConfigError
+from llm_gym.registry.component import Component
 
 
 class PackedDataset(torch.utils.data.Dataset):

@@ -15,12 +15,12 @@ from torch import nn
 from llm_gym.checkpointing.loading import find_checkpoint, read_checkpoint_meta
 from llm_gym.checkpointing.manager import META_FILE
 from llm_gym.checkpointing.warm_start import load_model_weights
-from llm_gym.config.component import Component, ComponentNode
 from llm_gym.config.loading import format_validation_error, import_user_modules
 from llm_gym.data.tokenizers import BYTE_TOKENIZER, Tokenizer, load_tokenizer, tokenizer_exists
 from llm_gym.errors import UserError
-from llm_gym.models.generation import stream_tokens
+from llm_gym.inference.generation import stream_tokens
 from llm_gym.registry import get_registry
+from llm_gym.registry.component import Component, ComponentNode
 
 
 @dataclass

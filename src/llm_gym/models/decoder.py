@@ -10,12 +10,12 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
 from torch import nn
 
-from llm_gym.config.component import Component
 from llm_gym.models.attention import CausalSelfAttention
 from llm_gym.models.initialization import WeightInit
 from llm_gym.models.kv_cache import KVCache, LayerKVCache
 from llm_gym.models.positional import LearnedPositionEmbedding, PositionalEncoding, RotaryEmbedding
 from llm_gym.registry import ComponentFactory
+from llm_gym.registry.component import Component
 
 
 class DecoderLMConfig(BaseModel):

@@ -5,9 +5,9 @@ import re
 import torch
 from torch import nn
 
-from llm_gym.config.component import ComponentNode
 from llm_gym.errors import UserError
 from llm_gym.models.positional import LearnedPositionEmbedding
+from llm_gym.registry.component import ComponentNode
 
 
 def _as_module(model: nn.Module | ComponentNode) -> nn.Module:

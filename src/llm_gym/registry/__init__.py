@@ -28,7 +28,7 @@ def get_registry() -> ResolverRegistry:
     """The registry holding every built-in component plus whatever users registered."""
     global _registry
     if _registry is None:
-        from llm_gym.registry.builtin import register_builtin_components
+        from llm_gym.assembly import register_builtin_components
 
         _registry = ResolverRegistry()
         register_builtin_components(_registry)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Union, get_args, get
 from pydantic import BaseModel, ConfigDict, PlainSerializer, PlainValidator
 from pydantic_core import PydanticCustomError
 
-from llm_gym.config.lookup_enum import LookupEnum
+from llm_gym.registry.lookup_enum import LookupEnum
 
 if TYPE_CHECKING:
     from llm_gym.registry import ComponentEntry

@@ -12,9 +12,9 @@ from typing import Any
 from class_resolver import ClassResolver
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from llm_gym.config.component import ComponentNode, unknown_type_hint_message
-from llm_gym.config.lookup_enum import LookupEnum
 from llm_gym.errors import ConfigError
+from llm_gym.registry.component import ComponentNode, unknown_type_hint_message
+from llm_gym.registry.lookup_enum import LookupEnum
 
 
 @dataclass(frozen=True)

@@ -12,11 +12,11 @@ from llm_gym.data.loaders import eval_batches
 from llm_gym.data.tokenizers import load_tokenizer, tokenizer_exists
 from llm_gym.errors import ConfigError
 from llm_gym.logging_broker import MessageBroker
+from llm_gym.optim.optimizers import weight_decay_parameter_groups
 from llm_gym.parallel.block_wrappers import apply_activation_checkpointing, compile_blocks
 from llm_gym.parallel.distributed import DistributedEnvironment
 from llm_gym.parallel.strategies import ParallelismStrategy
 from llm_gym.registry import ResolverRegistry, get_registry
-from llm_gym.training.optimizers import weight_decay_parameter_groups
 from llm_gym.training.step import BatchKeys
 
 

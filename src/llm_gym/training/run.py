@@ -11,8 +11,6 @@ from llm_gym.checkpointing import (
     LATEST_FILE,
     META_FILE,
     CheckpointManager,
-    config_differences,
-    hyperparameter_changes,
     load_checkpoint,
     load_model_weights,
     read_checkpoint_meta,
@@ -37,6 +35,7 @@ from llm_gym.training.builder import (
 )
 from llm_gym.training.hardware import HardwareMetrics
 from llm_gym.training.loop import Trainer, TrainingProgress
+from llm_gym.training.resume_policy import config_differences, hyperparameter_changes
 from llm_gym.training.summary import describe_global_batch
 
 logger = logging.getLogger(__name__)
