@@ -5,6 +5,7 @@ import torch
 from checkpoint_toys import Toy, make_model
 
 import llm_gym.checkpointing.manager as manager_module
+from llm_gym.assembly import make_registry
 from llm_gym.checkpointing import (
     CheckpointManager,
     NonFiniteWeightsError,
@@ -12,6 +13,7 @@ from llm_gym.checkpointing import (
     read_checkpoint_meta,
     resolve_resume,
 )
+from llm_gym.config.app import CheckpointingSettings
 from llm_gym.errors import UserError
 
 
@@ -158,13 +160,11 @@ def test_extra_strategies_save_at_chosen_steps_and_protect_milestones(tmp_path):
 
 
 def test_checkpoint_strategies_are_registry_components():
-    from llm_gym.config.app import CheckpointingSettings
-    from llm_gym.registry import get_registry
-
-    settings = CheckpointingSettings.model_validate(
-        {"strategies": [{"type_hint": "KeepEveryNSteps", "config": {"every_n_steps": 100}}]}
+    registry = make_registry()
+    settings = registry.validate(
+        CheckpointingSettings, {"strategies": [{"type_hint": "KeepEveryNSteps", "config": {"every_n_steps": 100}}]}
     )
-    strategy = get_registry().build_component_by_config(settings.strategies[0])
+    strategy = registry.build_component_by_config(settings.strategies[0])
     assert strategy.protects(200, newer_steps=[300]) and not strategy.protects(250, newer_steps=[300])
 
 

@@ -8,7 +8,8 @@ from click.testing import CliRunner
 
 from llm_gym.cli import main
 from llm_gym.config.app import TrainingAppConfig
-from llm_gym.config.loading import load_config, read_config_file, resolve
+from llm_gym.config.loading import read_config_file, resolve
+from toy_config import load_config
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "config_files"
 TRAINING_CONFIGS = sorted(CONFIG_DIR.glob("*.yaml"))

@@ -7,14 +7,15 @@ import pytest
 import torch
 from pydantic import BaseModel, ValidationError
 
+from llm_gym.assembly import make_registry
 from llm_gym.data.collators import IGNORE_INDEX, CausalLMCollator
 from llm_gym.data.datasets import PackedDataset
 from llm_gym.data.loaders import ResumableDataLoader, eval_batches
 from llm_gym.errors import UserError
-from llm_gym.registry import get_registry
-from llm_gym.registry.component import Component
+from llm_gym.registry import Component
 
 SEQUENCE_LENGTH, MICRO_BATCH = 10, 4
+REGISTRY = make_registry()
 
 
 class _DataNodes(BaseModel):
@@ -25,12 +26,15 @@ class _DataNodes(BaseModel):
 
 def build_loader(corpus: Path, dp_rank: int = 0, dp_world_size: int = 1, num_workers: int = 0) -> ResumableDataLoader:
     """As the training builder does it, from config nodes."""
-    nodes = _DataNodes(
-        sampler={"type_hint": "ResumableDistributedSampler", "config": {"seed": 5}},
-        collator={"type_hint": "CausalLMCollator", "config": {}},
-        dataloader={"type_hint": "DataLoader", "config": {"num_workers": num_workers}},
+    nodes = REGISTRY.validate(
+        _DataNodes,
+        dict(
+            sampler={"type_hint": "ResumableDistributedSampler", "config": {"seed": 5}},
+            collator={"type_hint": "CausalLMCollator", "config": {}},
+            dataloader={"type_hint": "DataLoader", "config": {"num_workers": num_workers}},
+        ),
     )
-    registry, dataset = get_registry(), PackedDataset(corpus, SEQUENCE_LENGTH)
+    registry, dataset = REGISTRY, PackedDataset(corpus, SEQUENCE_LENGTH)
     sampler = registry.build_component_by_config(
         nodes.sampler, {"dataset_length": len(dataset), "dp_rank": dp_rank, "dp_world_size": dp_world_size}
     )
@@ -55,19 +59,25 @@ def test_collator_shifts_targets_by_one():
 
 def test_collator_keys_must_differ():
     with pytest.raises(ValidationError, match="must differ"):
-        _DataNodes(
-            sampler={"type_hint": "ResumableDistributedSampler", "config": {"seed": 0}},
-            collator={"type_hint": "CausalLMCollator", "config": {"input_key": "a", "target_key": "a"}},
-            dataloader={"type_hint": "DataLoader", "config": {}},
+        REGISTRY.validate(
+            _DataNodes,
+            dict(
+                sampler={"type_hint": "ResumableDistributedSampler", "config": {"seed": 0}},
+                collator={"type_hint": "CausalLMCollator", "config": {"input_key": "a", "target_key": "a"}},
+                dataloader={"type_hint": "DataLoader", "config": {}},
+            ),
         )
 
 
 def test_prefetch_factor_needs_workers():
     with pytest.raises(ValidationError, match="prefetch_factor needs num_workers > 0"):
-        _DataNodes(
-            sampler={"type_hint": "ResumableDistributedSampler", "config": {"seed": 0}},
-            collator={"type_hint": "CausalLMCollator", "config": {}},
-            dataloader={"type_hint": "DataLoader", "config": {"prefetch_factor": 2}},
+        REGISTRY.validate(
+            _DataNodes,
+            dict(
+                sampler={"type_hint": "ResumableDistributedSampler", "config": {"seed": 0}},
+                collator={"type_hint": "CausalLMCollator", "config": {}},
+                dataloader={"type_hint": "DataLoader", "config": {"prefetch_factor": 2}},
+            ),
         )
 
 

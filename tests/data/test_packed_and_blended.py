@@ -7,20 +7,18 @@ import numpy as np
 import pytest
 import torch
 from corpus_helpers import write_corpus
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
+from llm_gym.assembly import make_registry
 from llm_gym.data.datasets import BlendedDataset, PackedDataset
 from llm_gym.errors import ConfigError
-from llm_gym.registry import get_registry
-from llm_gym.registry.component import Component
+from llm_gym.registry import Component
 
-
-class _DatasetField(BaseModel):
-    dataset: Component("dataset")
+REGISTRY = make_registry()
 
 
 def build(node: dict):
-    return get_registry().build_component_by_config(_DatasetField(dataset=node).dataset)
+    return REGISTRY.build_component_by_config(REGISTRY.validate(Component("dataset"), node))
 
 
 def packed(prefix: Path, sequence_length: int) -> dict:
@@ -158,7 +156,7 @@ def test_each_pass_over_a_blended_dataset_is_a_fresh_permutation():
 def test_blend_config_errors(tmp_path: Path):
     nodes = _three_corpora(tmp_path)
     with pytest.raises(ValidationError, match="2 weights for 3 datasets"):
-        _DatasetField(dataset=blend_node(nodes, [1, 1]))
+        REGISTRY.validate(Component("dataset"), blend_node(nodes, [1, 1]))
     mixed = [nodes[0], {**nodes[1], "config": {**nodes[1]["config"], "sequence_length": 20}}]
     with pytest.raises(ConfigError, match="share one sequence_length"):
         build(blend_node(mixed, [1, 1]))

@@ -7,9 +7,9 @@ import pytest
 import torch
 from pydantic import BaseModel
 
+from llm_gym.assembly import make_registry
 from llm_gym.optim.optimizers import OPTIMIZERS, weight_decay_parameter_groups
 from llm_gym.optim.schedulers import SCHEDULERS, LinearWarmupCosineDecay
-from llm_gym.registry import get_registry
 from llm_gym.registry.component import Component
 
 
@@ -35,13 +35,14 @@ def test_every_registered_schedule_has_a_test_config():
 
 def build(optimizer_hint: str, schedule_hint: str):
     model = torch.nn.Sequential(torch.nn.Embedding(5, 4), torch.nn.Linear(4, 3))
-    config = Optimization.model_validate(
+    registry = make_registry()
+    config = registry.validate(
+        Optimization,
         {
             "optimizer": {"type_hint": optimizer_hint, "config": {"lr": 0.01}},
             "lr_scheduler": {"type_hint": schedule_hint, "config": SCHEDULE_CONFIGS[schedule_hint]},
-        }
+        },
     )
-    registry = get_registry()
     optimizer = registry.build_component_by_config(
         config.optimizer, extra_kwargs={"params": weight_decay_parameter_groups(model)}
     )

@@ -8,19 +8,10 @@ milestones forever while only the newest few others survive.
 """
 
 from collections.abc import Sequence
-from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PositiveInt
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
-
-def _keeps_one_or_all(count: int) -> int:
-    if count == 0:  # it would delete the checkpoint just saved
-        raise ValueError("must be -1 (keep all) or at least 1")
-    return count
-
-
-KeepCount = Annotated[int, Field(ge=-1), AfterValidator(_keeps_one_or_all)]
-"""How many of the newest checkpoints to keep: -1 = all, else at least 1."""
+from llm_gym.config.app import KeepCount
 
 
 class CheckpointStrategy:

@@ -21,6 +21,7 @@ from omegaconf.errors import InterpolationKeyError, OmegaConfBaseException
 from pydantic import BaseModel, ValidationError
 
 from llm_gym.errors import ConfigError
+from llm_gym.registry import ResolverRegistry
 from llm_gym.registry.component import did_you_mean, find_component_entry, model_at, value_at
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
@@ -204,12 +205,12 @@ def _delete_key(raw: DictConfig, override: str) -> None:
 
 
 def drop_keys_of_replaced_types(
-    resolved: dict[str, Any], schema: type[BaseModel], swaps: Sequence[TypeHintSwap]
+    resolved: dict[str, Any], schema: type[BaseModel], swaps: Sequence[TypeHintSwap], registry: ResolverRegistry
 ) -> None:
     """Drop the config keys an overridden type_hint's config model does not accept, e.g. AdamW's ``betas``
     after ``optimizer.type_hint=SGD``; the keys it accepts (``lr``) keep their values."""
     for swap in swaps:
-        entry = find_component_entry(schema, swap.node_path, resolved)
+        entry = find_component_entry(schema, swap.node_path, resolved, registry)
         config = value_at(resolved, (*swap.node_path, "config"))
         if entry is None or not isinstance(config, dict):
             continue  # not a component node the schema knows, or an unknown type_hint: validation says which
@@ -244,8 +245,9 @@ def _misspelt_target(raw: DictConfig, error: OmegaConfBaseException) -> str:
     return f"; the file has '{'.'.join([*parents, close[0]])}', a typo?" if close else ""
 
 
-def import_user_modules(config: dict[str, Any], config_dir: Path) -> None:
-    """Import the modules listed under ``user_modules`` so their components are registered before validation.
+def import_user_modules(config: dict[str, Any], config_dir: Path, registry: ResolverRegistry) -> None:
+    """Import the modules listed under ``user_modules`` and add the components they declare to ``registry``,
+    before validation.
 
     The config file's directory is importable, so a ``my_components.py`` beside the YAML just works.
     """
@@ -263,21 +265,28 @@ def import_user_modules(config: dict[str, Any], config_dir: Path) -> None:
             raise ConfigError(
                 f"{USER_MODULES_KEY}: importing '{name}' failed: {type(error).__name__}: {error}"
             ) from error
+    try:
+        registry.add_declared()
+    except ValueError as error:  # a declared type_hint that is taken
+        raise ConfigError(f"{USER_MODULES_KEY}: {error}") from error
 
 
 def format_validation_error(
-    error: ValidationError, schema: type[BaseModel] | None = None, config: dict[str, Any] | None = None
+    error: ValidationError,
+    schema: type[BaseModel] | None = None,
+    config: dict[str, Any] | None = None,
+    registry: ResolverRegistry | None = None,
 ) -> str:
-    """One line per error, at its dotted key; with the ``schema`` and ``config`` validated, an unknown key
-    also gets the closest valid one (or the few valid ones)."""
+    """One line per error, at its dotted key; with the ``schema``, ``config`` and ``registry`` validated, an
+    unknown key also gets the closest valid one (or the few valid ones)."""
     lines = []
     for detail in error.errors():
         location = ""
         for part in detail["loc"]:
             location += f"[{part}]" if isinstance(part, int) else (f".{part}" if location else str(part))
         message = _message(detail)
-        if detail["type"] == "extra_forbidden" and schema is not None and config is not None:
-            message += _valid_keys_hint(detail["loc"], schema, config)
+        if detail["type"] == "extra_forbidden" and schema is not None and config is not None and registry is not None:
+            message += _valid_keys_hint(detail["loc"], schema, config, registry)
         # A check across sections (at the root) names its keys in its own message.
         where = f"{location}: " if location else ""
         lines.append(f"  {where}{message}{_input_hint(detail)}")
@@ -298,9 +307,11 @@ def _message(detail: dict[str, Any]) -> str:
     return detail["msg"].removeprefix("Value error, ")
 
 
-def _valid_keys_hint(location: tuple[str | int, ...], schema: type[BaseModel], config: dict[str, Any]) -> str:
+def _valid_keys_hint(
+    location: tuple[str | int, ...], schema: type[BaseModel], config: dict[str, Any], registry: ResolverRegistry
+) -> str:
     """``; did you mean 'max_steps'?`` for a near miss, else ``; valid keys: ...`` for a short section."""
-    section = model_at(schema, [str(part) for part in location[:-1]], config)
+    section = model_at(schema, [str(part) for part in location[:-1]], config, registry)
     if section is None:
         return ""
     valid = [info.alias or name for name, info in section.model_fields.items()]
@@ -318,17 +329,20 @@ def _input_hint(detail: dict[str, Any]) -> str:
     return f" (got {shown if len(shown) <= 60 else shown[:57] + '...'})"
 
 
-def validate_config(resolved: dict[str, Any], model: type[ModelT]) -> ModelT:
+def validate_config(resolved: dict[str, Any], model: type[ModelT], registry: ResolverRegistry) -> ModelT:
     try:
-        return model.model_validate(resolved)
+        return registry.validate(model, resolved)
     except ValidationError as error:
-        raise ConfigError(format_validation_error(error, model, resolved)) from error
+        raise ConfigError(format_validation_error(error, model, resolved, registry)) from error
 
 
-def load_config(path: Path, model: type[ModelT], overrides: Sequence[str] = ()) -> tuple[ModelT, dict[str, Any]]:
-    """Load, override, resolve and validate. Returns the validated model and the resolved plain dict."""
+def load_config(
+    path: Path, model: type[ModelT], overrides: Sequence[str] = (), *, registry: ResolverRegistry
+) -> tuple[ModelT, dict[str, Any]]:
+    """Load, override, resolve and validate against ``registry``, which gains the components that
+    ``user_modules`` declare. Returns the validated model and the resolved plain dict."""
     raw, swaps = apply_overrides(read_config_file(path), overrides)
     resolved = resolve(raw)
-    import_user_modules(resolved, Path(path).resolve().parent)
-    drop_keys_of_replaced_types(resolved, model, swaps)
-    return validate_config(resolved, model), resolved
+    import_user_modules(resolved, Path(path).resolve().parent, registry)
+    drop_keys_of_replaced_types(resolved, model, swaps, registry)
+    return validate_config(resolved, model, registry), resolved

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat
 from llm_gym.data.indexed import IndexedDataset
 from llm_gym.data.permutation import seeded_permutation
 from llm_gym.errors import ConfigError
-from llm_gym.registry.component import Component
+from llm_gym.registry import Component
 
 
 class PackedDataset(torch.utils.data.Dataset):

@@ -12,6 +12,7 @@ import torch
 from pydantic import BaseModel, ValidationError
 from torch import nn
 
+from llm_gym.assembly import make_registry
 from llm_gym.checkpointing.loading import find_checkpoint, read_checkpoint_meta
 from llm_gym.checkpointing.manager import META_FILE
 from llm_gym.checkpointing.warm_start import load_model_weights
@@ -19,8 +20,7 @@ from llm_gym.config.loading import format_validation_error, import_user_modules
 from llm_gym.data.tokenizers import BYTE_TOKENIZER, Tokenizer, load_tokenizer, tokenizer_exists
 from llm_gym.errors import UserError
 from llm_gym.inference.generation import stream_tokens
-from llm_gym.registry import get_registry
-from llm_gym.registry.component import Component, ComponentNode
+from llm_gym.registry import Component, ComponentNode, ResolverRegistry
 
 
 @dataclass
@@ -49,7 +49,9 @@ class _ModelSection(BaseModel):
     model: Component("model")
 
 
-def _model_config(meta: dict[str, Any], checkpoint_dir: Path) -> tuple[dict[str, Any], ComponentNode]:
+def _model_config(
+    meta: dict[str, Any], checkpoint_dir: Path, registry: ResolverRegistry
+) -> tuple[dict[str, Any], ComponentNode]:
     """The run's resolved config and its validated model node."""
     resolved = meta.get("resolved_config")
     if not isinstance(resolved, dict) or not isinstance(resolved.get("model"), dict):
@@ -57,14 +59,14 @@ def _model_config(meta: dict[str, Any], checkpoint_dir: Path) -> tuple[dict[str,
             f"{checkpoint_dir / META_FILE} has no model config (resolved_config.model): "
             "only checkpoints written by `llm_gym run` can be loaded without a config"
         )
-    import_user_modules(resolved, Path.cwd())
+    import_user_modules(resolved, Path.cwd(), registry)
     section = {"model": resolved["model"]}
     try:
-        return resolved, _ModelSection.model_validate(section).model
+        return resolved, registry.validate(_ModelSection, section).model
     except ValidationError as error:
         raise UserError(
             f"the run config saved in {checkpoint_dir / META_FILE} is not valid for this llm_gym "
-            f"(written by another version?): {format_validation_error(error, _ModelSection, section)}"
+            f"(written by another version?): {format_validation_error(error, _ModelSection, section, registry)}"
         ) from None
 
 
@@ -73,9 +75,10 @@ def load_trained_model(checkpoint_path: Path, device: torch.device | str = "cpu"
     Raises ``UserError`` naming the problem for a missing, partial, corrupted or incompatible checkpoint."""
     checkpoint_dir = find_checkpoint(checkpoint_path)
     meta = read_checkpoint_meta(checkpoint_dir)
-    resolved, node = _model_config(meta, checkpoint_dir)
+    registry = make_registry()
+    resolved, node = _model_config(meta, checkpoint_dir, registry)
     with torch.device(device):
-        model = get_registry().build_component_by_config(node)
+        model = registry.build_component_by_config(node)
     load_model_weights(model, checkpoint_dir)
     return TrainedModel(model.eval(), checkpoint_dir, meta["step"], resolved)
 

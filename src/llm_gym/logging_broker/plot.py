@@ -6,6 +6,11 @@ import os
 from collections import defaultdict
 from pathlib import Path
 
+# The Agg canvas directly, not pyplot: no global figure state, no display needed.
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
 from llm_gym.errors import UserError
 
 PANELS = {"loss": "loss (nats/token)", "lr": "learning rate", "tokens_per_s": "tokens/s"}
@@ -54,11 +59,6 @@ def _series(records: list[dict], key: str, splits: set[str] | None) -> dict[str,
 def plot_metrics(metrics_path: Path, output_path: Path) -> None:
     """Render the curves to a PNG; the image appears at ``output_path`` only when complete."""
     records = read_metrics(metrics_path)
-    # The Agg canvas directly, not pyplot: no global figure state, no display needed.
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
-
     figure = Figure(figsize=(8, 9), layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.subplots(len(PANELS), 1, sharex=True)

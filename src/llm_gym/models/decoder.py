@@ -14,8 +14,7 @@ from llm_gym.models.attention import CausalSelfAttention
 from llm_gym.models.initialization import WeightInit
 from llm_gym.models.kv_cache import KVCache, LayerKVCache
 from llm_gym.models.positional import LearnedPositionEmbedding, PositionalEncoding, RotaryEmbedding
-from llm_gym.registry import ComponentFactory
-from llm_gym.registry.component import Component
+from llm_gym.registry import Component, ComponentFactory
 
 
 class DecoderLMConfig(BaseModel):

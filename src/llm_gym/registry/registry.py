@@ -1,19 +1,20 @@
 """The component registry: which classes a config can name, and how a validated node becomes an object.
 
 Each register key (``optimizer``, ``model``, ...) has a ``class_resolver.ClassResolver`` that finds the
-class, and each type_hint has the pydantic model of that class's constructor arguments.
+class, and each type_hint has the pydantic model of that class's constructor arguments. A registry is a
+value: whoever validates or builds is handed one (``llm_gym.assembly.make_registry()`` makes the usual one).
 """
 
 import inspect
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from class_resolver import ClassResolver
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, create_model
 
 from llm_gym.errors import ConfigError
-from llm_gym.registry.component import ComponentNode, unknown_type_hint_message
+from llm_gym.registry.component import REGISTRY_CONTEXT_KEY, ComponentNode, unknown_type_hint_message
 from llm_gym.registry.lookup_enum import LookupEnum
 
 
@@ -60,6 +61,44 @@ def config_model_from_signature(component: type, injected: Iterable[str] = ()) -
     )
 
 
+ValidatedT = TypeVar("ValidatedT")
+
+
+@dataclass(frozen=True)
+class DeclaredComponent:
+    """A component declared with ``register_component``, for every registry that ``add_declared`` later."""
+
+    register_key: str
+    type_hint: str
+    component: type
+    config_model: type[BaseModel]
+
+
+_declared: list[DeclaredComponent] = []
+"""What users' modules declared, in order. Only ``ResolverRegistry.add_declared`` reads it."""
+
+
+def register_component(
+    register_key: str,
+    type_hint: str | None = None,
+    config_model: type[BaseModel] | None = None,
+    injected: Iterable[str] = (),
+) -> Callable[[type], type]:
+    """Class decorator declaring a component of your own under ``register_key`` (as ``type_hint``, by default
+    the class name). Loading a config imports its ``user_modules`` and adds what they declared to the
+    registry it validates with; ``llm_gym.assembly.make_registry()`` includes everything declared so far.
+
+    Without ``config_model`` one is derived from the constructor signature, skipping ``injected`` arguments.
+    """
+
+    def declare(component: type) -> type:
+        model = config_model or config_model_from_signature(component, injected)
+        _declared.append(DeclaredComponent(register_key, type_hint or component.__name__, component, model))
+        return component
+
+    return declare
+
+
 def _has_defaults_only(model: type[BaseModel]) -> bool:
     return all(not field.is_required() for field in model.model_fields.values())
 
@@ -69,6 +108,7 @@ class ResolverRegistry:
         self._resolvers: dict[str, ClassResolver] = {}
         self._config_models: dict[str, dict[str, type[BaseModel]]] = {}
         self._entries: dict[str, dict[str, ComponentEntry]] = {}
+        self._added: set[DeclaredComponent] = set()
 
     # ---- registration -------------------------------------------------------------------------
     def register_component(
@@ -111,6 +151,21 @@ class ResolverRegistry:
             self.register_component(register_key, name, component, config_models.pop(name, None), injected)
         if config_models:
             raise ValueError(f"config models for classes not in the resolver: {sorted(config_models)}")
+
+    def add_declared(self) -> None:
+        """Register the components declared with ``register_component`` that this registry does not hold yet."""
+        for declared in _declared:
+            if declared not in self._added:
+                self.register_component(
+                    declared.register_key, declared.type_hint, declared.component, declared.config_model
+                )
+                self._added.add(declared)
+
+    # ---- validation ---------------------------------------------------------------------------
+    def validate(self, schema: type[ValidatedT] | Any, data: Any) -> ValidatedT:
+        """``data`` validated as ``schema`` (a pydantic model, or any type pydantic validates, such as
+        ``Component("optimizer")``), with every component node in it validated against this registry."""
+        return TypeAdapter(schema).validate_python(data, context={REGISTRY_CONTEXT_KEY: self})
 
     # ---- lookup -------------------------------------------------------------------------------
     def register_keys(self) -> list[str]:

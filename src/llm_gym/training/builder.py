@@ -16,7 +16,7 @@ from llm_gym.optim.optimizers import weight_decay_parameter_groups
 from llm_gym.parallel.block_wrappers import apply_activation_checkpointing, compile_blocks
 from llm_gym.parallel.distributed import DistributedEnvironment
 from llm_gym.parallel.strategies import ParallelismStrategy
-from llm_gym.registry import ResolverRegistry, get_registry
+from llm_gym.registry import ResolverRegistry
 from llm_gym.training.step import BatchKeys
 
 
@@ -28,8 +28,10 @@ class BuiltModel:
     """The model itself, for its figures (FLOPs, parameter count) and generation."""
 
 
-def build_parallelism(config: TrainingAppConfig, env: DistributedEnvironment) -> ParallelismStrategy:
-    parallelism = get_registry().build_component_by_config(config.parallelism, extra_kwargs={"env": env})
+def build_parallelism(
+    config: TrainingAppConfig, env: DistributedEnvironment, registry: ResolverRegistry
+) -> ParallelismStrategy:
+    parallelism = registry.build_component_by_config(config.parallelism, extra_kwargs={"env": env})
     try:
         config.training.check_batch_sizes(parallelism.data_parallel_size)
     except ValueError as error:
@@ -37,9 +39,7 @@ def build_parallelism(config: TrainingAppConfig, env: DistributedEnvironment) ->
     return parallelism
 
 
-def build_model(
-    config: TrainingAppConfig, parallelism: ParallelismStrategy, registry: ResolverRegistry | None = None
-) -> BuiltModel:
+def build_model(config: TrainingAppConfig, parallelism: ParallelismStrategy, registry: ResolverRegistry) -> BuiltModel:
     """Build without memory, wrap per block, shard, and initialise once with the experiment seed.
 
     The model is always built on the meta device, so its constructor draws nothing that would be drawn again.
@@ -48,7 +48,6 @@ def build_model(
     after sharding, shard by shard: the way to train models larger than one device. Both give the same
     weights (an FSDP2 shard is drawn whole, then sliced).
     """
-    registry = registry or get_registry()
     settings, device = config.training, parallelism.env.device
     with torch.device("meta"):
         model = registry.build_component_by_config(config.model)
@@ -92,8 +91,9 @@ def check_tokenizer(config: TrainingAppConfig, model: nn.Module) -> str:
     return f"data.tokenizer: {spec}, {tokenizer.vocab_size:,} ids"
 
 
-def build_optimization(config: TrainingAppConfig, model: nn.Module) -> tuple[torch.optim.Optimizer, Any]:
-    registry = get_registry()
+def build_optimization(
+    config: TrainingAppConfig, model: nn.Module, registry: ResolverRegistry
+) -> tuple[torch.optim.Optimizer, Any]:
     optimizer = registry.build_component_by_config(
         config.optimizer, extra_kwargs={"params": weight_decay_parameter_groups(model)}
     )
@@ -108,8 +108,8 @@ class BuiltData:
     batch_keys: BatchKeys
 
 
-def build_data(config: TrainingAppConfig, parallelism: ParallelismStrategy) -> BuiltData:
-    registry, data = get_registry(), config.data
+def build_data(config: TrainingAppConfig, parallelism: ParallelismStrategy, registry: ResolverRegistry) -> BuiltData:
+    data = config.data
     dp_rank, dp_size = parallelism.data_parallel_rank, parallelism.data_parallel_size
     micro_batch_size = config.training.micro_batch_size
     train_dataset = registry.build_component_by_config(data.train_dataset)
@@ -144,12 +144,15 @@ def build_data(config: TrainingAppConfig, parallelism: ParallelismStrategy) -> B
 
 
 def build_broker(
-    config: TrainingAppConfig, resolved: dict, is_main_process: bool, resume_step: int | None
+    config: TrainingAppConfig,
+    resolved: dict,
+    is_main_process: bool,
+    resume_step: int | None,
+    registry: ResolverRegistry,
 ) -> MessageBroker:
     """Loggers run on rank 0 only; other ranks publish into a broker without subscribers."""
     broker = MessageBroker()
     if is_main_process:
-        registry = get_registry()
         for node in config.loggers:
             broker.add_subscriber(
                 registry.build_component_by_config(

@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from llm_gym.assembly import make_registry
 from llm_gym.checkpointing import (
     LATEST_FILE,
     META_FILE,
@@ -24,7 +25,7 @@ from llm_gym.logging_broker import TextMessage
 from llm_gym.models.flops import describe_model, flops_per_token
 from llm_gym.parallel.distributed import DistributedEnvironment, destroy_distributed, init_distributed
 from llm_gym.parallel.strategies import ParallelismStrategy
-from llm_gym.registry import get_registry
+from llm_gym.registry import ResolverRegistry
 from llm_gym.training.builder import (
     build_broker,
     build_data,
@@ -55,10 +56,11 @@ class _PeriodicCheckpoints:
 def run_training(
     config_file_path: Path, overrides: Sequence[str] = (), resume: str = "none", allow_config_change: bool = False
 ) -> None:
-    config, resolved = load_config(config_file_path, TrainingAppConfig, overrides)
+    registry = make_registry()
+    config, resolved = load_config(config_file_path, TrainingAppConfig, overrides, registry=registry)
     env = init_distributed(config.training.device)
     try:
-        _train(config, resolved, env, resume, allow_config_change)
+        _train(config, resolved, registry, env, resume, allow_config_change)
     finally:
         destroy_distributed()
 
@@ -75,14 +77,16 @@ def _resume_differences(checkpoint_dir: Path, resolved: dict, world_size: int) -
     )
 
 
-def _train(config: TrainingAppConfig, resolved: dict, env, resume: str, allow_config_change: bool) -> None:
+def _train(
+    config: TrainingAppConfig, resolved: dict, registry: ResolverRegistry, env, resume: str, allow_config_change: bool
+) -> None:
     output_dir = Path(config.experiment.output_dir)
     settings = config.checkpointing
     checkpoints = CheckpointManager(
         output_dir / "checkpoints",
         settings.every_n_steps,
         settings.keep_last,
-        [get_registry().build_component_by_config(node) for node in settings.strategies],
+        [registry.build_component_by_config(node) for node in settings.strategies],
     )
     resume_dir = resolve_resume(resume, checkpoints.checkpoint_root)
     if resume_dir is None and (checkpoints.checkpoint_root / LATEST_FILE).exists():
@@ -99,13 +103,13 @@ def _train(config: TrainingAppConfig, resolved: dict, env, resume: str, allow_co
             + "\n  ".join(differences)
             + "\npass --allow_config_change to resume anyway"
         )
-    parallelism = build_parallelism(config, env)
-    built = build_model(config, parallelism)
+    parallelism = build_parallelism(config, env, registry)
+    built = build_model(config, parallelism, registry)
     tokenizer_line = check_tokenizer(config, built.inner)
     if settings.warm_start_from is not None and resume_dir is None:
         load_model_weights(built.model, settings.warm_start_from)
-    optimizer, lr_scheduler = build_optimization(config, built.model)
-    data = build_data(config, parallelism)
+    optimizer, lr_scheduler = build_optimization(config, built.model, registry)
+    data = build_data(config, parallelism, registry)
     progress = TrainingProgress()
     state = training_state(built.model, optimizer, lr_scheduler, data.train_loader, progress)
     # Per-rank seed for dropout and sampling; a resumed run restores these generators instead.
@@ -124,7 +128,7 @@ def _train(config: TrainingAppConfig, resolved: dict, env, resume: str, allow_co
     if env.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
-    broker = build_broker(config, resolved, env.is_main_process, resume_step)
+    broker = build_broker(config, resolved, env.is_main_process, resume_step, registry)
     with broker:
         broker.publish(TextMessage("\n".join(_run_header(config, env, parallelism, built.inner, tokenizer_line))))
         if resume_dir is not None:

@@ -15,7 +15,7 @@ from llm_gym.errors import UserError
 from llm_gym.models.flops import describe_model, num_parameters
 from llm_gym.parallel.distributed import DistributedEnvironment
 from llm_gym.parallel.strategies import FSDP2, HSDP, ParallelismStrategy
-from llm_gym.registry import get_registry
+from llm_gym.registry import ResolverRegistry
 from llm_gym.training.builder import build_optimization, check_tokenizer
 
 GIB = 2**30
@@ -27,10 +27,10 @@ ACTIVATION_ELEMENTS_PER_LAYER = 17
 WEIGHT_AND_GRADIENT_BYTES_PER_PARAMETER = 8
 
 
-def describe_config(config: TrainingAppConfig, world_size: int) -> Iterator[str]:
+def describe_config(config: TrainingAppConfig, world_size: int, registry: ResolverRegistry) -> Iterator[str]:
     training = config.training
     env = DistributedEnvironment(0, 0, world_size, world_size, _planned_device(training.device))
-    parallelism = get_registry().build_component_by_config(config.parallelism, extra_kwargs={"env": env})
+    parallelism = registry.build_component_by_config(config.parallelism, extra_kwargs={"env": env})
     try:
         training.check_batch_sizes(parallelism.data_parallel_size)
     except ValueError as error:
@@ -41,12 +41,12 @@ def describe_config(config: TrainingAppConfig, world_size: int) -> Iterator[str]
     )
     yield describe_global_batch(training, parallelism.data_parallel_size)
     with torch.device("meta"):
-        model = get_registry().build_component_by_config(config.model)
-    optimizer, _ = build_optimization(config, model)
+        model = registry.build_component_by_config(config.model)
+    optimizer, _ = build_optimization(config, model, registry)
     yield from describe_model(model, training.sequence_length)
     yield from estimate_memory(model, config, parallelism, optimizer)
     yield check_tokenizer(config, model)
-    yield from _check_datasets(config)
+    yield from _check_datasets(config, registry)
 
 
 def describe_global_batch(training: TrainingSettings, data_parallel_size: int) -> str:
@@ -122,8 +122,7 @@ def estimate_memory(
     ]
 
 
-def _check_datasets(config: TrainingAppConfig) -> Iterator[str]:
-    registry = get_registry()
+def _check_datasets(config: TrainingAppConfig, registry: ResolverRegistry) -> Iterator[str]:
     nodes = {"train": config.data.train_dataset, **config.data.eval_datasets}
     for split, node in nodes.items():
         try:
