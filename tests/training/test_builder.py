@@ -81,9 +81,9 @@ class _NoInitWeights(torch.nn.Module):
         self.proj = torch.nn.Linear(dim, dim)
 
 
-def test_a_model_without_init_weights_is_refused_by_name(fresh_registry, one_rank):
+def test_a_model_without_the_contract_is_refused_when_built(fresh_registry, one_rank):
     fresh_registry.register_component("model", "NoInitWeights", _NoInitWeights)
     overrides = [*SMALL, "model={type_hint: NoInitWeights, config: {dim: 4}}"]
     config = load_config(TINY_CONFIG, TrainingAppConfig, overrides, registry=fresh_registry)[0]
-    with pytest.raises(ConfigError, match=r"model: _NoInitWeights has no init_weights\(\); llm_gym builds models"):
+    with pytest.raises(ConfigError, match=r"model: _NoInitWeights does not provide .* lacks vocab_size \(int\)"):
         build_model(config, build_parallelism(config, one_rank, fresh_registry), fresh_registry)

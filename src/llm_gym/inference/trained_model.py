@@ -10,7 +10,6 @@ from typing import Any
 
 import torch
 from pydantic import BaseModel, ValidationError
-from torch import nn
 
 from llm_gym.assembly import make_registry
 from llm_gym.checkpointing.loading import find_checkpoint, read_checkpoint_meta
@@ -20,12 +19,13 @@ from llm_gym.config.loading import format_validation_error, import_user_modules
 from llm_gym.data.tokenizers import BYTE_TOKENIZER, Tokenizer, load_tokenizer, tokenizer_exists
 from llm_gym.errors import UserError
 from llm_gym.inference.generation import stream_tokens
+from llm_gym.models.contract import LanguageModel, as_language_model
 from llm_gym.registry import Component, ComponentNode, ResolverRegistry
 
 
 @dataclass
 class TrainedModel:
-    model: nn.Module
+    model: LanguageModel
     """In eval mode, on the device it was loaded to."""
     checkpoint_dir: Path
     step: int
@@ -78,13 +78,13 @@ def load_trained_model(checkpoint_path: Path, device: torch.device | str = "cpu"
     registry = make_registry()
     resolved, node = _model_config(meta, checkpoint_dir, registry)
     with torch.device(device):
-        model = registry.build_component_by_config(node)
+        model = as_language_model(registry.build_component_by_config(node))
     load_model_weights(model, checkpoint_dir)
     return TrainedModel(model.eval(), checkpoint_dir, meta["step"], resolved)
 
 
 def stream_text(
-    model: nn.Module,
+    model: LanguageModel,
     tokenizer: Tokenizer,
     prompt: str,
     max_new_tokens: int,

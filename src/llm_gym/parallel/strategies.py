@@ -7,7 +7,6 @@ gradient norm, and under which autocast the forward runs.
 
 import contextlib
 import re
-from collections.abc import Iterator
 from typing import Literal
 
 import torch
@@ -19,6 +18,7 @@ from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 
 from llm_gym.errors import UserError
+from llm_gym.models.contract import LanguageModel
 from llm_gym.parallel.distributed import DistributedEnvironment
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -56,7 +56,7 @@ class ParallelismStrategy:
     def data_parallel_rank(self) -> int:
         return self.env.rank
 
-    def parallelize(self, model: nn.Module) -> nn.Module:
+    def parallelize(self, model: LanguageModel) -> nn.Module:
         raise NotImplementedError
 
     def gradient_sync(self, model: nn.Module, enabled: bool) -> contextlib.AbstractContextManager:
@@ -109,7 +109,7 @@ class NoParallelism(ParallelismStrategy):
             )
         super().__init__(env, mixed_precision)
 
-    def parallelize(self, model: nn.Module) -> nn.Module:
+    def parallelize(self, model: LanguageModel) -> nn.Module:
         return model
 
 
@@ -123,7 +123,7 @@ class DDP(ParallelismStrategy):
     # DistributedDataParallel broadcasts rank 0's weights when it wraps the model: a meta model has none.
     supports_meta_device_init = False
 
-    def parallelize(self, model: nn.Module) -> nn.Module:
+    def parallelize(self, model: LanguageModel) -> nn.Module:
         device_ids = [self.env.device.index] if self.env.device.type == "cuda" else None
         return DistributedDataParallel(model, device_ids=device_ids)
 
@@ -179,7 +179,7 @@ class FSDP2(ParallelismStrategy):
     def shards(self) -> bool:
         return self.env.world_size > 1
 
-    def parallelize(self, model: nn.Module) -> nn.Module:
+    def parallelize(self, model: LanguageModel) -> nn.Module:
         if not self.shards:
             return model
         _check_gloo_sharding_supported(type(self).__name__, self.env)
@@ -187,7 +187,7 @@ class FSDP2(ParallelismStrategy):
         policy = MixedPrecisionPolicy(
             param_dtype=self.compute_dtype, reduce_dtype=DTYPES[self.mixed_precision.reduce_dtype]
         )
-        blocks = list(_transformer_blocks(model))
+        blocks = list(model.blocks)
         for index, block in enumerate(blocks):
             # The last block's parameters are needed again at once by backward: keep them gathered.
             reshard = self.reshard_after_forward and index < len(blocks) - 1
@@ -249,13 +249,6 @@ def _mesh_degrees(world_size: int, replicate: int, shard: int, local_world_size:
             f"(got replicate_degree={replicate}, shard_degree={shard})"
         )
     return replicate, shard
-
-
-def _transformer_blocks(model: nn.Module) -> Iterator[nn.Module]:
-    blocks = getattr(model, "blocks", None)
-    if blocks is None:
-        raise UserError(f"{type(model).__name__} has no 'blocks' to shard one by one")
-    return iter(blocks)
 
 
 PARALLELISM = {

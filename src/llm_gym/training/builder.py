@@ -12,6 +12,7 @@ from llm_gym.data.loaders import eval_batches
 from llm_gym.data.tokenizers import load_tokenizer, tokenizer_exists
 from llm_gym.errors import ConfigError
 from llm_gym.logging_broker import MessageBroker
+from llm_gym.models.contract import LanguageModel, as_language_model
 from llm_gym.optim.optimizers import weight_decay_parameter_groups
 from llm_gym.parallel.block_wrappers import apply_activation_checkpointing, compile_blocks
 from llm_gym.parallel.distributed import DistributedEnvironment
@@ -24,7 +25,7 @@ from llm_gym.training.step import BatchKeys
 class BuiltModel:
     model: nn.Module
     """The parallelized module the step runs."""
-    inner: nn.Module
+    inner: LanguageModel
     """The model itself, for its figures (FLOPs, parameter count) and generation."""
 
 
@@ -50,12 +51,7 @@ def build_model(config: TrainingAppConfig, parallelism: ParallelismStrategy, reg
     """
     settings, device = config.training, parallelism.env.device
     with torch.device("meta"):
-        model = registry.build_component_by_config(config.model)
-    if not callable(getattr(model, "init_weights", None)):
-        raise ConfigError(
-            f"model: {type(model).__name__} has no init_weights(); llm_gym builds models on the meta device and "
-            "calls init_weights() to fill every parameter and buffer (docs/configuration.md, Your own components)"
-        )
+        model = as_language_model(registry.build_component_by_config(config.model))
     inner = model
     if not settings.meta_device_init:
         _materialise(inner, device, config.experiment.seed)
@@ -70,7 +66,7 @@ def build_model(config: TrainingAppConfig, parallelism: ParallelismStrategy, reg
     return BuiltModel(model, inner)
 
 
-def _materialise(model: nn.Module, device: torch.device, seed: int) -> None:
+def _materialise(model: LanguageModel, device: torch.device, seed: int) -> None:
     """Allocate a meta-device model on ``device`` and draw its weights from ``seed`` (``init_weights``)."""
     model.to_empty(device=device)
     torch.manual_seed(seed)
@@ -78,7 +74,7 @@ def _materialise(model: nn.Module, device: torch.device, seed: int) -> None:
         model.init_weights()
 
 
-def check_tokenizer(config: TrainingAppConfig, model: nn.Module) -> str:
+def check_tokenizer(config: TrainingAppConfig, model: LanguageModel) -> str:
     """Refuse a ``data.tokenizer`` with more ids than the model embeds; say what was found.
 
     Training reads token ids only, so a tokenizer file absent here is not an error (``generate`` and
@@ -87,7 +83,7 @@ def check_tokenizer(config: TrainingAppConfig, model: nn.Module) -> str:
     spec = config.data.tokenizer
     if not tokenizer_exists(spec):
         return f"data.tokenizer: {spec} is not here (generate and export_hf will need it)"
-    tokenizer = load_tokenizer(spec, getattr(model, "vocab_size", None))
+    tokenizer = load_tokenizer(spec, model.vocab_size)
     return f"data.tokenizer: {spec}, {tokenizer.vocab_size:,} ids"
 
 

@@ -153,7 +153,7 @@ def _train(
                 env.world_size,
                 parallelism.compute_dtype,
             ),
-            vocab_size=getattr(built.inner, "vocab_size", None),
+            vocab_size=built.inner.vocab_size,
         )
         trainer.train()
         broker.publish(

@@ -8,10 +8,10 @@ each dataset when its files are present here.
 from collections.abc import Iterator
 
 import torch
-from torch import nn
 
 from llm_gym.config.app import ActivationCheckpointing, TrainingAppConfig, TrainingSettings
 from llm_gym.errors import UserError
+from llm_gym.models.contract import LanguageModel, as_language_model
 from llm_gym.models.flops import describe_model, num_parameters
 from llm_gym.parallel.distributed import DistributedEnvironment
 from llm_gym.parallel.strategies import FSDP2, HSDP, ParallelismStrategy
@@ -41,7 +41,7 @@ def describe_config(config: TrainingAppConfig, world_size: int, registry: Resolv
     )
     yield describe_global_batch(training, parallelism.data_parallel_size)
     with torch.device("meta"):
-        model = registry.build_component_by_config(config.model)
+        model = as_language_model(registry.build_component_by_config(config.model))
     optimizer, _ = build_optimization(config, model, registry)
     yield from describe_model(model, training.sequence_length)
     yield from estimate_memory(model, config, parallelism, optimizer)
@@ -89,7 +89,7 @@ def optimizer_state_tensors(optimizer: torch.optim.Optimizer) -> tuple[int, str]
 
 
 def estimate_memory(
-    model: nn.Module, config: TrainingAppConfig, parallelism: ParallelismStrategy, optimizer: torch.optim.Optimizer
+    model: LanguageModel, config: TrainingAppConfig, parallelism: ParallelismStrategy, optimizer: torch.optim.Optimizer
 ) -> list[str]:
     """A planning figure per rank: sharded training state, activations and logits of one micro batch."""
     training = config.training
