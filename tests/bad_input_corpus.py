@@ -90,4 +90,10 @@ CASES: list[BadInput] = [
         lambda ws: ["data", "inspect", "--prefix", ws.dir / "absent"],
         r"absent",
     ),
+    # ---- the middle layer (issue 13): typed batches, the model contract ---------------------------------------
+    BadInput(
+        "validate-collator-batch-keys",
+        lambda ws: ["validate", "--config_file_path", TINY_CONFIG, "data.collator.config={input_key: tokens}"],
+        r"data\.collator\.config: input_key and target_key are gone: .* delete both keys",
+    ),
 ]

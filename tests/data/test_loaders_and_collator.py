@@ -8,7 +8,7 @@ import torch
 from pydantic import BaseModel, ValidationError
 
 from llm_gym.assembly import make_registry
-from llm_gym.data.collators import IGNORE_INDEX, CausalLMCollator
+from llm_gym.data.collators import IGNORE_INDEX, Batch, CausalLMCollator
 from llm_gym.data.datasets import PackedDataset
 from llm_gym.data.loaders import ResumableDataLoader, eval_batches
 from llm_gym.errors import UserError
@@ -46,27 +46,30 @@ def build_loader(corpus: Path, dp_rank: int = 0, dp_world_size: int = 1, num_wor
 
 
 def inputs_of(batches) -> list[list[list[int]]]:
-    return [batch["input_ids"].tolist() for batch in batches]
+    return [batch.inputs.tolist() for batch in batches]
 
 
 def test_collator_shifts_targets_by_one():
     samples = [torch.arange(5), torch.arange(10, 15)]
-    batch = CausalLMCollator(input_key="x", target_key="y")(samples)
-    assert batch["x"].tolist() == [[0, 1, 2, 3], [10, 11, 12, 13]]
-    assert batch["y"].tolist() == [[1, 2, 3, 4], [11, 12, 13, 14]]
-    assert batch["x"].dtype == torch.long and batch["x"].is_contiguous()
+    batch = CausalLMCollator()(samples)
+    assert isinstance(batch, Batch)
+    assert batch.inputs.tolist() == [[0, 1, 2, 3], [10, 11, 12, 13]]
+    assert batch.targets.tolist() == [[1, 2, 3, 4], [11, 12, 13, 14]]
+    assert batch.inputs.dtype == torch.long and batch.inputs.is_contiguous()
+    assert batch.target_tokens() == 8
 
 
-def test_collator_keys_must_differ():
-    with pytest.raises(ValidationError, match="must differ"):
-        REGISTRY.validate(
-            _DataNodes,
-            dict(
-                sampler={"type_hint": "ResumableDistributedSampler", "config": {"seed": 0}},
-                collator={"type_hint": "CausalLMCollator", "config": {"input_key": "a", "target_key": "a"}},
-                dataloader={"type_hint": "DataLoader", "config": {}},
-            ),
-        )
+@pytest.mark.parametrize("keys", [{"input_key": "input_ids", "target_key": "target_ids"}, {"target_key": "labels"}])
+def test_the_batch_keys_of_earlier_versions_are_refused_with_what_to_do(keys):
+    with pytest.raises(ValidationError, match="input_key and target_key are gone: a batch is a Batch with fields"):
+        REGISTRY.validate(Component("collator"), {"type_hint": "CausalLMCollator", "config": keys})
+
+
+def test_a_batch_moves_and_pins_every_tensor_field():
+    batch = Batch(inputs=torch.zeros(2, 3, dtype=torch.long), targets=torch.ones(2, 3, dtype=torch.long))
+    moved = batch.to(torch.device("meta"))
+    assert (moved.inputs.device.type, moved.targets.device.type) == ("meta", "meta")
+    assert torch.equal(batch.targets, torch.ones(2, 3, dtype=torch.long))  # a new Batch; the old one is unchanged
 
 
 def test_prefetch_factor_needs_workers():
@@ -85,7 +88,7 @@ def test_batches_follow_the_sampler_and_run_past_an_epoch(counting_corpus: Path)
     loader = build_loader(counting_corpus)
     dataset_length = len(loader.dataset)  # 100 samples: 25 batches an epoch
     batches = list(islice(iter(loader), 30))
-    assert all(batch["input_ids"].shape == (MICRO_BATCH, SEQUENCE_LENGTH) for batch in batches)
+    assert all(batch.inputs.shape == (MICRO_BATCH, SEQUENCE_LENGTH) for batch in batches)
     firsts = [row[0] // SEQUENCE_LENGTH for batch in inputs_of(batches) for row in batch]
     assert sorted(firsts[:dataset_length]) == list(range(dataset_length))
     assert loader.state_dict()["consumed_samples"] == 30 * MICRO_BATCH
@@ -112,11 +115,9 @@ def evaluated_samples(dataset, micro_batch_size: int, world_size: int, max_sampl
     per_rank = []
     for rank in range(world_size):
         rows = []
-        for batch in eval_batches(
-            dataset, CausalLMCollator(), "target_ids", micro_batch_size, rank, world_size, max_samples
-        ):
-            assert batch["input_ids"].shape == (micro_batch_size, SEQUENCE_LENGTH)
-            for inputs, targets in zip(batch["input_ids"].tolist(), batch["target_ids"].tolist(), strict=True):
+        for batch in eval_batches(dataset, CausalLMCollator(), micro_batch_size, rank, world_size, max_samples):
+            assert batch.inputs.shape == (micro_batch_size, SEQUENCE_LENGTH)
+            for inputs, targets in zip(batch.inputs.tolist(), batch.targets.tolist(), strict=True):
                 counted = [target != IGNORE_INDEX for target in targets]
                 assert len(set(counted)) == 1  # a row counts all its targets or none
                 rows.append(inputs[0] // SEQUENCE_LENGTH if counted[0] else None)
@@ -150,4 +151,4 @@ def test_eval_batches_with_more_ranks_than_samples(counting_corpus: Path):
 
 def test_an_empty_evaluation_split_is_refused():
     with pytest.raises(UserError, match="an evaluation dataset has no samples"):
-        eval_batches([], CausalLMCollator(), "target_ids", 2, 0, 1, None)
+        eval_batches([], CausalLMCollator(), 2, 0, 1, None)

@@ -9,6 +9,7 @@ from test_step import VOCAB, ToyLM, global_batch
 
 from distributed import run_on_ranks
 from llm_gym.config.app import TrainingSettings
+from llm_gym.data.collators import Batch
 from llm_gym.errors import RankLocalError
 from llm_gym.parallel.distributed import init_distributed
 from llm_gym.parallel.strategies import NoParallelism
@@ -120,8 +121,9 @@ def test_tokens_per_s_leaves_out_evaluation_and_checkpoint_time():
 def _refused_token_id(eval_at_start: bool, negative: bool) -> str:
     trainer, _ = make_trainer(eval_at_start=eval_at_start)
     if negative:  # e.g. an int32 corpus written by another tool
-        batch = {key: value.clone() for key, value in global_batch(4).items()}
-        batch["input_ids"][1, 2] = -7
+        batch = global_batch(4)
+        batch = Batch(batch.inputs.clone(), batch.targets)
+        batch.inputs[1, 2] = -7
         trainer.train_batches, trainer.vocab_size = itertools.repeat(batch), VOCAB
     else:
         trainer.vocab_size = 10  # the batches hold ids up to 31

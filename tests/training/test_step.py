@@ -7,10 +7,11 @@ import torch
 from torch import nn
 
 from distributed import run_on_ranks, skip_unless_gloo_sharding_works
+from llm_gym.data.collators import Batch
 from llm_gym.errors import UserError
 from llm_gym.parallel.distributed import DistributedEnvironment, init_distributed
 from llm_gym.parallel.strategies import DDP, FSDP2, HSDP, NoParallelism
-from llm_gym.training.step import BatchKeys, train_step
+from llm_gym.training.step import train_step
 
 VOCAB, DIM, SEQ = 32, 16, 8
 
@@ -29,18 +30,18 @@ class ToyLM(nn.Module):
         return self.head(hidden)
 
 
-def global_batch(samples: int = 8) -> dict:
+def global_batch(samples: int = 8) -> Batch:
     tokens = torch.randint(0, VOCAB, (samples, SEQ + 1), generator=torch.Generator().manual_seed(7))
     targets = tokens[:, 1:].clone()
     targets[0, :3] = -100  # unequal token counts per sample: normalisation must use the global count
-    return {"input_ids": tokens[:, :-1], "target_ids": targets}
+    return Batch(inputs=tokens[:, :-1], targets=targets)
 
 
-def split(batch: dict, parts: int, index: int = 0, of: int = 1) -> list[dict]:
+def split(batch: Batch, parts: int, index: int = 0, of: int = 1) -> list[Batch]:
     """This rank's ``parts`` micro batches, taking every ``of``-th sample from ``index`` (the sampler's stride)."""
-    mine = {key: value[index::of] for key, value in batch.items()}
-    size = len(mine["input_ids"]) // parts
-    return [{key: value[i * size : (i + 1) * size] for key, value in mine.items()} for i in range(parts)]
+    inputs, targets = batch.inputs[index::of], batch.targets[index::of]
+    size = len(inputs) // parts
+    return [Batch(inputs[i * size : (i + 1) * size], targets[i * size : (i + 1) * size]) for i in range(parts)]
 
 
 def one_step(strategy_name: str, accumulation: int, max_norm: float | None = 0.5, **strategy_kwargs) -> dict:
@@ -51,7 +52,7 @@ def one_step(strategy_name: str, accumulation: int, max_norm: float | None = 0.5
     model = strategy.parallelize(ToyLM())
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     micro = split(global_batch(), accumulation, env.rank, env.world_size)
-    result = train_step(model, strategy, micro, BatchKeys(), max_grad_norm=max_norm)
+    result = train_step(model, strategy, micro, max_grad_norm=max_norm)
     optimizer.step()
     state = {
         name: (param.full_tensor() if hasattr(param, "full_tensor") else param).detach().clone()

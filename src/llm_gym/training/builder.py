@@ -18,7 +18,6 @@ from llm_gym.parallel.block_wrappers import apply_activation_checkpointing, comp
 from llm_gym.parallel.distributed import DistributedEnvironment
 from llm_gym.parallel.strategies import ParallelismStrategy
 from llm_gym.registry import ResolverRegistry
-from llm_gym.training.step import BatchKeys
 
 
 @dataclass
@@ -101,7 +100,6 @@ def build_optimization(
 class BuiltData:
     train_loader: Any
     eval_splits: dict[str, Any]
-    batch_keys: BatchKeys
 
 
 def build_data(config: TrainingAppConfig, parallelism: ParallelismStrategy, registry: ResolverRegistry) -> BuiltData:
@@ -130,13 +128,12 @@ def build_data(config: TrainingAppConfig, parallelism: ParallelismStrategy, regi
             eval_batches,
             dataset,
             collator,
-            collator.target_key,
             micro_batch_size,
             dp_rank,
             dp_size,
             config.training.eval_samples,
         )
-    return BuiltData(train_loader, eval_splits, BatchKeys(collator.input_key, collator.target_key))
+    return BuiltData(train_loader, eval_splits)
 
 
 def build_broker(

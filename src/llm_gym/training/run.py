@@ -146,7 +146,6 @@ def _train(
             broker=broker,
             checkpointer=_PeriodicCheckpoints(checkpoints, state, metadata),
             progress=progress,
-            batch_keys=data.batch_keys,
             hardware_metrics=HardwareMetrics(
                 env.device,
                 flops_per_token(built.inner, config.training.sequence_length),
