@@ -146,11 +146,17 @@ def test_resolve_resume_rejects_bad_targets(tmp_path):
 
 
 def test_extra_strategies_save_at_chosen_steps_and_protect_milestones(tmp_path):
-    from llm_gym.checkpointing.strategies import KeepEveryNSteps, SaveAtSteps
+    from llm_gym.checkpointing.strategies import KeepEveryNSteps, KeepEveryNStepsConfig, SaveAtSteps, SaveAtStepsConfig
 
     toy = Toy(make_model())
     manager = CheckpointManager(
-        tmp_path, every_n_steps=2, keep_last=1, strategies=[SaveAtSteps([3]), KeepEveryNSteps(4)]
+        tmp_path,
+        every_n_steps=2,
+        keep_last=1,
+        strategies=[
+            SaveAtSteps(SaveAtStepsConfig(steps=[3])),
+            KeepEveryNSteps(KeepEveryNStepsConfig(every_n_steps=4)),
+        ],
     )
     saved = [step for step in range(1, 10) if manager.should_save(step, is_final=step == 9)]
     assert saved == [2, 3, 4, 6, 8, 9]

@@ -9,13 +9,17 @@ from pydantic import BaseModel, ValidationError
 
 from llm_gym.assembly import make_registry
 from llm_gym.data.collators import IGNORE_INDEX, Batch, CausalLMCollator
-from llm_gym.data.datasets import PackedDataset
+from llm_gym.data.datasets import PackedDataset, PackedDatasetConfig
 from llm_gym.data.loaders import ResumableDataLoader, eval_batches
 from llm_gym.errors import UserError
 from llm_gym.registry import Component
 
 SEQUENCE_LENGTH, MICRO_BATCH = 10, 4
 REGISTRY = make_registry()
+
+
+def packed(corpus: Path) -> PackedDataset:
+    return PackedDataset(PackedDatasetConfig(path_prefix=corpus, sequence_length=SEQUENCE_LENGTH))
 
 
 class _DataNodes(BaseModel):
@@ -34,7 +38,10 @@ def build_loader(corpus: Path, dp_rank: int = 0, dp_world_size: int = 1, num_wor
             dataloader={"type_hint": "DataLoader", "config": {"num_workers": num_workers}},
         ),
     )
-    registry, dataset = REGISTRY, PackedDataset(corpus, SEQUENCE_LENGTH)
+    registry, dataset = (
+        REGISTRY,
+        packed(corpus),
+    )
     sampler = registry.build_component_by_config(
         nodes.sampler, {"dataset_length": len(dataset), "dp_rank": dp_rank, "dp_world_size": dp_world_size}
     )
@@ -126,7 +133,9 @@ def evaluated_samples(dataset, micro_batch_size: int, world_size: int, max_sampl
 
 
 def test_eval_batches_split_the_samples_in_order_with_equal_batch_counts(counting_corpus: Path):
-    dataset = PackedDataset(counting_corpus, SEQUENCE_LENGTH)  # 100 samples
+    dataset = PackedDataset(
+        PackedDatasetConfig(path_prefix=counting_corpus, sequence_length=SEQUENCE_LENGTH)
+    )  # 100 samples
     per_rank = evaluated_samples(dataset, 3, 3, None)
     assert [len(rows) for rows in per_rank] == [36, 36, 36]  # 12 batches of 3 on every rank
     assert per_rank[1][:3] == [1, 4, 7]
@@ -137,7 +146,7 @@ def test_eval_batches_split_the_samples_in_order_with_equal_batch_counts(countin
 @pytest.mark.parametrize(("micro_batch_size", "world_size"), [(1, 1), (8, 1), (2, 2), (3, 2), (4, 3), (16, 4)])
 def test_eval_batches_evaluate_the_same_samples_in_any_layout(counting_corpus: Path, micro_batch_size, world_size):
     """Runs that differ only in micro batch size or ranks must report the same evaluation losses."""
-    dataset = PackedDataset(counting_corpus, SEQUENCE_LENGTH)
+    dataset = packed(counting_corpus)
     for max_samples, expected in [(None, list(range(100))), (10, list(range(10))), (500, list(range(100)))]:
         per_rank = evaluated_samples(dataset, micro_batch_size, world_size, max_samples)
         assert len({len(rows) for rows in per_rank}) == 1  # every rank runs as many forward passes
@@ -145,7 +154,7 @@ def test_eval_batches_evaluate_the_same_samples_in_any_layout(counting_corpus: P
 
 
 def test_eval_batches_with_more_ranks_than_samples(counting_corpus: Path):
-    dataset = PackedDataset(counting_corpus, SEQUENCE_LENGTH)
+    dataset = packed(counting_corpus)
     assert evaluated_samples(dataset, 4, 3, 2) == [[0, None, None, None], [1, None, None, None], [None] * 4]
 
 

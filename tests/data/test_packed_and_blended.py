@@ -10,7 +10,7 @@ from corpus_helpers import write_corpus
 from pydantic import ValidationError
 
 from llm_gym.assembly import make_registry
-from llm_gym.data.datasets import BlendedDataset, PackedDataset
+from llm_gym.data.datasets import BlendedDataset, BlendedDatasetConfig, PackedDataset, PackedDatasetConfig
 from llm_gym.errors import ConfigError
 from llm_gym.registry import Component
 
@@ -40,13 +40,13 @@ def test_packed_samples_are_overlapping_windows_of_the_stream(counting_corpus: P
 def test_packed_dataset_too_short_for_one_sample(tmp_path: Path):
     prefix = write_corpus(tmp_path / "short", [[1, 2, 3]])
     with pytest.raises(ConfigError, match="3 tokens are too few for one sample of sequence_length 3"):
-        PackedDataset(prefix, 3)
+        PackedDataset(PackedDatasetConfig(path_prefix=prefix, sequence_length=3))
 
 
 def test_packed_dataset_survives_pickling_without_copying_tokens(counting_corpus: Path):
     import pickle
 
-    dataset = PackedDataset(counting_corpus, 100)
+    dataset = PackedDataset(PackedDatasetConfig(path_prefix=counting_corpus, sequence_length=100))
     payload = pickle.dumps(dataset)
     assert len(payload) < 2000
     assert pickle.loads(payload)[3].tolist() == dataset[3].tolist()
@@ -118,7 +118,11 @@ class _Indices(torch.utils.data.Dataset):
 
 def blend_of_sizes(sizes, weights, num_samples=None, seed=0) -> BlendedDataset:
     factories = [lambda d=d, size=size: _Indices(d, int(size)) for d, size in enumerate(sizes)]
-    return BlendedDataset(factories, list(weights), num_samples, seed)
+    # Built directly from factories, so the config's own dataset nodes are not needed: constructed unvalidated.
+    config = BlendedDatasetConfig.model_construct(
+        datasets=[], weights=list(weights), num_samples=num_samples, seed=seed
+    )
+    return BlendedDataset(config, factories)
 
 
 def test_every_prefix_of_a_blend_stays_within_its_stated_distance_of_the_weights():

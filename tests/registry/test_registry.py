@@ -307,3 +307,24 @@ def test_a_user_module_declaring_a_taken_type_hint_is_a_config_error(fresh_regis
     )
     with pytest.raises(ConfigError, match=r"^user_modules: type_hint 'AdamW' is already registered under 'optimizer'$"):
         load_config(path, ToyConfig, registry=fresh_registry)
+
+
+class Wide:
+    """Built from its config model whole; its nested norm arrives as a factory under the field's name."""
+
+    def __init__(self, config: "WideConfig", norm: ComponentFactory, scale: float):
+        self.config, self.norm, self.scale = config, norm(dim=config.width), scale
+
+
+class WideConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    width: PositiveInt = 3
+    norm: Component("toy_norm")
+
+
+def test_a_constructor_taking_its_config_model_receives_it_whole(registry):
+    registry.register_component("toy_wide", "Wide", Wide, WideConfig)
+    node = validate(registry, "toy_wide", {"type_hint": "Wide", "config": {"norm": {"type_hint": "Norm"}}})
+    wide = registry.build_component_by_config(node, extra_kwargs={"scale": 2.0})
+    assert wide.config is node.config
+    assert (wide.norm.dim, wide.scale) == (3, 2.0)

@@ -12,7 +12,7 @@ from llm_gym.config.app import TrainingSettings
 from llm_gym.data.collators import Batch
 from llm_gym.errors import RankLocalError
 from llm_gym.parallel.distributed import init_distributed
-from llm_gym.parallel.strategies import NoParallelism
+from llm_gym.parallel.strategies import NoParallelism, NoParallelismConfig
 from llm_gym.training.loop import NonFiniteLossError, Trainer
 
 
@@ -28,7 +28,7 @@ class Recorder:
 
 
 def make_trainer(poison_at_step: int | None = None, **settings) -> tuple[Trainer, Recorder]:
-    strategy = NoParallelism(init_distributed("cpu"))
+    strategy = NoParallelism(NoParallelismConfig(), init_distributed("cpu"))
     torch.manual_seed(0)
     model = ToyLM()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)

@@ -10,7 +10,7 @@ from distributed import run_on_ranks, skip_unless_gloo_sharding_works
 from llm_gym.data.collators import Batch
 from llm_gym.errors import UserError
 from llm_gym.parallel.distributed import DistributedEnvironment, init_distributed
-from llm_gym.parallel.strategies import DDP, FSDP2, HSDP, NoParallelism
+from llm_gym.parallel.strategies import FSDP2, HSDP, PARALLELISM, HSDPConfig, NoParallelism, NoParallelismConfig
 from llm_gym.training.step import train_step
 
 VOCAB, DIM, SEQ = 32, 16, 8
@@ -46,8 +46,9 @@ def split(batch: Batch, parts: int, index: int = 0, of: int = 1) -> list[Batch]:
 
 def one_step(strategy_name: str, accumulation: int, max_norm: float | None = 0.5, **strategy_kwargs) -> dict:
     env = init_distributed("cpu")
-    strategies = {"none": NoParallelism, "fsdp2": FSDP2, "ddp": DDP, "hsdp": HSDP}
-    strategy = strategies[strategy_name](env, **strategy_kwargs)
+    names = {"none": "NoParallelism", "fsdp2": "FSDP2", "ddp": "DDP", "hsdp": "HSDP"}
+    strategy_class, config_model = PARALLELISM[names[strategy_name]]
+    strategy = strategy_class(config_model(**strategy_kwargs), env)
     torch.manual_seed(0)
     model = strategy.parallelize(ToyLM())
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -122,13 +123,13 @@ def env(world_size: int, local_world_size: int | None = None) -> DistributedEnvi
 )
 def test_hsdp_degrees_must_multiply_to_the_world_size(world_size, replicate, shard, message):
     with pytest.raises(UserError, match=message):
-        HSDP(env(world_size), replicate_degree=replicate, shard_degree=shard)
+        HSDP(HSDPConfig(replicate_degree=replicate, shard_degree=shard), env(world_size))
 
 
 def test_hsdp_infers_missing_degrees():
-    strategy = HSDP(env(8, local_world_size=4))
+    strategy = HSDP(HSDPConfig(), env(8, local_world_size=4))
     assert (strategy.replicate_degree, strategy.shard_degree) == (2, 4)
-    assert (HSDP(env(8), replicate_degree=4).shard_degree) == 2
+    assert (HSDP(HSDPConfig(replicate_degree=4), env(8)).shard_degree) == 2
 
 
 @pytest.mark.parametrize("version", ["2.6.0+cu124", "2.8.0"])
@@ -136,12 +137,13 @@ def test_hsdp_infers_missing_degrees():
 def test_sharding_over_gloo_is_refused_on_torch_releases_that_get_it_wrong(monkeypatch, strategy, version):
     monkeypatch.setattr(torch, "__version__", version)
     message = f"{strategy.__name__} on CPU (gloo) needs torch >= 2.9, this is torch {version}"
+    config = PARALLELISM[strategy.__name__][1]()
     with pytest.raises(UserError, match=re.escape(message)):
-        strategy(env(2)).parallelize(nn.Linear(2, 2))
+        strategy(config, env(2)).parallelize(nn.Linear(2, 2))
     model = nn.Linear(2, 2)
-    assert strategy(env(1)).parallelize(model) is model  # one rank runs unwrapped
+    assert strategy(config, env(1)).parallelize(model) is model  # one rank runs unwrapped
 
 
 def test_no_parallelism_refuses_several_ranks():
     with pytest.raises(UserError, match="runs on one process"):
-        NoParallelism(env(2))
+        NoParallelism(NoParallelismConfig(), env(2))

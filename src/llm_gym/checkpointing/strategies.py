@@ -32,8 +32,8 @@ class SaveEveryNStepsConfig(_StrategyConfig):
 
 
 class SaveEveryNSteps(CheckpointStrategy):
-    def __init__(self, every_n_steps: int):
-        self.every_n_steps = every_n_steps
+    def __init__(self, config: SaveEveryNStepsConfig):
+        self.every_n_steps = config.every_n_steps
 
     def should_save(self, step: int, is_final: bool) -> bool:
         return self.every_n_steps > 0 and step % self.every_n_steps == 0
@@ -49,8 +49,8 @@ class SaveAtStepsConfig(_StrategyConfig):
 
 
 class SaveAtSteps(CheckpointStrategy):
-    def __init__(self, steps: Sequence[int]):
-        self.steps = frozenset(steps)
+    def __init__(self, config: SaveAtStepsConfig):
+        self.steps = frozenset(config.steps)
 
     def should_save(self, step: int, is_final: bool) -> bool:
         return step in self.steps
@@ -61,8 +61,8 @@ class KeepLastConfig(_StrategyConfig):
 
 
 class KeepLast(CheckpointStrategy):
-    def __init__(self, count: int):
-        self.count = count
+    def __init__(self, config: KeepLastConfig):
+        self.count = config.count
 
     def protects(self, step: int, newer_steps: Sequence[int]) -> bool:
         return self.count == -1 or len(newer_steps) < self.count
@@ -73,8 +73,8 @@ class KeepEveryNStepsConfig(_StrategyConfig):
 
 
 class KeepEveryNSteps(CheckpointStrategy):
-    def __init__(self, every_n_steps: int):
-        self.every_n_steps = every_n_steps
+    def __init__(self, config: KeepEveryNStepsConfig):
+        self.every_n_steps = config.every_n_steps
 
     def protects(self, step: int, newer_steps: Sequence[int]) -> bool:
         return step % self.every_n_steps == 0

@@ -1,6 +1,5 @@
 """Training samples from tokenized corpora: packed fixed-length windows, and weighted blends of them."""
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,8 +20,9 @@ class PackedDataset(torch.utils.data.Dataset):
     one, so consecutive samples share one token and no token is wasted. Reads go to the memory map.
     """
 
-    def __init__(self, path_prefix: str | os.PathLike, sequence_length: int):
-        self.path_prefix, self.sequence_length = Path(path_prefix), sequence_length
+    def __init__(self, config: "PackedDatasetConfig"):
+        path_prefix, sequence_length = config.path_prefix, config.sequence_length
+        self.path_prefix, self.sequence_length = path_prefix, sequence_length
         self._corpus = IndexedDataset(path_prefix)
         self._num_samples = (self._corpus.num_tokens - 1) // sequence_length
         if self._num_samples < 1:
@@ -59,13 +59,9 @@ class BlendedDataset(torch.utils.data.Dataset):
     random subset of it rather than its beginning. Which sample each index reads is computed once, here.
     """
 
-    def __init__(
-        self,
-        datasets: list[Callable[[], torch.utils.data.Dataset]],
-        weights: list[float],
-        num_samples: int | None,
-        seed: int,
-    ):
+    def __init__(self, config: "BlendedDatasetConfig", datasets: list[Callable[[], torch.utils.data.Dataset]]):
+        """``datasets`` are ``config.datasets``, as factories."""
+        weights, num_samples, seed = config.weights, config.num_samples, config.seed
         self.datasets = [factory() for factory in datasets]
         lengths = [getattr(dataset, "sequence_length", None) for dataset in self.datasets]
         if len(set(lengths)) > 1:

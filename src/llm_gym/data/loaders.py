@@ -36,17 +36,15 @@ class ResumableDataLoader:
 
     def __init__(
         self,
+        config: "ResumableDataLoaderConfig",
         dataset: torch.utils.data.Dataset,
         sampler: ResumableDistributedSampler,
         collator: Collator,
         micro_batch_size: int,
-        num_workers: int = 0,
-        pin_memory: bool = False,
-        prefetch_factor: int | None = None,
     ):
         self.dataset, self.sampler, self.collator = dataset, sampler, collator
-        self.micro_batch_size, self.num_workers = micro_batch_size, num_workers
-        self.pin_memory, self.prefetch_factor = pin_memory, prefetch_factor
+        self.micro_batch_size, self.num_workers = micro_batch_size, config.num_workers
+        self.pin_memory, self.prefetch_factor = config.pin_memory, config.prefetch_factor
         self.consumed_samples = sampler.consumed_samples
 
     @property

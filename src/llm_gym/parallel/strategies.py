@@ -43,9 +43,9 @@ class ParallelismStrategy:
     supports_meta_device_init = True
     """Whether ``parallelize`` accepts a model on the meta device, materialised only afterwards."""
 
-    def __init__(self, env: DistributedEnvironment, mixed_precision: MixedPrecisionConfig | None = None):
+    def __init__(self, config: "_StrategyConfig", env: DistributedEnvironment):
         self.env = env
-        self.mixed_precision = mixed_precision or MixedPrecisionConfig()
+        self.mixed_precision = config.mixed_precision
         self.compute_dtype = _compute_dtype(self.mixed_precision, env.device)
 
     @property
@@ -101,13 +101,13 @@ class NoParallelismConfig(_StrategyConfig):
 class NoParallelism(ParallelismStrategy):
     """One process, no wrapping: the plain PyTorch model."""
 
-    def __init__(self, env: DistributedEnvironment, mixed_precision: MixedPrecisionConfig | None = None):
+    def __init__(self, config: NoParallelismConfig, env: DistributedEnvironment):
         if env.world_size != 1:
             raise UserError(
                 f"parallelism NoParallelism runs on one process, but the world size is {env.world_size}; "
                 "use FSDP2, HSDP or DDP under torchrun"
             )
-        super().__init__(env, mixed_precision)
+        super().__init__(config, env)
 
     def parallelize(self, model: LanguageModel) -> nn.Module:
         return model
@@ -163,14 +163,9 @@ class FSDP2(ParallelismStrategy):
     (about 3% of a CPU step, benchmarks/training_overhead.py), so the model runs unwrapped.
     """
 
-    def __init__(
-        self,
-        env: DistributedEnvironment,
-        mixed_precision: MixedPrecisionConfig | None = None,
-        reshard_after_forward: bool = True,
-    ):
-        super().__init__(env, mixed_precision)
-        self.reshard_after_forward = reshard_after_forward
+    def __init__(self, config: FSDP2Config, env: DistributedEnvironment):
+        super().__init__(config, env)
+        self.reshard_after_forward = config.reshard_after_forward
 
     def device_mesh(self) -> DeviceMesh:
         return init_device_mesh(self.env.device.type, (self.env.world_size,), mesh_dim_names=("dp_shard",))
@@ -213,17 +208,10 @@ class HSDPConfig(FSDP2Config):
 class HSDP(FSDP2):
     """Hybrid sharding: parameters sharded within a group of ranks, replicated across groups (2-D mesh)."""
 
-    def __init__(
-        self,
-        env: DistributedEnvironment,
-        mixed_precision: MixedPrecisionConfig | None = None,
-        reshard_after_forward: bool = True,
-        replicate_degree: int = -1,
-        shard_degree: int = -1,
-    ):
-        super().__init__(env, mixed_precision, reshard_after_forward)
+    def __init__(self, config: HSDPConfig, env: DistributedEnvironment):
+        super().__init__(config, env)
         self.replicate_degree, self.shard_degree = _mesh_degrees(
-            env.world_size, replicate_degree, shard_degree, env.local_world_size
+            env.world_size, config.replicate_degree, config.shard_degree, env.local_world_size
         )
 
     def device_mesh(self) -> DeviceMesh:
