@@ -73,13 +73,14 @@ def write_formats(source: Path, texts: list[str], formats: list[str], work: Path
 
 def loader_samples_per_s(prefix: Path, sequence_length: int, micro_batch_size: int, num_workers: int) -> float:
     from llm_gym.data.collators import CausalLMCollator
-    from llm_gym.data.datasets import PackedDataset
-    from llm_gym.data.loaders import ResumableDataLoader
-    from llm_gym.data.samplers import ResumableDistributedSampler
+    from llm_gym.data.datasets import PackedDataset, PackedDatasetConfig
+    from llm_gym.data.loaders import ResumableDataLoader, ResumableDataLoaderConfig
+    from llm_gym.data.samplers import ResumableDistributedSampler, ResumableDistributedSamplerConfig
 
-    dataset = PackedDataset(prefix, sequence_length)
-    sampler = ResumableDistributedSampler(len(dataset), dp_rank=0, dp_world_size=1, seed=0)
-    loader = ResumableDataLoader(dataset, sampler, CausalLMCollator(), micro_batch_size, num_workers=num_workers)
+    dataset = PackedDataset(PackedDatasetConfig(path_prefix=prefix, sequence_length=sequence_length))
+    sampler = ResumableDistributedSampler(ResumableDistributedSamplerConfig(seed=0), len(dataset), 0, 1)
+    config = ResumableDataLoaderConfig(num_workers=num_workers)
+    loader = ResumableDataLoader(config, dataset, sampler, CausalLMCollator(), micro_batch_size)
     batches = iter(loader)
     for _ in islice(batches, 20):  # worker start-up
         pass

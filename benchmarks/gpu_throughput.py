@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from llm_gym.models.flops import flops_per_token, peak_flops_per_second
-from training_harness import RunFigures, load_run_config, run_llm_gym, run_plain_loop, write_random_corpus
+from training_harness import RunFigures, load_run_config, model_of, run_llm_gym, run_plain_loop, write_random_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "config_files"
@@ -108,7 +108,7 @@ def measure(name: str, variant: str, path: Path, overrides: list[str], args, wor
 
 def _row(name: str, variant: str, config, figures: RunFigures, device: torch.device, seconds: float) -> dict:
     peak = peak_flops_per_second(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
-    flops = flops_per_token(config.model, config.training.sequence_length)
+    flops = flops_per_token(model_of(config), config.training.sequence_length)
     return {
         "model": name,
         "variant": variant,

@@ -107,6 +107,12 @@ CASES: list[BadInput] = [
         lambda ws: ["data", "inspect", "--prefix", ws.dir / "absent"],
         r"absent",
     ),
+    # ---- the middle layer (issue 13): typed batches, the model contract ---------------------------------------
+    BadInput(
+        "validate-collator-batch-keys",
+        lambda ws: ["validate", "--config_file_path", TINY_CONFIG, "data.collator.config={input_key: tokens}"],
+        r"data\.collator\.config: input_key and target_key are gone: .* delete both keys",
+    ),
     # Trust: crafted checkpoints
     *[
         BadInput(
@@ -615,8 +621,8 @@ from llm_gym.registry import register_component
 
 @register_component("mlp", "ScaledMLP", config_model=GELUMLPConfig)
 class ScaledMLP(GELUMLP):
-    def __init__(self, dim, hidden_dim, bias, approximate="tanh"):
-        super().__init__(dim, hidden_dim, bias, approximate)
+    def __init__(self, config: GELUMLPConfig, dim: int, bias: bool):
+        super().__init__(config, dim, bias)
         self.scale = nn.Parameter(torch.ones(dim))  # lost on the meta device: no reset_parameters() fills it
 
     def forward(self, hidden):

@@ -7,9 +7,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from llm_gym.checkpointing.inference import load_trained_model
 from llm_gym.cli import DEBUG_ENV, main
-from llm_gym.models.generation import generate
+from llm_gym.inference.generation import generate
+from llm_gym.inference.trained_model import load_trained_model
 
 transformers = pytest.importorskip("transformers")
 

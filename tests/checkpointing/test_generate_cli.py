@@ -13,10 +13,10 @@ from checkpoint_damage import edit_meta, flip_byte_in_the_middle, shard
 from click.testing import CliRunner
 from torch import nn
 
-from llm_gym.checkpointing.inference import load_trained_model, stream_text
 from llm_gym.cli import DEBUG_ENV, main
 from llm_gym.data.tokenizers import ByteTokenizer
-from llm_gym.models.generation import generate
+from llm_gym.inference.generation import generate
+from llm_gym.inference.trained_model import load_trained_model, stream_text
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

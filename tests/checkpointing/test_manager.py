@@ -8,6 +8,7 @@ import torch
 from checkpoint_toys import Toy, make_model
 
 import llm_gym.checkpointing.manager as manager_module
+from llm_gym.assembly import make_registry
 from llm_gym.checkpointing import (
     CheckpointManager,
     NonFiniteWeightsError,
@@ -15,6 +16,7 @@ from llm_gym.checkpointing import (
     read_checkpoint_meta,
     resolve_resume,
 )
+from llm_gym.config.app import CheckpointingSettings
 from llm_gym.errors import UserError
 
 
@@ -190,11 +192,17 @@ def test_resolve_resume_rejects_bad_targets(tmp_path):
 
 
 def test_extra_strategies_save_at_chosen_steps_and_protect_milestones(tmp_path):
-    from llm_gym.checkpointing.strategies import KeepEveryNSteps, SaveAtSteps
+    from llm_gym.checkpointing.strategies import KeepEveryNSteps, KeepEveryNStepsConfig, SaveAtSteps, SaveAtStepsConfig
 
     toy = Toy(make_model())
     manager = CheckpointManager(
-        tmp_path, every_n_steps=2, keep_last=1, strategies=[SaveAtSteps([3]), KeepEveryNSteps(4)]
+        tmp_path,
+        every_n_steps=2,
+        keep_last=1,
+        strategies=[
+            SaveAtSteps(SaveAtStepsConfig(steps=[3])),
+            KeepEveryNSteps(KeepEveryNStepsConfig(every_n_steps=4)),
+        ],
     )
     saved = [step for step in range(1, 10) if manager.should_save(step, is_final=step == 9)]
     assert saved == [2, 3, 4, 6, 8, 9]
@@ -204,13 +212,11 @@ def test_extra_strategies_save_at_chosen_steps_and_protect_milestones(tmp_path):
 
 
 def test_checkpoint_strategies_are_registry_components():
-    from llm_gym.config.app import CheckpointingSettings
-    from llm_gym.registry import get_registry
-
-    settings = CheckpointingSettings.model_validate(
-        {"strategies": [{"type_hint": "KeepEveryNSteps", "config": {"every_n_steps": 100}}]}
+    registry = make_registry()
+    settings = registry.validate(
+        CheckpointingSettings, {"strategies": [{"type_hint": "KeepEveryNSteps", "config": {"every_n_steps": 100}}]}
     )
-    strategy = get_registry().build_component_by_config(settings.strategies[0])
+    strategy = registry.build_component_by_config(settings.strategies[0])
     assert strategy.protects(200, newer_steps=[300]) and not strategy.protects(250, newer_steps=[300])
 
 

@@ -11,9 +11,9 @@ import pytest
 from omegaconf import OmegaConf
 
 from llm_gym.config.composition import compose, read_config_file
-from llm_gym.config.loading import apply_overrides, load_config
+from llm_gym.config.loading import apply_overrides
 from llm_gym.errors import ConfigError
-from toy_config import TOY_YAML, ToyConfig
+from toy_config import TOY_YAML, ToyConfig, load_config
 
 TORCHRUN_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE")
 
@@ -330,11 +330,7 @@ RANK_SCRIPT = """
 import sys
 from pathlib import Path
 
-from toy_config import ToyConfig
-
-from omegaconf import OmegaConf
-
-from llm_gym.config.loading import load_config
+from toy_config import ToyConfig, load_config
 
 config, _ = load_config(Path(sys.argv[1]), ToyConfig)
 Path(sys.argv[2], f"rank{config.training.rank}").write_text(str(config.training.world_size))

@@ -7,23 +7,21 @@ import numpy as np
 import pytest
 import torch
 from corpus_helpers import write_corpus
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
-from llm_gym.config.component import Component
+from llm_gym.assembly import make_registry
 from llm_gym.data import datasets as datasets_module
-from llm_gym.data.datasets import BlendedDataset, PackedDataset
+from llm_gym.data.datasets import BlendedDataset, BlendedDatasetConfig, PackedDataset, PackedDatasetConfig
 from llm_gym.data.indexed import merge_corpora
 from llm_gym.data.prefixes import shard_prefix
 from llm_gym.errors import ConfigError, UserError
-from llm_gym.registry import get_registry
+from llm_gym.registry import Component
 
-
-class _DatasetField(BaseModel):
-    dataset: Component("dataset")
+REGISTRY = make_registry()
 
 
 def build(node: dict):
-    return get_registry().build_component_by_config(_DatasetField(dataset=node).dataset)
+    return REGISTRY.build_component_by_config(REGISTRY.validate(Component("dataset"), node))
 
 
 def packed(prefix: Path, sequence_length: int) -> dict:
@@ -45,13 +43,13 @@ def test_packed_samples_are_overlapping_windows_of_the_stream(counting_corpus: P
 def test_packed_dataset_too_short_for_one_sample(tmp_path: Path):
     prefix = write_corpus(tmp_path / "short", [[1, 2, 3]])
     with pytest.raises(ConfigError, match="3 tokens are too few for one sample of sequence_length 3"):
-        PackedDataset(prefix, 3)
+        PackedDataset(PackedDatasetConfig(path_prefix=prefix, sequence_length=3))
 
 
 def test_packed_dataset_survives_pickling_without_copying_tokens(counting_corpus: Path):
     import pickle
 
-    dataset = PackedDataset(counting_corpus, 100)
+    dataset = PackedDataset(PackedDatasetConfig(path_prefix=counting_corpus, sequence_length=100))
     payload = pickle.dumps(dataset)
     assert len(payload) < 2000
     assert pickle.loads(payload)[3].tolist() == dataset[3].tolist()
@@ -123,7 +121,11 @@ class _Indices(torch.utils.data.Dataset):
 
 def blend_of_sizes(sizes, weights, num_samples=None, seed=0) -> BlendedDataset:
     factories = [lambda d=d, size=size: _Indices(d, int(size)) for d, size in enumerate(sizes)]
-    return BlendedDataset(factories, list(weights), num_samples, seed)
+    # Built directly from factories, so the config's own dataset nodes are not needed: constructed unvalidated.
+    config = BlendedDatasetConfig.model_construct(
+        datasets=[], weights=list(weights), num_samples=num_samples, seed=seed
+    )
+    return BlendedDataset(config, factories)
 
 
 def test_every_prefix_of_a_blend_stays_within_its_stated_distance_of_the_weights():
@@ -161,7 +163,7 @@ def test_each_pass_over_a_blended_dataset_is_a_fresh_permutation():
 def test_blend_config_errors(tmp_path: Path):
     nodes = _three_corpora(tmp_path)
     with pytest.raises(ValidationError, match="2 weights for 3 datasets"):
-        _DatasetField(dataset=blend_node(nodes, [1, 1]))
+        REGISTRY.validate(Component("dataset"), blend_node(nodes, [1, 1]))
     mixed = [nodes[0], {**nodes[1], "config": {**nodes[1]["config"], "sequence_length": 20}}]
     with pytest.raises(ConfigError, match="share one sequence_length"):
         build(blend_node(mixed, [1, 1]))
@@ -218,7 +220,7 @@ def test_packed_dataset_over_shards_pickles_small_and_maps_files_as_it_reads(tmp
     import pickle
 
     _shards(tmp_path, SHARD_SIZES)
-    dataset = PackedDataset(str(tmp_path / "train-*"), 8)
+    dataset = PackedDataset(PackedDatasetConfig(path_prefix=str(tmp_path / "train-*"), sequence_length=8))
     payload = pickle.dumps(dataset)
     assert len(payload) < 4000
     copy = pickle.loads(payload)
@@ -238,7 +240,7 @@ def test_packed_dataset_refusals(tmp_path: Path):
         build(node)
     node["config"]["path_prefix"] = []
     with pytest.raises(ValidationError, match="at least 1 item"):
-        _DatasetField(dataset=node)
+        REGISTRY.validate(Component("dataset"), node)
     node["config"]["path_prefix"] = [str(tmp_path / "train-*"), str(tmp_path / "train-00000-of-00002")]
     with pytest.raises(UserError, match="named twice"):
         build(node)

@@ -6,7 +6,7 @@ import pytest
 
 from llm_gym.errors import UserError
 from llm_gym.logging_broker import MetricsRecord
-from llm_gym.logging_broker.metrics_file import MetricsJsonl
+from llm_gym.logging_broker.metrics_file import MetricsJsonl, MetricsJsonlConfig
 
 TRAIN = {"loss": 3.25, "lr": 6e-4, "grad_norm": 0.75, "tokens_seen": 4096, "tokens_per_s": 1234.5}
 
@@ -16,7 +16,7 @@ def read_lines(path) -> list[dict]:
 
 
 def write_run(experiment_dir, steps, resume_step=None, **config) -> MetricsJsonl:
-    logger = MetricsJsonl(experiment_dir, {}, resume_step, **config)
+    logger = MetricsJsonl(MetricsJsonlConfig(**config), experiment_dir, {}, resume_step)
     for step in steps:
         logger.consume(MetricsRecord(step, "train", {**TRAIN, "tokens_seen": 4096 * step}))
         if step % 2 == 0:
@@ -26,7 +26,7 @@ def write_run(experiment_dir, steps, resume_step=None, **config) -> MetricsJsonl
 
 
 def test_each_record_is_one_line_with_step_split_and_metrics_written_at_once(tmp_path):
-    logger = MetricsJsonl(tmp_path, {}, None)
+    logger = MetricsJsonl(MetricsJsonlConfig(), tmp_path, {}, None)
     logger.consume(MetricsRecord(1, "train", TRAIN))
     # Flushed per line: readable while the run is still going.
     assert read_lines(tmp_path / "metrics.jsonl") == [{"step": 1, "split": "train", **TRAIN}]
@@ -38,7 +38,7 @@ def test_each_record_is_one_line_with_step_split_and_metrics_written_at_once(tmp
 
 
 def test_integers_stay_integers_and_non_finite_values_become_null(tmp_path):
-    logger = MetricsJsonl(tmp_path, {}, None)
+    logger = MetricsJsonl(MetricsJsonlConfig(), tmp_path, {}, None)
     logger.consume(MetricsRecord(2, "train", {"loss": float("nan"), "grad_norm": float("inf"), "tokens_seen": 7}))
     logger.close()
     line = (tmp_path / "metrics.jsonl").read_text()

@@ -10,9 +10,10 @@ from test_step import VOCAB, ToyLM, global_batch
 
 from distributed import run_on_ranks
 from llm_gym.config.app import TrainingSettings
+from llm_gym.data.collators import Batch
 from llm_gym.errors import RankLocalError
 from llm_gym.parallel.distributed import init_distributed
-from llm_gym.parallel.strategies import NoParallelism
+from llm_gym.parallel.strategies import NoParallelism, NoParallelismConfig
 from llm_gym.training.loop import NonFiniteLossError, Trainer, describe_non_finite
 from llm_gym.training.step import StepResult
 
@@ -29,7 +30,7 @@ class Recorder:
 
 
 def make_trainer(poisoned_steps: Collection[int] = (), **settings) -> tuple[Trainer, Recorder]:
-    strategy = NoParallelism(init_distributed("cpu"))
+    strategy = NoParallelism(NoParallelismConfig(), init_distributed("cpu"))
     torch.manual_seed(0)
     model = ToyLM()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
@@ -122,8 +123,9 @@ def test_tokens_per_s_leaves_out_evaluation_and_checkpoint_time():
 def _refused_token_id(eval_at_start: bool, negative: bool) -> str:
     trainer, _ = make_trainer(eval_at_start=eval_at_start)
     if negative:  # e.g. an int32 corpus written by another tool
-        batch = {key: value.clone() for key, value in global_batch(4).items()}
-        batch["input_ids"][1, 2] = -7
+        batch = global_batch(4)
+        batch = Batch(batch.inputs.clone(), batch.targets)
+        batch.inputs[1, 2] = -7
         trainer.train_batches, trainer.vocab_size = itertools.repeat(batch), VOCAB
     else:
         trainer.vocab_size = 10  # the batches hold ids up to 31

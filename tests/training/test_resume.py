@@ -32,7 +32,8 @@ from experiment_runs import (
     torchrun_command,
     wait_for_train_line,
 )
-from llm_gym.checkpointing import config_differences, load_checkpoint, read_checkpoint_meta, resolve_resume
+from llm_gym.checkpointing import load_checkpoint, read_checkpoint_meta, resolve_resume
+from llm_gym.training.resume_policy import config_differences
 
 # What a resumed run must reproduce exactly; tokens_per_s is a wall-clock figure.
 RECORDED = ("step", "split", "loss", "lr", "grad_norm", "tokens_seen")

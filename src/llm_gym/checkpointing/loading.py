@@ -14,7 +14,6 @@ from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.metadata import Metadata
 from torch.distributed.checkpoint.stateful import Stateful
 
-from llm_gym.checkpointing import collectives
 from llm_gym.checkpointing.integrity import fingerprint_problems
 from llm_gym.checkpointing.manager import FORMAT_VERSION, LATEST_FILE, META_FILE, first_failure
 from llm_gym.checkpointing.state import ModelState, OptimizerState, RNGState
@@ -25,6 +24,7 @@ from llm_gym.checkpointing.storage import (
     read_dcp_metadata,
 )
 from llm_gym.errors import UserError
+from llm_gym.parallel import collectives
 
 logger = logging.getLogger(__name__)
 

@@ -19,13 +19,20 @@ from torch.distributed.checkpoint import FileSystemWriter
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.stateful import Stateful
 
-from llm_gym.checkpointing import collectives
 from llm_gym.checkpointing.integrity import file_fingerprints
 from llm_gym.checkpointing.state import ModelState, assert_finite
 from llm_gym.checkpointing.storage import DCP_METADATA_FILE, read_dcp_metadata
-from llm_gym.checkpointing.strategies import CheckpointStrategy, KeepLast, SaveAtEnd, SaveEveryNSteps
+from llm_gym.checkpointing.strategies import (
+    CheckpointStrategy,
+    KeepLast,
+    KeepLastConfig,
+    SaveAtEnd,
+    SaveEveryNSteps,
+    SaveEveryNStepsConfig,
+)
 from llm_gym.errors import UserError
 from llm_gym.outputs import writing
+from llm_gym.parallel import collectives
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +95,12 @@ class CheckpointManager:
         if keep_last == 0 or keep_last < -1:
             raise ValueError(f"keep_last must be -1 (keep all) or at least 1, got {keep_last}")
         self.checkpoint_root = Path(checkpoint_root)
-        self.strategies = [SaveEveryNSteps(every_n_steps), SaveAtEnd(), KeepLast(keep_last), *strategies]
+        self.strategies = [
+            SaveEveryNSteps(SaveEveryNStepsConfig(every_n_steps=every_n_steps)),
+            SaveAtEnd(),
+            KeepLast(KeepLastConfig(count=keep_last)),
+            *strategies,
+        ]
 
     def should_save(self, step: int, is_final: bool) -> bool:
         return any(strategy.should_save(step, is_final) for strategy in self.strategies)

@@ -28,6 +28,7 @@ from llm_gym.cli.options import config_file_option, overrides_argument
 @overrides_argument
 def validate(config_file_path: Path, world_size: int | None, show_origins: bool, overrides: tuple[str, ...]) -> None:
     """Compose, load, validate and build a config without training; print it resolved, with model figures."""
+    from llm_gym.assembly import make_registry
     from llm_gym.config.app import TrainingAppConfig
     from llm_gym.config.loading import load_config_with_origins
     from llm_gym.training.summary import describe_config
@@ -35,9 +36,12 @@ def validate(config_file_path: Path, world_size: int | None, show_origins: bool,
     world_size = world_size or int(os.environ.get("WORLD_SIZE", 1))
     # ${dist:world_size} resolves as it would on that many ranks; the variable is restored afterwards.
     with _environment(WORLD_SIZE=str(world_size)):
-        config, resolved, origins = load_config_with_origins(config_file_path, TrainingAppConfig, overrides)
+        registry = make_registry()
+        config, resolved, origins = load_config_with_origins(
+            config_file_path, TrainingAppConfig, overrides, registry=registry
+        )
         # Built in full before anything is printed: a config that fails prints its error alone.
-        summary = list(describe_config(config, world_size))
+        summary = list(describe_config(config, world_size, registry))
         click.echo(yaml.safe_dump(resolved, sort_keys=False).rstrip())
         click.echo("---")
         for line in summary:

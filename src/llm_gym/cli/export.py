@@ -14,7 +14,7 @@ from llm_gym.cli.options import checkpoint_path_option, user_modules_option
 @user_modules_option
 def export_hf(checkpoint_path: Path, output_dir: Path, force: bool, user_modules: tuple[str, ...]) -> None:
     """Export a checkpoint as a Hugging Face transformers model directory (GPT-2 or Llama)."""
-    from llm_gym.checkpointing.hf_export import export_to_hf
+    from llm_gym.inference.hf_export import export_to_hf
 
     export = export_to_hf(checkpoint_path, output_dir, force, user_modules)
     click.echo(f"wrote {export.output_dir}: {export.architecture} from {export.checkpoint_dir}")

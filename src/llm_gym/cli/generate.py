@@ -38,7 +38,7 @@ def generate(
     user_modules: tuple[str, ...],
 ) -> None:
     """Sample text from a checkpoint (written by any number of ranks), streamed as it is generated."""
-    from llm_gym.checkpointing.inference import load_trained_model, stream_text
+    from llm_gym.inference.trained_model import load_trained_model, stream_text
     from llm_gym.parallel.distributed import select_device
 
     trained = load_trained_model(checkpoint_path, select_device("auto", local_rank=0), user_modules)

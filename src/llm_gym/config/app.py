@@ -7,21 +7,33 @@ checked here too, before anything heavy is built.
 from collections.abc import Iterator
 from enum import Enum
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
     NonNegativeInt,
     PositiveFloat,
     PositiveInt,
+    ValidationInfo,
     model_validator,
 )
 
-from llm_gym.checkpointing.strategies import KeepCount
-from llm_gym.config.component import Component, ComponentNode
-from llm_gym.data.permutation import Seed
+from llm_gym.registry.component import Component, ComponentNode, registry_of
+from llm_gym.seeds import Seed
+
+
+def _keeps_one_or_all(count: int) -> int:
+    if count == 0:  # it would delete the checkpoint just saved
+        raise ValueError("must be -1 (keep all) or at least 1")
+    return count
+
+
+KeepCount = Annotated[int, Field(ge=-1), AfterValidator(_keeps_one_or_all)]
+"""How many of the newest checkpoints to keep: -1 = all, else at least 1 (``checkpointing.keep_last``, and
+the ``KeepLast`` strategy it stands for)."""
 
 
 class _Section(BaseModel):
@@ -178,13 +190,10 @@ class TrainingAppConfig(_Section):
         return self
 
     @model_validator(mode="after")
-    def _meta_device_init_needs_a_strategy_that_materialises(self) -> "TrainingAppConfig":
+    def _meta_device_init_needs_a_strategy_that_materialises(self, info: ValidationInfo) -> "TrainingAppConfig":
         if not self.training.meta_device_init:
             return self
-        # Imported here: the registry imports this package's component module.
-        from llm_gym.registry import get_registry
-
-        registry = get_registry()
+        registry = registry_of(info)
         supporting = [
             name
             for name in registry.type_hint_names("parallelism")

@@ -26,8 +26,8 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from llm_gym.config.component import value_at
 from llm_gym.errors import ConfigError
+from llm_gym.registry.component import value_at
 
 DEFAULTS_KEY = "defaults"
 USER_MODULES_KEY = "user_modules"

@@ -20,7 +20,6 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import InterpolationKeyError, OmegaConfBaseException
 from pydantic import BaseModel, ValidationError
 
-from llm_gym.config.component import did_you_mean, find_component_entry, model_at, value_at
 from llm_gym.config.composition import (
     COMMAND_LINE,
     USER_MODULES_KEY,
@@ -34,6 +33,8 @@ from llm_gym.config.composition import (
     yaml_problem,
 )
 from llm_gym.errors import ConfigError
+from llm_gym.registry import ResolverRegistry
+from llm_gym.registry.component import did_you_mean, find_component_entry, model_at, value_at
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
@@ -201,13 +202,13 @@ def _child_key(parent: DictConfig | ListConfig, name: str) -> int | str:
 
 
 def drop_keys_of_replaced_types(
-    resolved: dict[str, Any], schema: type[BaseModel], swaps: Iterable[TypeHintSwap]
+    resolved: dict[str, Any], schema: type[BaseModel], swaps: Iterable[TypeHintSwap], registry: ResolverRegistry
 ) -> None:
     """Drop the config keys a replaced type_hint's config model does not accept, e.g. AdamW's ``betas`` after
     ``optimizer.type_hint=SGD`` or a later file's ``optimizer: {type_hint: SGD}``; the keys it accepts (``lr``)
     keep their values."""
     for swap in swaps:
-        entry = find_component_entry(schema, swap.node_path, resolved)
+        entry = find_component_entry(schema, swap.node_path, resolved, registry)
         config = value_at(resolved, (*swap.node_path, "config"))
         if entry is None or not isinstance(config, dict):
             continue  # not a component node the schema knows, or an unknown type_hint: validation says which
@@ -247,9 +248,10 @@ def _misspelt_target(raw: DictConfig, error: OmegaConfBaseException) -> str:
 
 
 def import_user_modules(
-    config: dict[str, Any], config_dir: Path, module_dirs: Mapping[str, Path] | None = None
+    config: dict[str, Any], config_dir: Path, registry: ResolverRegistry, module_dirs: Mapping[str, Path] | None = None
 ) -> None:
-    """Import the modules listed under ``user_modules`` so their components are registered before validation.
+    """Import the modules listed under ``user_modules`` and add the components they declare to ``registry``,
+    before validation.
 
     A module's directory is importable: the one ``module_dirs`` gives it (that of the composed file that lists
     it), else ``config_dir``. So a ``my_components.py`` beside the YAML that names it just works.
@@ -257,15 +259,19 @@ def import_user_modules(
     modules = config.get(USER_MODULES_KEY) or []
     if not isinstance(modules, list) or not all(isinstance(name, str) for name in modules):
         raise ConfigError(f"{USER_MODULES_KEY}: expected a list of module names")
-    import_modules(modules, config_dir, USER_MODULES_KEY, module_dirs)
+    import_modules(modules, config_dir, USER_MODULES_KEY, registry, module_dirs)
 
 
 def import_modules(
-    names: Sequence[str], directory: Path, named_by: str, module_dirs: Mapping[str, Path] | None = None
+    names: Sequence[str],
+    directory: Path,
+    named_by: str,
+    registry: ResolverRegistry,
+    module_dirs: Mapping[str, Path] | None = None,
 ) -> None:
     """Import modules a user named (``named_by``: the config's ``user_modules``, or ``--user_modules``), each with
-    its directory in ``module_dirs`` (else ``directory``) importable. Nothing else may run code: never pass names
-    read from a checkpoint or data file."""
+    its directory in ``module_dirs`` (else ``directory``) importable, and add the components they declare to
+    ``registry``. Nothing else may run code: never pass names read from a checkpoint or data file."""
     for name in names:
         module_dir = str((module_dirs or {}).get(name, directory))
         if module_dir not in sys.path:
@@ -276,25 +282,30 @@ def import_modules(
             raise ConfigError(f"{named_by}: cannot import '{name}': {error}") from error
         except Exception as error:  # the user's own code failed while importing; --debug shows where
             raise ConfigError(f"{named_by}: importing '{name}' failed: {type(error).__name__}: {error}") from error
+    try:
+        registry.add_declared()
+    except ValueError as error:  # a declared type_hint that is taken
+        raise ConfigError(f"{named_by}: {error}") from error
 
 
 def format_validation_error(
     error: ValidationError,
     schema: type[BaseModel] | None = None,
     config: dict[str, Any] | None = None,
+    registry: ResolverRegistry | None = None,
     origins: KeyOrigins | None = None,
 ) -> str:
-    """One line per error, at its dotted key; with the ``schema`` and ``config`` validated, an unknown key
-    also gets the closest valid one (or the few valid ones); with the ``origins`` of the config, the default
-    files that set the key (see ``KeyOrigins.remark``)."""
+    """One line per error, at its dotted key; with the ``schema``, ``config`` and ``registry`` validated, an
+    unknown key also gets the closest valid one (or the few valid ones); with the ``origins`` of the config, the
+    default files that set the key (see ``KeyOrigins.remark``)."""
     lines = []
     for detail in error.errors():
         location = ""
         for part in detail["loc"]:
             location += f"[{part}]" if isinstance(part, int) else (f".{part}" if location else str(part))
         message = _message(detail)
-        if detail["type"] == "extra_forbidden" and schema is not None and config is not None:
-            message += _valid_keys_hint(detail["loc"], schema, config)
+        if detail["type"] == "extra_forbidden" and schema is not None and config is not None and registry is not None:
+            message += _valid_keys_hint(detail["loc"], schema, config, registry)
         # A check across sections (at the root) names its keys in its own message.
         where = f"{location}: " if location else ""
         origin = "" if origins is None or config is None else origins.remark(config, detail["loc"])
@@ -316,9 +327,11 @@ def _message(detail: dict[str, Any]) -> str:
     return detail["msg"].removeprefix("Value error, ")
 
 
-def _valid_keys_hint(location: tuple[str | int, ...], schema: type[BaseModel], config: dict[str, Any]) -> str:
+def _valid_keys_hint(
+    location: tuple[str | int, ...], schema: type[BaseModel], config: dict[str, Any], registry: ResolverRegistry
+) -> str:
     """``; did you mean 'max_steps'?`` for a near miss, else ``; valid keys: ...`` for a short section."""
-    section = model_at(schema, [str(part) for part in location[:-1]], config)
+    section = model_at(schema, [str(part) for part in location[:-1]], config, registry)
     if section is None:
         return ""
     valid = [info.alias or name for name, info in section.model_fields.items()]
@@ -336,36 +349,43 @@ def _input_hint(detail: dict[str, Any]) -> str:
     return f" (got {shown if len(shown) <= 60 else shown[:57] + '...'})"
 
 
-def validate_config(resolved: dict[str, Any], model: type[ModelT], origins: KeyOrigins | None = None) -> ModelT:
+def validate_config(
+    resolved: dict[str, Any], model: type[ModelT], registry: ResolverRegistry, origins: KeyOrigins | None = None
+) -> ModelT:
     try:
-        return model.model_validate(resolved)
+        return registry.validate(model, resolved)
     except ValidationError as error:
-        raise ConfigError(format_validation_error(error, model, resolved, origins)) from error
+        raise ConfigError(format_validation_error(error, model, resolved, registry, origins)) from error
 
 
-def in_schema_order(config: Any, schema: type[BaseModel], path: tuple[str, ...] = (), root: Any = None) -> Any:
+def in_schema_order(
+    config: Any, schema: type[BaseModel], registry: ResolverRegistry, path: tuple[str, ...] = (), root: Any = None
+) -> Any:
     """``config`` with each mapping's keys in the order of the fields of the model that validates it (a section,
     a component node, its config), where the schema says; the others keep theirs. config.yaml then reads the
     same whichever composed file set which key."""
     root = config if root is None else root
     if isinstance(config, list):
-        return [in_schema_order(item, schema, (*path, str(index)), root) for index, item in enumerate(config)]
+        return [in_schema_order(item, schema, registry, (*path, str(index)), root) for index, item in enumerate(config)]
     if not isinstance(config, dict):
         return config
-    section = model_at(schema, path, root)
+    section = model_at(schema, path, root, registry)
     order = [info.alias or name for name, info in section.model_fields.items()] if section is not None else []
     keys = [key for key in order if key in config] + [key for key in config if key not in order]
-    return {key: in_schema_order(config[key], schema, (*path, str(key)), root) for key in keys}
+    return {key: in_schema_order(config[key], schema, registry, (*path, str(key)), root) for key in keys}
 
 
-def load_config(path: Path, model: type[ModelT], overrides: Sequence[str] = ()) -> tuple[ModelT, dict[str, Any]]:
-    """Compose, override, resolve and validate. Returns the validated model and the resolved plain dict."""
-    config, resolved, _ = load_config_with_origins(path, model, overrides)
+def load_config(
+    path: Path, model: type[ModelT], overrides: Sequence[str] = (), *, registry: ResolverRegistry
+) -> tuple[ModelT, dict[str, Any]]:
+    """Compose, override, resolve and validate against ``registry``, which gains the components that
+    ``user_modules`` declare. Returns the validated model and the resolved plain dict."""
+    config, resolved, _ = load_config_with_origins(path, model, overrides, registry=registry)
     return config, resolved
 
 
 def load_config_with_origins(
-    path: Path, model: type[ModelT], overrides: Sequence[str] = ()
+    path: Path, model: type[ModelT], overrides: Sequence[str] = (), *, registry: ResolverRegistry
 ) -> tuple[ModelT, dict[str, Any], KeyOrigins]:
     """``load_config``, and where each key of the resolved config came from.
 
@@ -375,7 +395,7 @@ def load_config_with_origins(
     composed = compose(Path(path), getattr(model, COMPOSITION_DEFAULTS, None))
     apply_overrides(composed, overrides)
     resolved = resolve(composed.raw, composed.origins)
-    import_user_modules(resolved, Path(path).resolve().parent, composed.module_dirs)
-    drop_keys_of_replaced_types(resolved, model, composed.swaps)
-    config = validate_config(resolved, model, composed.origins)
-    return config, in_schema_order(resolved, model), composed.origins
+    import_user_modules(resolved, Path(path).resolve().parent, registry, composed.module_dirs)
+    drop_keys_of_replaced_types(resolved, model, composed.swaps, registry)
+    config = validate_config(resolved, model, registry, composed.origins)
+    return config, in_schema_order(resolved, model, registry), composed.origins

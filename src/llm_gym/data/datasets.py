@@ -1,6 +1,5 @@
 """Training samples from tokenized corpora: packed fixed-length windows, and weighted blends of them."""
 
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated
@@ -9,11 +8,12 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
 
-from llm_gym.config.component import Component
 from llm_gym.data.indexed import IndexedDataset, bin_path
-from llm_gym.data.permutation import Seed, seeded_permutation
+from llm_gym.data.permutation import seeded_permutation
 from llm_gym.data.prefixes import resolve_prefixes
 from llm_gym.errors import ConfigError
+from llm_gym.registry import Component
+from llm_gym.seeds import Seed
 
 try:
     import resource
@@ -107,8 +107,9 @@ class PackedDataset(torch.utils.data.Dataset):
     tokens are one stream in that order, sample for sample what the corpus merged from them gives.
     """
 
-    def __init__(self, path_prefix: str | os.PathLike | Sequence[str | os.PathLike], sequence_length: int):
-        patterns = [path_prefix] if isinstance(path_prefix, (str, os.PathLike)) else list(path_prefix)
+    def __init__(self, config: "PackedDatasetConfig"):
+        path_prefix, sequence_length = config.path_prefix, config.sequence_length
+        patterns = [path_prefix] if isinstance(path_prefix, str) else list(path_prefix)
         self.path_prefixes, self.sequence_length = resolve_prefixes(patterns), sequence_length
         self._tokens = _TokenStream.open(self.path_prefixes)
         self._num_samples = (self._tokens.num_tokens - 1) // sequence_length
@@ -150,13 +151,9 @@ class BlendedDataset(torch.utils.data.Dataset):
     random subset of it rather than its beginning. Which sample each index reads is computed once, here.
     """
 
-    def __init__(
-        self,
-        datasets: list[Callable[[], torch.utils.data.Dataset]],
-        weights: list[float],
-        num_samples: int | None,
-        seed: int,
-    ):
+    def __init__(self, config: "BlendedDatasetConfig", datasets: list[Callable[[], torch.utils.data.Dataset]]):
+        """``datasets`` are ``config.datasets``, as factories."""
+        weights, num_samples, seed = config.weights, config.num_samples, config.seed
         self.datasets = [factory() for factory in datasets]
         lengths = [getattr(dataset, "sequence_length", None) for dataset in self.datasets]
         if len(set(lengths)) > 1:

@@ -1,14 +1,6 @@
-"""Seeded permutations that stay the same across numpy versions and machines, and the seeds a config takes."""
-
-from typing import Annotated
+"""Seeded permutations that stay the same across numpy versions and machines."""
 
 import numpy as np
-from pydantic import Field
-
-MAX_SEED = 2**63 - 1
-Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
-"""A config's seed. torch and these permutations take 64 bits, and a rank draws from ``seed + rank``: 63 bits
-leave room for the ranks."""
 
 
 def seeded_permutation(size: int, *seed: int) -> np.ndarray:

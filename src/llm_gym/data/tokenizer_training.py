@@ -5,6 +5,8 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
 from llm_gym.data.inputs import iter_texts
 from llm_gym.data.tokenizers import END_OF_DOCUMENT
 from llm_gym.errors import UserError
@@ -29,8 +31,6 @@ def train_bpe_tokenizer(
 
     The vocabulary holds all 256 bytes, so any text encodes; ``<|endoftext|>`` ends a document.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
     if vocab_size < MIN_VOCAB_SIZE:
         raise UserError(f"--vocab_size must be at least {MIN_VOCAB_SIZE} (256 bytes + end of document)")
     if vocab_size > MAX_VOCAB_SIZE:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+from tokenizers import Tokenizer as RustTokenizer
 
 from llm_gym.errors import UserError
 
@@ -62,8 +63,6 @@ class HuggingFaceTokenizer:
     """A ``tokenizer.json`` from the Hugging Face ``tokenizers`` library (GPT-2's, Llama 3's, or trained here)."""
 
     def __init__(self, path: Path):
-        from tokenizers import Tokenizer as RustTokenizer
-
         if not path.is_file():
             raise UserError(f"{path}: no such tokenizer file (give 'byte' or the path of a tokenizer.json)")
         try:

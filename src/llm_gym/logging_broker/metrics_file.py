@@ -43,9 +43,9 @@ class MetricsJsonl(Subscriber):
     message_types = (MetricsRecord,)
 
     def __init__(
-        self, experiment_dir: Path, resolved_config: dict, resume_step: int | None, filename: str = "metrics.jsonl"
+        self, config: MetricsJsonlConfig, experiment_dir: Path, resolved_config: dict, resume_step: int | None
     ) -> None:
-        self.path = Path(experiment_dir) / filename
+        self.path = Path(experiment_dir) / config.filename
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if resume_step is not None and self.path.exists():
             _truncate_after(self.path, resume_step)

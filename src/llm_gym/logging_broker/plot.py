@@ -7,6 +7,11 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+# The Agg canvas directly, not pyplot: no global figure state, no display needed.
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
 from llm_gym.errors import UserError
 from llm_gym.outputs import refuse_writing_over_inputs, writing
 
@@ -71,11 +76,6 @@ def plot_metrics(metrics_path: Path, output_path: Path) -> None:
     """Render the curves to a PNG; the image appears at ``output_path`` only when complete."""
     refuse_writing_over_inputs([output_path], [metrics_path], "--output_path")
     records = read_metrics(metrics_path)
-    # The Agg canvas directly, not pyplot: no global figure state, no display needed.
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
-
     figure = Figure(figsize=(8, 9), layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.subplots(len(PANELS), 1, sharex=True)

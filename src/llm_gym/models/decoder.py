@@ -10,12 +10,11 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
 from torch import nn
 
-from llm_gym.config.component import Component
 from llm_gym.models.attention import CausalSelfAttention
 from llm_gym.models.initialization import WeightInit
 from llm_gym.models.kv_cache import KVCache, LayerKVCache
 from llm_gym.models.positional import LearnedPositionEmbedding, PositionalEncoding, RotaryEmbedding
-from llm_gym.registry import ComponentFactory
+from llm_gym.registry import Component, ComponentFactory
 
 
 class DecoderLMConfig(BaseModel):
@@ -120,39 +119,42 @@ class DecoderLM(nn.Module):
 
     def __init__(
         self,
-        vocab_size: int,
-        sequence_length: int,
-        n_layer: int,
-        dim: int,
-        n_head: int,
-        positional: PositionalEncoding | str,
+        config: DecoderLMConfig,
         norm: ComponentFactory,
         attention: ComponentFactory,
         mlp: ComponentFactory,
         init: ComponentFactory,
-        n_head_kv: int | None = None,
-        rope_theta: float = 10_000.0,
-        bias: bool = False,
-        dropout: float = 0.0,
-        tie_embeddings: bool = True,
     ):
+        """``norm``, ``attention``, ``mlp`` and ``init`` are ``config``'s nested components, as factories."""
         super().__init__()
+        vocab_size, sequence_length, n_layer, dim = (
+            config.vocab_size,
+            config.sequence_length,
+            config.n_layer,
+            config.dim,
+        )
         self.vocab_size, self.sequence_length, self.n_layer, self.dim = vocab_size, sequence_length, n_layer, dim
-        self.n_head, self.n_head_kv, self.head_dim = n_head, n_head_kv or n_head, dim // n_head
+        self.n_head, self.n_head_kv, self.head_dim = (
+            config.n_head,
+            config.n_head_kv or config.n_head,
+            dim // config.n_head,
+        )
         self.weight_init: WeightInit = init(n_layer=n_layer)
         self.token_embedding = nn.Embedding(vocab_size, dim)
-        positional = PositionalEncoding(positional)
+        positional = config.positional
         self.position_embedding = (
             LearnedPositionEmbedding(sequence_length, dim) if positional == PositionalEncoding.LEARNED else None
         )
-        rotary = RotaryEmbedding(self.head_dim, rope_theta) if positional == PositionalEncoding.ROPE else None
-        self.embedding_dropout = nn.Dropout(dropout)
+        rotary = RotaryEmbedding(self.head_dim, config.rope_theta) if positional == PositionalEncoding.ROPE else None
+        self.embedding_dropout = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(
-            DecoderBlock(index, dim, n_head, self.n_head_kv, bias, dropout, norm, attention, mlp, rotary)
+            DecoderBlock(
+                index, dim, self.n_head, self.n_head_kv, config.bias, config.dropout, norm, attention, mlp, rotary
+            )
             for index in range(n_layer)
         )
         self.final_norm = norm(dim=dim)
-        self.output = None if tie_embeddings else nn.Linear(dim, vocab_size, bias=False)
+        self.output = None if config.tie_embeddings else nn.Linear(dim, vocab_size, bias=False)
         # A model constructed directly starts from its scheme; the training build constructs on the meta
         # device, where this draws nothing, and initialises once after materialising.
         with torch.no_grad():

@@ -13,26 +13,28 @@ from llm_gym.data.loaders import eval_batches
 from llm_gym.data.tokenizers import load_tokenizer, tokenizer_exists
 from llm_gym.errors import ConfigError
 from llm_gym.logging_broker import MessageBroker
+from llm_gym.models.contract import LanguageModel, as_language_model
+from llm_gym.optim.optimizers import weight_decay_parameter_groups
 from llm_gym.parallel.block_wrappers import apply_activation_checkpointing, compile_blocks
 from llm_gym.parallel.distributed import DistributedEnvironment
 from llm_gym.parallel.strategies import FSDP2, HSDP, ParallelismStrategy
-from llm_gym.registry import ResolverRegistry, get_registry
+from llm_gym.registry import ResolverRegistry
 from llm_gym.training.hardware import available_memory
 from llm_gym.training.materialise import materialise
-from llm_gym.training.optimizers import weight_decay_parameter_groups
-from llm_gym.training.step import BatchKeys
 
 
 @dataclass
 class BuiltModel:
     model: nn.Module
     """The parallelized module the step runs."""
-    inner: nn.Module
+    inner: LanguageModel
     """The model itself, for its figures (FLOPs, parameter count) and generation."""
 
 
-def build_parallelism(config: TrainingAppConfig, env: DistributedEnvironment) -> ParallelismStrategy:
-    parallelism = get_registry().build_component_by_config(config.parallelism, extra_kwargs={"env": env})
+def build_parallelism(
+    config: TrainingAppConfig, env: DistributedEnvironment, registry: ResolverRegistry
+) -> ParallelismStrategy:
+    parallelism = registry.build_component_by_config(config.parallelism, extra_kwargs={"env": env})
     try:
         config.training.check_batch_sizes(parallelism.data_parallel_size)
     except ValueError as error:
@@ -40,9 +42,7 @@ def build_parallelism(config: TrainingAppConfig, env: DistributedEnvironment) ->
     return parallelism
 
 
-def build_model(
-    config: TrainingAppConfig, parallelism: ParallelismStrategy, registry: ResolverRegistry | None = None
-) -> BuiltModel:
+def build_model(config: TrainingAppConfig, parallelism: ParallelismStrategy, registry: ResolverRegistry) -> BuiltModel:
     """Build without memory, wrap per block, shard, and initialise once with the experiment seed.
 
     The model is always built on the meta device, so its constructor draws nothing that would be drawn again.
@@ -54,11 +54,6 @@ def build_model(
     settings, device = config.training, parallelism.env.device
     model = build_model_on_meta(config, registry)
     check_model_fits(model, config, parallelism)
-    if not callable(getattr(model, "init_weights", None)):
-        raise ConfigError(
-            f"model: {type(model).__name__} has no init_weights(); llm_gym builds models on the meta device and "
-            "calls init_weights() to fill every parameter and buffer (docs/configuration.md, Your own components)"
-        )
     inner = model
     if not settings.meta_device_init:
         materialise(inner, device, config.experiment.seed)
@@ -73,18 +68,19 @@ def build_model(
     return BuiltModel(model, inner)
 
 
-def build_model_on_meta(config: TrainingAppConfig, registry: ResolverRegistry | None = None) -> nn.Module:
-    """The model's shapes without its memory: what `validate` sizes and `run` materialises."""
-    registry = registry or get_registry()
+def build_model_on_meta(config: TrainingAppConfig, registry: ResolverRegistry) -> LanguageModel:
+    """The model's shapes without its memory, checked against the model contract: what `validate` sizes and
+    `run` materialises."""
     try:
         with torch.device("meta"):
-            return registry.build_component_by_config(config.model)
+            model = registry.build_component_by_config(config.model)
     except (RuntimeError, TypeError, OverflowError) as error:
         # How torch refuses a tensor size beyond 64 bits, even on the meta device.
         if "overflow" not in str(error).lower():
             raise
         reason = str(error).strip().splitlines()[0]
         raise ConfigError(f"model: a tensor of this size cannot exist (beyond 2^63 bytes): {reason}") from None
+    return as_language_model(model)
 
 
 def shard_degree(parallelism: ParallelismStrategy) -> int:
@@ -118,7 +114,7 @@ def check_model_fits(model: nn.Module, config: TrainingAppConfig, parallelism: P
         )
 
 
-def check_tokenizer(config: TrainingAppConfig, model: nn.Module) -> str:
+def check_tokenizer(config: TrainingAppConfig, model: LanguageModel) -> str:
     """Refuse a ``data.tokenizer`` with more ids than the model embeds; say what was found.
 
     Training reads token ids only, so a tokenizer file absent here is not an error (``generate`` and
@@ -127,12 +123,13 @@ def check_tokenizer(config: TrainingAppConfig, model: nn.Module) -> str:
     spec = config.data.tokenizer
     if not tokenizer_exists(spec):
         return f"data.tokenizer: {spec} is not here (generate and export_hf will need it)"
-    tokenizer = load_tokenizer(spec, getattr(model, "vocab_size", None))
+    tokenizer = load_tokenizer(spec, model.vocab_size)
     return f"data.tokenizer: {spec}, {tokenizer.vocab_size:,} ids"
 
 
-def build_optimization(config: TrainingAppConfig, model: nn.Module) -> tuple[torch.optim.Optimizer, Any]:
-    registry = get_registry()
+def build_optimization(
+    config: TrainingAppConfig, model: nn.Module, registry: ResolverRegistry
+) -> tuple[torch.optim.Optimizer, Any]:
     optimizer = registry.build_component_by_config(
         config.optimizer, extra_kwargs={"params": weight_decay_parameter_groups(model)}
     )
@@ -153,11 +150,10 @@ def check_train_dataset_size(num_samples: int, training: TrainingSettings, data_
 class BuiltData:
     train_loader: Any
     eval_splits: dict[str, Any]
-    batch_keys: BatchKeys
 
 
-def build_data(config: TrainingAppConfig, parallelism: ParallelismStrategy) -> BuiltData:
-    registry, data = get_registry(), config.data
+def build_data(config: TrainingAppConfig, parallelism: ParallelismStrategy, registry: ResolverRegistry) -> BuiltData:
+    data = config.data
     dp_rank, dp_size = parallelism.data_parallel_rank, parallelism.data_parallel_size
     micro_batch_size = config.training.micro_batch_size
     train_dataset = registry.build_component_by_config(data.train_dataset)
@@ -183,22 +179,24 @@ def build_data(config: TrainingAppConfig, parallelism: ParallelismStrategy) -> B
             eval_batches,
             dataset,
             collator,
-            collator.target_key,
             micro_batch_size,
             dp_rank,
             dp_size,
             config.training.eval_samples,
         )
-    return BuiltData(train_loader, eval_splits, BatchKeys(collator.input_key, collator.target_key))
+    return BuiltData(train_loader, eval_splits)
 
 
 def build_broker(
-    config: TrainingAppConfig, resolved: dict, is_main_process: bool, resume_step: int | None
+    config: TrainingAppConfig,
+    resolved: dict,
+    is_main_process: bool,
+    resume_step: int | None,
+    registry: ResolverRegistry,
 ) -> MessageBroker:
     """Loggers run on rank 0 only; other ranks publish into a broker without subscribers."""
     broker = MessageBroker()
     if is_main_process:
-        registry = get_registry()
         for node in config.loggers:
             broker.add_subscriber(
                 registry.build_component_by_config(

@@ -11,10 +11,11 @@ import torch
 from torch import nn
 
 from llm_gym.config.app import NonFiniteAction, TrainingSettings
+from llm_gym.data.collators import Batch
 from llm_gym.errors import RankLocalError, UserError
 from llm_gym.logging_broker.messages import MetricsRecord, ProgressUpdate, TextMessage
 from llm_gym.parallel.strategies import ParallelismStrategy
-from llm_gym.training.step import BatchKeys, StepResult, evaluate, train_step
+from llm_gym.training.step import StepResult, evaluate, train_step
 
 
 class NonFiniteLossError(UserError):
@@ -90,12 +91,11 @@ class Trainer:
     parallelism: ParallelismStrategy
     optimizer: torch.optim.Optimizer
     lr_scheduler: torch.optim.lr_scheduler.LRScheduler
-    train_batches: Iterable[dict]
-    eval_splits: dict[str, Callable[[], Iterable[dict]]]
+    train_batches: Iterable[Batch]
+    eval_splits: dict[str, Callable[[], Iterable[Batch]]]
     broker: Publisher
     checkpointer: CheckpointSaver
     progress: TrainingProgress = field(default_factory=TrainingProgress)
-    batch_keys: BatchKeys = field(default_factory=BatchKeys)
     hardware_metrics: Callable[[float], dict[str, float]] | None = None
     """Figures derived from tokens/s on an accelerator (mfu, peak memory)."""
     vocab_size: int | None = None
@@ -125,11 +125,11 @@ class Trainer:
                     self._evaluate_all()
                 self.checkpointer.maybe_save(progress.step, is_final)
 
-    def _optimizer_step(self, batches: Iterator[dict]) -> StepResult:
+    def _optimizer_step(self, batches: Iterator[Batch]) -> StepResult:
         micro_batches = [
             self._in_vocabulary(next(batches), "train") for _ in range(self.settings.gradient_accumulation_steps)
         ]
-        result = train_step(self.model, self.parallelism, micro_batches, self.batch_keys, self.settings.max_grad_norm)
+        result = train_step(self.model, self.parallelism, micro_batches, self.settings.max_grad_norm)
         self._last_lr = self.lr_scheduler.get_last_lr()[0]
         step, progress = self.progress.step + 1, self.progress
         non_finite = "" if result.finite else describe_non_finite(result)
@@ -168,13 +168,13 @@ class Trainer:
     def _evaluate_all(self) -> None:
         for split, make_batches in self.eval_splits.items():
             batches = (self._in_vocabulary(batch, split) for batch in make_batches())
-            loss = evaluate(self.model, self.parallelism, batches, self.batch_keys)
+            loss = evaluate(self.model, self.parallelism, batches)
             self.broker.publish(MetricsRecord(self.progress.step, split, {"loss": loss}))
 
-    def _in_vocabulary(self, batch: dict, split: str) -> dict:
+    def _in_vocabulary(self, batch: Batch, split: str) -> Batch:
         # An id past the embedding table is an IndexError traceback on CPU and a device-side assert on a GPU.
         if self.vocab_size is not None:
-            inputs, targets = batch[self.batch_keys.inputs], batch[self.batch_keys.targets]
+            inputs, targets = batch.inputs, batch.targets
             largest, smallest = max(int(inputs.max()), int(targets.max())), int(inputs.min())
             if largest >= self.vocab_size or smallest < 0:
                 raise RankLocalError(

@@ -8,14 +8,14 @@ each dataset when its files are present here.
 from collections.abc import Iterator
 
 import torch
-from torch import nn
 
 from llm_gym.config.app import ActivationCheckpointing, TrainingAppConfig, TrainingSettings
 from llm_gym.errors import MissingInputError, UserError
+from llm_gym.models.contract import LanguageModel
 from llm_gym.models.flops import describe_model, num_parameters
 from llm_gym.parallel.distributed import DistributedEnvironment
 from llm_gym.parallel.strategies import ParallelismStrategy
-from llm_gym.registry import get_registry
+from llm_gym.registry import ResolverRegistry
 from llm_gym.training.builder import (
     build_model_on_meta,
     build_optimization,
@@ -34,10 +34,10 @@ ACTIVATION_ELEMENTS_PER_LAYER = 17
 WEIGHT_AND_GRADIENT_BYTES_PER_PARAMETER = 8
 
 
-def describe_config(config: TrainingAppConfig, world_size: int) -> Iterator[str]:
+def describe_config(config: TrainingAppConfig, world_size: int, registry: ResolverRegistry) -> Iterator[str]:
     training = config.training
     env = DistributedEnvironment(0, 0, world_size, world_size, _planned_device(training.device))
-    parallelism = get_registry().build_component_by_config(config.parallelism, extra_kwargs={"env": env})
+    parallelism = registry.build_component_by_config(config.parallelism, extra_kwargs={"env": env})
     try:
         training.check_batch_sizes(parallelism.data_parallel_size)
     except ValueError as error:
@@ -47,13 +47,13 @@ def describe_config(config: TrainingAppConfig, world_size: int) -> Iterator[str]
         f"{_shard_description(parallelism)}; plan for another device with training.device=cuda|cpu)"
     )
     yield describe_global_batch(training, parallelism.data_parallel_size)
-    model = build_model_on_meta(config)
+    model = build_model_on_meta(config, registry)
     check_model_fits(model, config, parallelism)
-    optimizer, _ = build_optimization(config, model)
+    optimizer, _ = build_optimization(config, model, registry)
     yield from describe_model(model, training.sequence_length)
     yield from estimate_memory(model, config, parallelism, optimizer)
     yield check_tokenizer(config, model)
-    yield from _check_datasets(config, parallelism.data_parallel_size)
+    yield from _check_datasets(config, parallelism.data_parallel_size, registry)
 
 
 def describe_global_batch(training: TrainingSettings, data_parallel_size: int) -> str:
@@ -90,7 +90,7 @@ def optimizer_state_tensors(optimizer: torch.optim.Optimizer) -> tuple[int, str]
 
 
 def estimate_memory(
-    model: nn.Module, config: TrainingAppConfig, parallelism: ParallelismStrategy, optimizer: torch.optim.Optimizer
+    model: LanguageModel, config: TrainingAppConfig, parallelism: ParallelismStrategy, optimizer: torch.optim.Optimizer
 ) -> list[str]:
     """A planning figure per rank: sharded training state, activations and logits of one micro batch."""
     training = config.training
@@ -123,9 +123,8 @@ def estimate_memory(
     ]
 
 
-def _check_datasets(config: TrainingAppConfig, data_parallel_size: int) -> Iterator[str]:
+def _check_datasets(config: TrainingAppConfig, data_parallel_size: int, registry: ResolverRegistry) -> Iterator[str]:
     """Each dataset whose files are here, built and checked as `run` does; the others said to be absent."""
-    registry = get_registry()
     nodes = {"train": config.data.train_dataset, **config.data.eval_datasets}
     for split, node in nodes.items():
         try:

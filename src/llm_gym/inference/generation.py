@@ -9,9 +9,9 @@ import math
 from collections.abc import Iterator
 
 import torch
-from torch import nn
 
 from llm_gym.errors import UserError
+from llm_gym.models.contract import LanguageModel
 
 MAX_SEED = 2**64 - 1
 
@@ -71,7 +71,7 @@ def _check_sampling_arguments(
 # As a decorator on a generator, no_grad applies to each resumption only, not to the caller between yields.
 @torch.no_grad()
 def stream_tokens(
-    model: nn.Module,
+    model: LanguageModel,
     input_ids: torch.Tensor,
     max_new_tokens: int,
     temperature: float = 1.0,
@@ -114,7 +114,7 @@ def stream_tokens(
 
 
 def generate(
-    model: nn.Module,
+    model: LanguageModel,
     input_ids: torch.Tensor,
     max_new_tokens: int,
     temperature: float = 1.0,

@@ -11,22 +11,22 @@ from typing import Any
 
 import torch
 from pydantic import BaseModel, ValidationError
-from torch import nn
 
+from llm_gym.assembly import make_registry
 from llm_gym.checkpointing.loading import find_checkpoint, read_checkpoint_meta
 from llm_gym.checkpointing.manager import META_FILE
 from llm_gym.checkpointing.warm_start import load_model_weights
-from llm_gym.config.component import Component, ComponentNode
 from llm_gym.config.loading import USER_MODULES_KEY, format_validation_error, import_modules
 from llm_gym.data.tokenizers import BYTE_TOKENIZER, Tokenizer, load_tokenizer, tokenizer_exists
 from llm_gym.errors import UserError
-from llm_gym.models.generation import check_sampling_settings, stream_tokens
-from llm_gym.registry import get_registry
+from llm_gym.inference.generation import check_sampling_settings, stream_tokens
+from llm_gym.models.contract import LanguageModel, as_language_model
+from llm_gym.registry import Component, ComponentNode, ResolverRegistry
 
 
 @dataclass
 class TrainedModel:
-    model: nn.Module
+    model: LanguageModel
     """In eval mode, on the device it was loaded to."""
     checkpoint_dir: Path
     step: int
@@ -51,7 +51,7 @@ class _ModelSection(BaseModel):
 
 
 def _model_config(
-    meta: dict[str, Any], checkpoint_dir: Path, user_modules: Sequence[str]
+    meta: dict[str, Any], checkpoint_dir: Path, user_modules: Sequence[str], registry: ResolverRegistry
 ) -> tuple[dict[str, Any], ComponentNode]:
     """The run's resolved config and its validated model node."""
     meta_path = checkpoint_dir / META_FILE
@@ -63,9 +63,9 @@ def _model_config(
         )
     section = {"model": resolved["model"]}
     try:
-        return resolved, _ModelSection.model_validate(section).model
+        return resolved, registry.validate(_ModelSection, section).model
     except ValidationError as error:
-        problem = format_validation_error(error, _ModelSection, section)
+        problem = format_validation_error(error, _ModelSection, section, registry)
         if any(detail["type"] == "unknown_type_hint" for detail in error.errors()):
             raise UserError(
                 f"the model saved in {meta_path} needs a component that is not registered: "
@@ -102,16 +102,17 @@ def load_trained_model(
     incompatible checkpoint, or one whose model needs a component no module registered."""
     checkpoint_dir = find_checkpoint(checkpoint_path)
     meta = read_checkpoint_meta(checkpoint_dir)
-    import_modules(user_modules, Path.cwd(), "--user_modules")
-    resolved, node = _model_config(meta, checkpoint_dir, user_modules)
+    registry = make_registry()
+    import_modules(user_modules, Path.cwd(), "--user_modules", registry)
+    resolved, node = _model_config(meta, checkpoint_dir, user_modules, registry)
     with torch.device(device):
-        model = get_registry().build_component_by_config(node)
+        model = as_language_model(registry.build_component_by_config(node))
     load_model_weights(model, checkpoint_dir)
     return TrainedModel(model.eval(), checkpoint_dir, meta["step"], resolved)
 
 
 def stream_text(
-    model: nn.Module,
+    model: LanguageModel,
     tokenizer: Tokenizer,
     prompt: str,
     max_new_tokens: int,

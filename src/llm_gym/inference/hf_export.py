@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llm_gym.checkpointing.inference import load_trained_model
 from llm_gym.checkpointing.loading import find_checkpoint
 from llm_gym.data.tokenizers import HuggingFaceTokenizer
 from llm_gym.errors import UserError
-from llm_gym.models.hf_conversion import to_hf
+from llm_gym.inference.hf_conversion import to_hf
+from llm_gym.inference.trained_model import load_trained_model
 from llm_gym.outputs import overlap
 
 _PARTIAL_PREFIX = ".tmp_"
