@@ -49,3 +49,10 @@ lr_scheduler:
 def load_config(path: Path, schema: type[BaseModel], overrides: Sequence[str] = ()) -> tuple[Any, dict[str, Any]]:
     """``llm_gym.config.loading.load_config`` against a new registry of the built-in and declared components."""
     return loading.load_config(path, schema, overrides, registry=make_registry())
+
+
+def load_config_with_origins(
+    path: Path, schema: type[BaseModel], overrides: Sequence[str] = ()
+) -> tuple[Any, dict[str, Any], Any]:
+    """``llm_gym.config.loading.load_config_with_origins`` against a new registry, like ``load_config``."""
+    return loading.load_config_with_origins(path, schema, overrides, registry=make_registry())

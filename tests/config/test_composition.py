@@ -11,9 +11,9 @@ from omegaconf import OmegaConf
 
 from llm_gym.cli import main
 from llm_gym.config.composition import compose
-from llm_gym.config.loading import apply_overrides, load_config, load_config_with_origins
+from llm_gym.config.loading import apply_overrides
 from llm_gym.errors import ConfigError
-from toy_config import TOY_YAML, ToyConfig
+from toy_config import TOY_YAML, ToyConfig, load_config, load_config_with_origins
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "config_files"
 

@@ -78,7 +78,7 @@ def test_resuming_without_a_file_starts_one_under_the_configured_name(tmp_path):
 
 def test_a_full_disk_is_a_user_error_naming_the_file(tmp_path):
     (tmp_path / "metrics.jsonl").symlink_to("/dev/full")  # every write fails with ENOSPC, as on a full disk
-    logger = MetricsJsonl(tmp_path, {}, None)
+    logger = MetricsJsonl(MetricsJsonlConfig(), tmp_path, {}, None)
     with pytest.raises(UserError, match=f"cannot write {tmp_path / 'metrics.jsonl'}: No space left on device"):
         logger.consume(MetricsRecord(1, "train", TRAIN))
     with pytest.raises(UserError, match="No space left on device"):

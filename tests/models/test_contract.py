@@ -81,7 +81,7 @@ def user_module_cleanup(monkeypatch, fresh_registry):
 
 def test_a_user_model_without_the_contract_is_refused_by_validate(tmp_path, user_module_cleanup):
     config = tmp_path / "run.yaml"
-    config.write_text(TINY_CONFIG.read_text())
+    config.write_text(f"defaults: [{TINY_CONFIG}]\n")
     (tmp_path / "my_models.py").write_text(USER_MODEL)
     overrides = ["user_modules=[my_models]", "model={type_hint: Bigram}", "~model.config"]
     result = CliRunner().invoke(main, ["validate", "--config_file_path", str(config), *overrides])

@@ -1,12 +1,13 @@
 """Training samples from tokenized corpora: packed fixed-length windows, and weighted blends of them."""
 
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
 
 from llm_gym.data.indexed import IndexedDataset, bin_path
 from llm_gym.data.permutation import seeded_permutation
@@ -130,10 +131,18 @@ class PackedDataset(torch.utils.data.Dataset):
         return torch.from_numpy(self._tokens.read(start, start + self.sequence_length + 1))
 
 
+def _as_text(value: object) -> object:
+    return os.fspath(value) if isinstance(value, os.PathLike) else value
+
+
+PrefixText = Annotated[str, BeforeValidator(_as_text)]
+"""A prefix as written (a trailing slash kept for the check that refuses it), also given as a ``Path``."""
+
+
 class PackedDatasetConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    path_prefix: str | Annotated[list[str], Field(min_length=1)] = Field(
+    path_prefix: PrefixText | Annotated[list[PrefixText], Field(min_length=1)] = Field(
         description="PREFIX of a tokenized PREFIX.bin + PREFIX.idx, a glob pattern of prefixes "
         "(data/tok/train-*-of-00064), or a list of these: read back to back in that order, each glob's matches "
         "sorted; relative to the working directory; kept as written, so a trailing / (a directory) is refused"

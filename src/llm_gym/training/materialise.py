@@ -15,8 +15,8 @@ from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import _CHECKPO
 from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor
 
-from llm_gym.checkpointing import collectives
 from llm_gym.errors import ConfigError
+from llm_gym.parallel import collectives
 
 _LISTED = 5
 _BOOL_SENTINEL = 0xFF  # the byte of a bool is 0 or 1 once anything writes it
