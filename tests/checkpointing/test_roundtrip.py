@@ -11,11 +11,11 @@ from llm_gym.checkpointing import (
     CheckpointManager,
     ModelState,
     RNGState,
-    collectives,
     load_checkpoint,
     read_checkpoint_meta,
 )
 from llm_gym.errors import UserError
+from llm_gym.parallel import collectives
 from llm_gym.training.loop import LossWindow
 
 

@@ -8,8 +8,8 @@ import torch
 from model_builders import GPT2_STYLE, LLAMA_STYLE, build, random_tokens
 
 from llm_gym.errors import UserError
-from llm_gym.models.generation import generate
-from llm_gym.models.hf_conversion import to_hf
+from llm_gym.inference.generation import generate
+from llm_gym.inference.hf_conversion import to_hf
 
 QK_LLAMA = {**LLAMA_STYLE, "qk_norm": True, "attention": {"type_hint": "ReferenceAttention"}}
 

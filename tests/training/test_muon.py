@@ -7,17 +7,19 @@ from torch import nn
 
 from distributed import run_on_ranks, skip_unless_gloo_sharding_works
 from experiment_runs import TINY_CONFIG
+from llm_gym.assembly import make_registry
 from llm_gym.config.app import TrainingAppConfig
 from llm_gym.config.loading import load_config
+from llm_gym.data.collators import Batch
+from llm_gym.optim.optimizers import Muon, MuonConfig, newton_schulz
 from llm_gym.parallel.distributed import init_distributed
-from llm_gym.parallel.strategies import FSDP2, HSDP, NoParallelism
-from llm_gym.registry import get_registry
+from llm_gym.parallel.strategies import FSDP2, HSDP, FSDP2Config, HSDPConfig, NoParallelism, NoParallelismConfig
 from llm_gym.training.builder import build_optimization
-from llm_gym.training.muon import Muon, newton_schulz
-from llm_gym.training.step import BatchKeys, train_step
+from llm_gym.training.step import train_step
 from llm_gym.training.summary import optimizer_state_tensors
 
 VOCAB, DIM, SEQ = 32, 16, 8
+MUON = MuonConfig(lr=0.02, adamw={"lr": 1e-3})
 
 
 def pair(*shape: int) -> tuple[nn.Parameter, nn.Parameter]:
@@ -31,9 +33,9 @@ def test_on_one_rank_the_update_is_torch_s_muon_and_adamw_to_the_bit(nesterov, a
     torch.manual_seed(0)
     (wide, wide_torch), (tall, tall_torch), (bias, bias_torch) = pair(4, 6), pair(6, 4), pair(4)
     ours = Muon(
+        MuonConfig(lr=0.02, nesterov=nesterov, adjust_lr=adjust_lr, newton_schulz_dtype="bfloat16", adamw={"lr": 1e-3}),
         [{"params": [wide, tall], "use_muon": True}, {"params": [bias], "use_muon": False, "weight_decay": 0.01}],
-        lr=0.02, nesterov=nesterov, adjust_lr=adjust_lr, newton_schulz_dtype="bfloat16", adamw={"lr": 1e-3},
-    )  # fmt: skip
+    )
     torch_muon = torch.optim.Muon([wide_torch, tall_torch], lr=0.02, nesterov=nesterov, adjust_lr_fn=adjust_lr)
     torch_adamw = torch.optim.AdamW([bias_torch], lr=1e-3, betas=(0.9, 0.95), weight_decay=0.01, foreach=False)
     for _ in range(4):
@@ -59,15 +61,17 @@ def test_newton_schulz_keeps_the_singular_vectors_and_flattens_the_spectrum(shap
 
 
 def test_the_config_gives_hidden_matrices_to_muon_and_the_rest_to_adamw():
+    registry = make_registry()
     config = load_config(
         TINY_CONFIG,
         TrainingAppConfig,
         ["model.config.n_layer=1", "model.config.tie_embeddings=false", "optimizer.type_hint=Muon",
          "optimizer.config.lr=0.02", "optimizer.config.adamw.lr=3e-3", "optimizer.config.adamw.betas=[0.8, 0.9]",
          "parameter_groups=[{match: 'output.weight', lr_multiplier: 0.5}]", "lr_scheduler.config.warmup_steps=0"],
+        registry=registry,
     )[0]  # fmt: skip
-    model = get_registry().build_component_by_config(config.model)
-    optimizer, _ = build_optimization(config, model)
+    model = registry.build_component_by_config(config.model)
+    optimizer, _ = build_optimization(config, model, registry)
     names = {id(parameter): name for name, parameter in model.named_parameters()}
     groups = {
         tuple(sorted(names[id(parameter)] for parameter in group["params"])): group for group in optimizer.param_groups
@@ -92,16 +96,14 @@ def test_the_config_gives_hidden_matrices_to_muon_and_the_rest_to_adamw():
 def test_muon_refuses_groups_it_cannot_update():
     matrix, vector = nn.Parameter(torch.zeros(2, 2)), nn.Parameter(torch.zeros(2))
     with pytest.raises(ValueError, match="whether they are hidden matrices"):
-        Muon([{"params": [matrix]}], lr=0.02, adamw={"lr": 1e-3})
+        Muon(MUON, [{"params": [matrix]}])
     with pytest.raises(ValueError, match="non-2-D parameter"):
-        Muon([{"params": [matrix, vector], "use_muon": True}], lr=0.02, adamw={"lr": 1e-3})
+        Muon(MUON, [{"params": [matrix, vector], "use_muon": True}])
 
 
 def test_the_memory_estimate_counts_one_buffer_per_hidden_weight_and_two_moments_for_the_rest():
     matrix, vector = nn.Parameter(torch.zeros(4, 4)), nn.Parameter(torch.zeros(16))
-    optimizer = Muon(
-        [{"params": [matrix], "use_muon": True}, {"params": [vector], "use_muon": False}], lr=0.02, adamw={"lr": 1e-3}
-    )
+    optimizer = Muon(MUON, [{"params": [matrix], "use_muon": True}, {"params": [vector], "use_muon": False}])
     assert optimizer_state_tensors(optimizer) == (
         1.5,
         "Muon: 1 fp32 momentum buffer (50% hidden matrices), 2 fp32 AdamW moments (the rest)",
@@ -128,8 +130,13 @@ class OddLM(nn.Module):
 
 def muon_steps(strategy_name: str, steps: int = 3, **strategy_kwargs) -> dict[str, torch.Tensor]:
     env = init_distributed("cpu")
-    strategies = {"none": NoParallelism, "fsdp2": FSDP2, "hsdp": HSDP}
-    strategy = strategies[strategy_name](env, **strategy_kwargs)
+    strategies = {
+        "none": (NoParallelism, NoParallelismConfig),
+        "fsdp2": (FSDP2, FSDP2Config),
+        "hsdp": (HSDP, HSDPConfig),
+    }
+    strategy_class, strategy_config = strategies[strategy_name]
+    strategy = strategy_class(strategy_config(**strategy_kwargs), env)
     torch.manual_seed(0)
     model = strategy.parallelize(OddLM())
     groups = [
@@ -138,13 +145,12 @@ def muon_steps(strategy_name: str, steps: int = 3, **strategy_kwargs) -> dict[st
         {"params": [p for name, p in model.named_parameters() if not (name.startswith("blocks.") and p.ndim == 2)],
          "use_muon": False},
     ]  # fmt: skip
-    optimizer = Muon(groups, lr=0.05, adamw={"lr": 1e-2}, newton_schulz_dtype="float32")
+    optimizer = Muon(MuonConfig(lr=0.05, adamw={"lr": 1e-2}, newton_schulz_dtype="float32"), groups)
     generator = torch.Generator().manual_seed(7)
     for _ in range(steps):
         tokens = torch.randint(0, VOCAB, (4, SEQ + 1), generator=generator)
-        batch = {"input_ids": tokens[:, :-1], "target_ids": tokens[:, 1:]}
-        mine = [{key: value[env.rank :: env.world_size] for key, value in batch.items()}]
-        train_step(model, strategy, mine, BatchKeys(), max_grad_norm=1.0)
+        mine = [Batch(inputs=tokens[env.rank :: env.world_size, :-1], targets=tokens[env.rank :: env.world_size, 1:])]
+        train_step(model, strategy, mine, max_grad_norm=1.0)
         optimizer.step()
         optimizer.zero_grad()
     return {

@@ -4,14 +4,14 @@ with each group's lr scheduled from its own peak and restored so."""
 import pytest
 
 from experiment_runs import TINY_CONFIG
+from llm_gym.assembly import make_registry
 from llm_gym.checkpointing import SchedulerState
 from llm_gym.config.app import TrainingAppConfig
 from llm_gym.config.loading import load_config
 from llm_gym.errors import ConfigError
+from llm_gym.optim.optimizers import parameter_name
 from llm_gym.parallel.block_wrappers import apply_activation_checkpointing
-from llm_gym.registry import get_registry
 from llm_gym.training.builder import build_optimization
-from llm_gym.training.optimizers import parameter_name
 
 RULES = "[{match: 'token_embedding.*', lr_multiplier: 0.1}, {match: '*norm*', weight_decay: 0.05}, {match: '*.mlp.output.weight', lr_multiplier: 0.5, weight_decay: 0.2}]"  # noqa: E501
 SMALL = ["training.sequence_length=16", "model.config.n_layer=2", "model.config.dim=32", "model.config.n_head_kv=4"]
@@ -23,9 +23,10 @@ OPTIMIZERS = {
 
 
 def built(*overrides: str):
-    config = load_config(TINY_CONFIG, TrainingAppConfig, [*SMALL, *overrides])[0]
-    model = get_registry().build_component_by_config(config.model)
-    return model, *build_optimization(config, model)
+    registry = make_registry()
+    config = load_config(TINY_CONFIG, TrainingAppConfig, [*SMALL, *overrides], registry=registry)[0]
+    model = registry.build_component_by_config(config.model)
+    return model, *build_optimization(config, model, registry)
 
 
 def groups_by_name(model, optimizer) -> list[tuple[list[str], float, float]]:

@@ -7,9 +7,9 @@ import pytest
 import torch
 from pydantic import BaseModel, ValidationError
 
+from llm_gym.assembly import make_registry
 from llm_gym.checkpointing import SchedulerState
-from llm_gym.config.component import Component
-from llm_gym.registry import get_registry
+from llm_gym.registry import Component
 
 
 class Schedule(BaseModel):
@@ -20,9 +20,15 @@ def optimizer_with_groups(*lrs: float) -> torch.optim.Optimizer:
     return torch.optim.SGD([{"params": [torch.nn.Parameter(torch.zeros(1))], "lr": lr} for lr in lrs])
 
 
+REGISTRY = make_registry()
+
+
+def validate(node: dict) -> Schedule:
+    return REGISTRY.validate(Schedule, {"lr_scheduler": node})
+
+
 def build(node: dict, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
-    validated = Schedule.model_validate({"lr_scheduler": node}).lr_scheduler
-    return get_registry().build_component_by_config(validated, extra_kwargs={"optimizer": optimizer})
+    return REGISTRY.build_component_by_config(validate(node).lr_scheduler, extra_kwargs={"optimizer": optimizer})
 
 
 def lrs_of_steps(node: dict, steps: int, *group_lrs: float) -> list[list[float]]:
@@ -97,7 +103,7 @@ def test_lengthening_a_run_in_its_stable_phase_keeps_the_lr_until_the_new_decay(
 )
 def test_warmup_stable_decay_refuses_what_does_not_fit(config, message):
     with pytest.raises(ValidationError, match=message):
-        Schedule.model_validate({"lr_scheduler": wsd(**config)})
+        validate(wsd(**config))
 
 
 WARMUP_THEN_COSINE = {
@@ -144,10 +150,7 @@ def test_a_later_schedule_does_not_disturb_an_earlier_one():
 def test_sequential_needs_one_increasing_milestone_between_schedules(schedules, milestones, message):
     node = {"type_hint": "StepLR", "config": {"step_size": 1}}
     with pytest.raises(ValidationError, match=message):
-        Schedule.model_validate(
-            {"lr_scheduler": {"type_hint": "Sequential", "config": {"schedules": [node] * schedules,
-                                                                    "milestones": milestones}}}
-        )  # fmt: skip
+        validate({"type_hint": "Sequential", "config": {"schedules": [node] * schedules, "milestones": milestones}})
 
 
 @pytest.mark.parametrize(

@@ -8,9 +8,10 @@ import torch
 from torch import nn
 
 from distributed import run_on_ranks
+from llm_gym.data.collators import Batch
 from llm_gym.parallel.distributed import init_distributed
-from llm_gym.parallel.strategies import NoParallelism
-from llm_gym.training.step import BatchKeys, evaluate, train_step
+from llm_gym.parallel.strategies import NoParallelism, NoParallelismConfig
+from llm_gym.training.step import evaluate, train_step
 
 # The step computes the loss in float32: agreement to 1e-6.
 LOGITS = [[[2.0, 0.0, -1.0], [0.5, 0.5, 3.0], [1.0, -2.0, 0.0]]]  # one sample, three positions, three ids
@@ -28,11 +29,11 @@ class FixedLogits(nn.Module):
 
 
 def _step(weight: float) -> tuple:
-    strategy = NoParallelism(init_distributed("cpu"))
+    strategy = NoParallelism(NoParallelismConfig(), init_distributed("cpu"))
     model = FixedLogits()
-    batch = {"input_ids": torch.zeros(1, 3, dtype=torch.long), "target_ids": torch.tensor(TARGETS)}
-    result = train_step(model, strategy, [batch], BatchKeys(), max_grad_norm=None, z_loss_weight=weight)
-    evaluation = evaluate(model, strategy, [batch], BatchKeys())
+    batch = Batch(inputs=torch.zeros(1, 3, dtype=torch.long), targets=torch.tensor(TARGETS))
+    result = train_step(model, strategy, [batch], max_grad_norm=None, z_loss_weight=weight)
+    evaluation = evaluate(model, strategy, [batch])
     return result, model.logits.grad.tolist(), evaluation
 
 

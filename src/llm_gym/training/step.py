@@ -14,14 +14,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from llm_gym.data.collators import IGNORE_INDEX
+from llm_gym.data.collators import IGNORE_INDEX, Batch
 from llm_gym.parallel.strategies import ParallelismStrategy
-
-
-@dataclass(frozen=True)
-class BatchKeys:
-    inputs: str = "input_ids"
-    targets: str = "target_ids"
 
 
 @dataclass(frozen=True)
@@ -43,12 +37,12 @@ def _all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
 
 
 def _token_losses(
-    model: nn.Module, batch: dict, keys: BatchKeys, device: torch.device, z_loss_weight: float = 0.0
+    model: nn.Module, batch: Batch, device: torch.device, z_loss_weight: float = 0.0
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Cross-entropy and z-loss penalty, each summed over the batch's target tokens."""
-    inputs = batch[keys.inputs].to(device, non_blocking=True)
-    targets = batch[keys.targets].to(device, non_blocking=True).flatten()
-    logits = model(inputs).flatten(0, 1).float()
+    batch = batch.to(device, non_blocking=True)
+    targets = batch.targets.flatten()
+    logits = model(batch.inputs).flatten(0, 1).float()
     cross_entropy = F.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX, reduction="sum")
     if not z_loss_weight:
         return cross_entropy, torch.zeros((), device=device)
@@ -59,21 +53,20 @@ def _token_losses(
 def train_step(
     model: nn.Module,
     parallelism: ParallelismStrategy,
-    micro_batches: Sequence[dict],
-    keys: BatchKeys,
+    micro_batches: Sequence[Batch],
     max_grad_norm: float | None,
     z_loss_weight: float = 0.0,
 ) -> StepResult:
     """Forward and backward over the micro batches of one step, then clip. The optimizer is not stepped."""
     device = parallelism.env.device
-    local_tokens = sum(int((batch[keys.targets] != IGNORE_INDEX).sum()) for batch in micro_batches)
+    local_tokens = sum(batch.target_tokens() for batch in micro_batches)
     global_tokens = int(_all_reduce_sum(torch.tensor([local_tokens], dtype=torch.float64, device=device)).item())
     scale = parallelism.data_parallel_size / max(global_tokens, 1)
     sums = torch.zeros(2, dtype=torch.float64, device=device)  # cross-entropy, z-loss penalty
     for index, batch in enumerate(micro_batches):
         with parallelism.gradient_sync(model, enabled=index == len(micro_batches) - 1):
             with parallelism.forward_context():
-                cross_entropy, penalty = _token_losses(model, batch, keys, device, z_loss_weight)
+                cross_entropy, penalty = _token_losses(model, batch, device, z_loss_weight)
             ((cross_entropy + penalty) * scale).backward()
         sums += torch.stack([cross_entropy.detach(), penalty.detach()])
     loss_sum, z_loss_sum = _all_reduce_sum(sums).tolist()
@@ -84,7 +77,7 @@ def train_step(
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, parallelism: ParallelismStrategy, batches: Iterable[dict], keys: BatchKeys) -> float:
+def evaluate(model: nn.Module, parallelism: ParallelismStrategy, batches: Iterable[Batch]) -> float:
     """Mean loss per target token over every rank's batches."""
     device = parallelism.env.device
     totals = torch.zeros(2, dtype=torch.float64, device=device)
@@ -92,8 +85,8 @@ def evaluate(model: nn.Module, parallelism: ParallelismStrategy, batches: Iterab
     model.eval()
     for batch in batches:
         with parallelism.forward_context():
-            totals[0] += _token_losses(model, batch, keys, device)[0]
-        totals[1] += int((batch[keys.targets] != IGNORE_INDEX).sum())
+            totals[0] += _token_losses(model, batch, device)[0]
+        totals[1] += batch.target_tokens()
     model.train(was_training)
     loss_sum, tokens = _all_reduce_sum(totals).tolist()
     return loss_sum / tokens if tokens else float("nan")

@@ -25,7 +25,7 @@ from pydantic import (
 )
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 
-from llm_gym.config.component import Component
+from llm_gym.registry import Component, ComponentFactory
 
 
 class _SchedulerConfig(BaseModel):
@@ -78,12 +78,9 @@ class LinearWarmupCosineDecayConfig(_SchedulerConfig):
 class LinearWarmupCosineDecay(LambdaLR):
     """Linear warmup from ~0 to the peak lr, then cosine decay to ``min_lr_ratio`` × peak, then flat."""
 
-    def __init__(
-        self, optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.1
-    ):
-        if warmup_steps > total_steps:
-            raise ValueError(f"warmup_steps ({warmup_steps}) exceeds total_steps ({total_steps})")
-        self.warmup_steps, self.total_steps, self.min_lr_ratio = warmup_steps, total_steps, min_lr_ratio
+    def __init__(self, config: LinearWarmupCosineDecayConfig, optimizer: torch.optim.Optimizer):
+        self.warmup_steps, self.total_steps = config.warmup_steps, config.total_steps
+        self.min_lr_ratio = config.min_lr_ratio
         super().__init__(optimizer, self.lr_factor)
 
     def lr_factor(self, step: int) -> float:
@@ -125,23 +122,22 @@ class WarmupStableDecayConfig(_SchedulerConfig):
 
     @model_validator(mode="after")
     def _phases_fit(self) -> "WarmupStableDecayConfig":
-        decay_steps = _decay_length(self.total_steps, self.decay_steps, self.decay_fraction)
-        if self.warmup_steps + decay_steps > self.total_steps:
+        if (self.decay_steps is None) == (self.decay_fraction is None):
+            raise ValueError("give exactly one of decay_steps (a count) and decay_fraction (a fraction of total_steps)")
+        if self.warmup_steps + self.decay_length > self.total_steps:
             raise ValueError(
-                f"warmup_steps ({self.warmup_steps}) + decay steps ({decay_steps}) exceed total_steps "
+                f"warmup_steps ({self.warmup_steps}) + decay steps ({self.decay_length}) exceed total_steps "
                 f"({self.total_steps})"
             )
         return self
 
-
-def _decay_length(total_steps: int, decay_steps: int | None, decay_fraction: float | None) -> int:
-    """The decay's length in steps, from exactly one of a count and a fraction of ``total_steps`` (rounded
-    half up, at least 1)."""
-    if (decay_steps is None) == (decay_fraction is None):
-        raise ValueError("give exactly one of decay_steps (a count) and decay_fraction (a fraction of total_steps)")
-    if decay_steps is not None:
-        return decay_steps
-    return max(1, math.floor(decay_fraction * total_steps + 0.5))
+    @property
+    def decay_length(self) -> int:
+        """The decay's length in steps: ``decay_steps``, or ``decay_fraction`` of ``total_steps`` (rounded half
+        up, at least 1)."""
+        if self.decay_steps is not None:
+            return self.decay_steps
+        return max(1, math.floor(self.decay_fraction * self.total_steps + 0.5))
 
 
 class WarmupStableDecay(LambdaLR):
@@ -153,23 +149,13 @@ class WarmupStableDecay(LambdaLR):
     ``total_steps``) keeps its learning rate until the new decay begins.
     """
 
-    def __init__(
-        self,
-        optimizer: torch.optim.Optimizer,
-        warmup_steps: int,
-        total_steps: int,
-        decay_steps: int | None = None,
-        decay_fraction: float | None = None,
-        decay_shape: DecayShape | str = DecayShape.LINEAR,
-        min_lr_ratio: float = 0.0,
-    ):
-        self.warmup_steps, self.total_steps, self.min_lr_ratio = warmup_steps, total_steps, min_lr_ratio
-        self.decay_steps = _decay_length(total_steps, decay_steps, decay_fraction)
-        if warmup_steps + self.decay_steps > total_steps:
-            raise ValueError(
-                f"warmup_steps ({warmup_steps}) + decay steps ({self.decay_steps}) exceed total_steps ({total_steps})"
-            )
-        self.decay_shape = DecayShape(decay_shape)
+    def __init__(self, config: WarmupStableDecayConfig, optimizer: torch.optim.Optimizer):
+        self.warmup_steps, self.total_steps = config.warmup_steps, config.total_steps
+        self.decay_steps, self.decay_shape, self.min_lr_ratio = (
+            config.decay_length,
+            config.decay_shape,
+            config.min_lr_ratio,
+        )
         super().__init__(optimizer, self.lr_factor)
 
     def lr_factor(self, step: int) -> float:
@@ -211,15 +197,11 @@ class Sequential(LRScheduler):
     """
 
     def __init__(
-        self,
-        optimizer: torch.optim.Optimizer,
-        schedules: Sequence[Callable[..., LRScheduler]],
-        milestones: Sequence[int],
+        self, config: SequentialConfig, optimizer: torch.optim.Optimizer, schedules: Sequence[ComponentFactory]
     ):
-        if len(milestones) != len(schedules) - 1 or list(milestones) != sorted(set(milestones)):
-            raise ValueError(f"{len(schedules)} schedules need {len(schedules) - 1} increasing milestones")
-        self.milestones = list(milestones)
-        self.schedules = [build(optimizer=_stand_in(optimizer)) for build in schedules]
+        """``schedules`` are ``config``'s, as factories."""
+        self.milestones = list(config.milestones)
+        self.schedules: list[LRScheduler] = [build(optimizer=_stand_in(optimizer)) for build in schedules]
         super().__init__(optimizer)
 
     def step(self, epoch: None = None) -> None:

@@ -1,6 +1,8 @@
-"""Muon: orthogonalised momentum for the hidden matrices, AdamW for the other parameters, in one optimizer.
+"""Optimizers as registry components, and the parameter groups they are built with.
 
-The hidden matrices (the 2-D weights of the repeated blocks) take Muon's update: Nesterov momentum, made
+The configs describe torch's own optimizers, and Muon, written here; ``params`` is injected at build time.
+
+Muon: the hidden matrices (the 2-D weights of the repeated blocks) take Muon's update: Nesterov momentum, made
 orthogonal by a Newton–Schulz iteration (Keller Jordan's quintic, the coefficients and step count of
 ``torch.optim.Muon``) and scaled for the matrix's shape. Embeddings, the output head, norm gains and biases
 take AdamW's, with the settings under ``adamw``. The builder marks each parameter group ``use_muon``.
@@ -13,12 +15,74 @@ rows. On one rank, in bfloat16, the update is ``torch.optim.Muon``'s to the bit 
 """
 
 import math
-from collections.abc import Callable, Iterable
-from typing import Any, Literal
+from collections.abc import Callable, Iterable, Sequence
+from fnmatch import fnmatchcase
+from typing import Annotated, Any, Literal, Protocol
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, model_validator
+from torch import nn
 from torch.distributed.tensor import DTensor, Replicate
+
+from llm_gym.errors import ConfigError
+
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+Beta = Annotated[float, Field(ge=0, lt=1)]
+"""A moment's decay rate: torch refuses any outside [0, 1)."""
+
+
+class _OptimizerConfig(BaseModel):
+    # .inf and .nan are refused for every number: no optimizer can step with them.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    lr: PositiveFloat = Field(description="peak learning rate")
+    weight_decay: NonNegativeFloat = 0.0
+
+    def _step_scalars(self) -> dict[str, float]:
+        """The numbers a step multiplies the float32 weights, gradients or moments by, named as in the config."""
+        return {"lr": self.lr, "weight_decay": self.weight_decay, "lr × weight_decay": self.lr * self.weight_decay}
+
+    @model_validator(mode="after")
+    def _step_scalars_fit_float32(self) -> "_OptimizerConfig":
+        # torch converts them to the tensors' dtype, and one beyond float32 stops the run with an overflow error.
+        for name, value in self._step_scalars().items():
+            if value > FLOAT32_MAX:
+                raise ValueError(
+                    f"{name} = {value:.3g} is beyond the largest float32 ({FLOAT32_MAX:.3g}), the type of the "
+                    "weights a step scales by it"
+                )
+        return self
+
+
+class _AdamLikeConfig(_OptimizerConfig):
+    betas: tuple[Beta, Beta]
+    eps: PositiveFloat = 1e-8
+    foreach: bool | None = None
+    fused: bool | None = None
+
+    def _step_scalars(self) -> dict[str, float]:
+        # The first step's bias correction divides the learning rate by 1 - betas[0].
+        first_step = self.lr / (1 - self.betas[0])
+        return {**super()._step_scalars(), "eps": self.eps, "lr / (1 - betas[0]), the first step's size": first_step}
+
+
+class AdamWConfig(_AdamLikeConfig):
+    betas: tuple[Beta, Beta] = (0.9, 0.95)
+    weight_decay: NonNegativeFloat = 0.1
+
+
+class AdamConfig(_AdamLikeConfig):
+    betas: tuple[Beta, Beta] = (0.9, 0.999)
+
+
+class SGDConfig(_OptimizerConfig):
+    momentum: NonNegativeFloat = 0.0
+    nesterov: bool = False
+    foreach: bool | None = None
+
+    def _step_scalars(self) -> dict[str, float]:
+        return {**super()._step_scalars(), "momentum": self.momentum}
+
 
 # torch.optim.Muon's defaults, from Keller Jordan's reference implementation.
 NEWTON_SCHULZ_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
@@ -26,7 +90,7 @@ NEWTON_SCHULZ_STEPS = 5
 
 
 class MuonAdamWSettings(BaseModel):
-    """The AdamW half: embeddings, output head, norm gains and biases."""
+    """The AdamW half of Muon: embeddings, output head, norm gains and biases."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -109,41 +173,17 @@ class Muon(torch.optim.Optimizer):
     treats_hidden_matrices_apart = True
     """``llm_gym run`` marks each param group it builds with ``use_muon``."""
 
-    def __init__(
-        self,
-        params: Iterable[dict[str, Any]],
-        lr: float,
-        adamw: MuonAdamWSettings | dict[str, Any],
-        weight_decay: float = 0.1,
-        momentum: float = 0.95,
-        nesterov: bool = True,
-        ns_steps: int = NEWTON_SCHULZ_STEPS,
-        ns_coefficients: tuple[float, float, float] = NEWTON_SCHULZ_COEFFICIENTS,
-        eps: float = 1e-7,
-        adjust_lr: str = "original",
-        newton_schulz_dtype: str = "auto",
-    ):
-        adamw = MuonAdamWSettings.model_validate(adamw)
-        muon_settings = {
-            "lr": lr,
-            "weight_decay": weight_decay,
-            "momentum": momentum,
-            "nesterov": nesterov,
-            "ns_steps": ns_steps,
-            "ns_coefficients": tuple(ns_coefficients),
-            "eps": eps,
-            "adjust_lr": adjust_lr,
-            "newton_schulz_dtype": newton_schulz_dtype,
-        }
+    def __init__(self, config: MuonConfig, params: Iterable[dict[str, Any]]):
+        muon_settings = config.model_dump(exclude={"adamw"})
+        adamw_settings = config.adamw.model_dump()
         groups = []
         for group in params:
             if not isinstance(group, dict) or "use_muon" not in group:
                 raise ValueError("Muon takes parameter groups that say whether they are hidden matrices (use_muon)")
             if group["use_muon"] and any(parameter.ndim != 2 for parameter in group["params"]):
                 raise ValueError("Muon orthogonalises matrices only: a use_muon group holds a non-2-D parameter")
-            settings = muon_settings if group["use_muon"] else {**adamw.model_dump(), "betas": tuple(adamw.betas)}
-            groups.append({**settings, **group})
-        super().__init__(groups, {"lr": lr, "weight_decay": weight_decay})
+            groups.append({**(muon_settings if group["use_muon"] else adamw_settings), **group})
+        super().__init__(groups, {"lr": config.lr, "weight_decay": config.weight_decay})
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
@@ -185,3 +225,86 @@ class Muon(torch.optim.Optimizer):
         bias_correction2_sqrt = (1 - beta2**step) ** 0.5
         denominator = (state["exp_avg_sq"].sqrt() / bias_correction2_sqrt).add_(group["eps"])
         parameter.addcdiv_(state["exp_avg"], denominator, value=-lr / (1 - beta1**step))
+
+
+# What wrappers insert into parameter names (activation checkpointing; torch.compile other than in place):
+# rules match the names checkpoints use, without them.
+_WRAPPER_NAME_PARTS = ("_checkpoint_wrapped_module.", "_orig_mod.")
+
+
+def parameter_name(name: str) -> str:
+    """``name`` as the model itself calls the parameter, without what its wrappers add (DDP's ``module.``)."""
+    name = name.removeprefix("module.")
+    for part in _WRAPPER_NAME_PARTS:
+        name = name.replace(part, "")
+    return name
+
+
+def is_hidden_matrix(name: str, parameter: nn.Parameter) -> bool:
+    """A matrix of the repeated transformer blocks: not an embedding, the output head, a norm or a bias."""
+    return name.startswith("blocks.") and parameter.ndim == 2
+
+
+class GroupRule(Protocol):
+    """A rule of the config's ``parameter_groups`` (``llm_gym.config.app.ParameterGroupRule``): settings for
+    the parameters whose names match the glob ``match``; None leaves a setting as it is."""
+
+    match: str
+    lr_multiplier: float | None
+    weight_decay: float | None
+
+
+def parameter_groups(
+    model: nn.Module, rules: Sequence[GroupRule] = (), mark_hidden_matrices: bool = False
+) -> list[dict]:
+    """The optimizer's parameter groups. By default matrices decay and biases, norm weights and embeddings
+    (token and position, tied output included) do not (GPT-2/Llama practice): a group with
+    ``weight_decay: 0.0``, while the first group takes the optimizer's configured value.
+
+    ``rules`` then set ``lr_multiplier`` and ``weight_decay`` by parameter name, each matching rule
+    overriding the earlier ones' settings; a rule that matches no parameter is a ``ConfigError``. With
+    ``mark_hidden_matrices`` every group says whether it holds hidden matrices (``use_muon``).
+    """
+    embedding_params = {id(module.weight) for module in model.modules() if isinstance(module, nn.Embedding)}
+    groups: dict[tuple, dict] = {(): {"params": []}}
+    matched = [False] * len(rules)
+    for raw_name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        name = parameter_name(raw_name)
+        settings: dict = {}
+        if parameter.ndim < 2 or id(parameter) in embedding_params:
+            settings["weight_decay"] = 0.0
+        for index, rule in enumerate(rules):
+            if fnmatchcase(name, rule.match):
+                matched[index] = True
+                settings.update(
+                    (setting, value)
+                    for setting, value in (("lr_multiplier", rule.lr_multiplier), ("weight_decay", rule.weight_decay))
+                    if value is not None
+                )
+        if mark_hidden_matrices:
+            settings["use_muon"] = is_hidden_matrix(name, parameter)
+        groups.setdefault(tuple(sorted(settings.items())), {**settings, "params": []})["params"].append(parameter)
+    unmatched = [
+        f"parameter_groups[{index}].match: '{rule.match}'" for index, rule in enumerate(rules) if not matched[index]
+    ]
+    if unmatched:
+        example = parameter_name(next(name for name, _ in model.named_parameters()))
+        raise ConfigError(f"{', '.join(unmatched)} matches no parameter of the model (names look like '{example}')")
+    return [group for group in groups.values() if group["params"]]
+
+
+def apply_lr_multipliers(optimizer: torch.optim.Optimizer) -> None:
+    """Scale each group's lr by the ``lr_multiplier`` its rules gave it, before a schedule records the
+    groups' initial lrs, so every schedule scales each group from its own peak."""
+    for group in optimizer.param_groups:
+        group["lr"] = group["lr"] * group.pop("lr_multiplier", 1.0)
+
+
+OPTIMIZERS = {
+    "AdamW": (torch.optim.AdamW, AdamWConfig),
+    "Adam": (torch.optim.Adam, AdamConfig),
+    "SGD": (torch.optim.SGD, SGDConfig),
+    "Muon": (Muon, MuonConfig),
+}
