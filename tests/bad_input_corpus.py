@@ -875,6 +875,13 @@ CASES += [
         r"parameter_groups\[0\]\.match: 'embedding\.\*' matches no parameter of the model",
     ),
     BadInput(
+        "muon-adamw-beta-of-one",
+        lambda ws: _validate(
+            ws, **{"optimizer.type_hint": "Muon", "optimizer.config.adamw": "{lr: 1.0e-3, betas: [1.0, 0.95]}"}
+        ),
+        r"optimizer\.config\.adamw\.betas\[0\]: Input should be less than 1",
+    ),
+    BadInput(
         "muon-without-adamw-settings",
         lambda ws: _tiny(ws, "validate", **{"optimizer.type_hint": "Muon"}),
         r"optimizer\.config\.adamw: missing required key",

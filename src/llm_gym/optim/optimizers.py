@@ -54,16 +54,19 @@ class _OptimizerConfig(BaseModel):
         return self
 
 
-class _AdamLikeConfig(_OptimizerConfig):
+class _AdamMomentsConfig(_OptimizerConfig):
     betas: tuple[Beta, Beta]
     eps: PositiveFloat = 1e-8
-    foreach: bool | None = None
-    fused: bool | None = None
 
     def _step_scalars(self) -> dict[str, float]:
         # The first step's bias correction divides the learning rate by 1 - betas[0].
         first_step = self.lr / (1 - self.betas[0])
         return {**super()._step_scalars(), "eps": self.eps, "lr / (1 - betas[0]), the first step's size": first_step}
+
+
+class _AdamLikeConfig(_AdamMomentsConfig):
+    foreach: bool | None = None
+    fused: bool | None = None
 
 
 class AdamWConfig(_AdamLikeConfig):
@@ -89,22 +92,17 @@ NEWTON_SCHULZ_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 NEWTON_SCHULZ_STEPS = 5
 
 
-class MuonAdamWSettings(BaseModel):
+class MuonAdamWSettings(_AdamMomentsConfig):
     """The AdamW half of Muon: embeddings, output head, norm gains and biases."""
 
-    model_config = ConfigDict(extra="forbid")
-
     lr: PositiveFloat = Field(description="peak learning rate of the parameters AdamW updates")
-    betas: tuple[float, float] = (0.9, 0.95)
-    eps: PositiveFloat = 1e-8
+    betas: tuple[Beta, Beta] = (0.9, 0.95)
     weight_decay: NonNegativeFloat = Field(
         0.1, description="for the matrices among them (an untied output head); biases, norms, embeddings: 0"
     )
 
 
-class MuonConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class MuonConfig(_OptimizerConfig):
     lr: PositiveFloat = Field(description="peak learning rate of the hidden matrices")
     weight_decay: NonNegativeFloat = Field(0.1, description="decoupled, of the hidden matrices")
     momentum: float = Field(0.95, ge=0, lt=1)
