@@ -833,11 +833,6 @@ CASES += [
 
 
 # The pretraining recipe: schedules, parameter groups, Muon, z-loss, cooldown branches.
-def _tiny(ws: Workspace, command: str, **overrides: object) -> list[str]:
-    settings = {"model.config.n_layer": 2, "lr_scheduler.config.warmup_steps": 1, **overrides}
-    return [command, "--config_file_path", TINY_CONFIG, *tiny_overrides(ws.corpus(), ws.dir / "run", **settings)]
-
-
 def _damaged_checkpoint(ws: Workspace) -> Path:
     checkpoint = ws.checkpoint()
     shard = next(checkpoint.glob("*.distcp"))
@@ -845,12 +840,13 @@ def _damaged_checkpoint(ws: Workspace) -> Path:
     return checkpoint
 
 
+_AS_THE_WORKSPACE_RUN = {"model.config.n_layer": 2, "lr_scheduler.config.warmup_steps": 1}
+"""The settings of ``Workspace.experiment``'s run, for a branch from it to be refused for what is wrong alone."""
 CASES += [
     BadInput(
         "wsd-decay-steps-and-fraction",
-        lambda ws: _tiny(
+        lambda ws: _validate(
             ws,
-            "validate",
             **{
                 "lr_scheduler.type_hint": "WarmupStableDecay",
                 "lr_scheduler.config.decay_steps": 2,
@@ -861,9 +857,8 @@ CASES += [
     ),
     BadInput(
         "sequential-milestones-count",
-        lambda ws: _tiny(
+        lambda ws: _validate(
             ws,
-            "validate",
             lr_scheduler="{type_hint: Sequential, config: {milestones: [], schedules: "
             "[{type_hint: ConstantLR}, {type_hint: ConstantLR}]}}",
         ),
@@ -871,7 +866,7 @@ CASES += [
     ),
     BadInput(
         "parameter-group-matches-nothing",
-        lambda ws: _tiny(ws, "validate", parameter_groups="[{match: 'embedding.*', lr_multiplier: 0.1}]"),
+        lambda ws: _validate(ws, parameter_groups="[{match: 'embedding.*', lr_multiplier: 0.1}]"),
         r"parameter_groups\[0\]\.match: 'embedding\.\*' matches no parameter of the model",
     ),
     BadInput(
@@ -883,30 +878,30 @@ CASES += [
     ),
     BadInput(
         "muon-without-adamw-settings",
-        lambda ws: _tiny(ws, "validate", **{"optimizer.type_hint": "Muon"}),
+        lambda ws: _validate(ws, **{"optimizer.type_hint": "Muon"}),
         r"optimizer\.config\.adamw: missing required key",
     ),
     BadInput(
         "negative-z-loss-weight",
-        lambda ws: _tiny(ws, "validate", **{"training.z_loss_weight": -1e-4}),
+        lambda ws: _validate(ws, **{"training.z_loss_weight": -1e-4}),
         r"training\.z_loss_weight: .*greater than or equal to 0",
     ),
     BadInput(
         "branch-and-warm-start",
-        lambda ws: _tiny(
-            ws, "validate", **{"checkpointing.branch_from": ws.dir / "a", "checkpointing.warm_start_from": ws.dir / "b"}
+        lambda ws: _validate(
+            ws, **{"checkpointing.branch_from": ws.dir / "a", "checkpointing.warm_start_from": ws.dir / "b"}
         ),
         r"set branch_from .* or warm_start_from .*, not both",
     ),
     BadInput(
         "branch-from-missing-checkpoint",
-        lambda ws: _tiny(ws, "run", **{"checkpointing.branch_from": ws.dir / "absent"}),
+        lambda ws: _run(ws, **{"checkpointing.branch_from": ws.dir / "absent"}),
         r"checkpointing\.branch_from: checkpoint directory .*absent does not exist",
         subprocess=True,
     ),
     BadInput(
         "branch-from-damaged-checkpoint",
-        lambda ws: _tiny(ws, "run", **{"checkpointing.branch_from": _damaged_checkpoint(ws)}),
+        lambda ws: _run(ws, **{"checkpointing.branch_from": _damaged_checkpoint(ws), **_AS_THE_WORKSPACE_RUN}),
         r"checkpoint .*step_2 is corrupted: .*\.distcp",
         unchanged=lambda ws: [ws.dir / "experiment"],
         subprocess=True,

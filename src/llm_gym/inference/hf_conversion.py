@@ -129,9 +129,19 @@ def _gpt2_state_dict(model: DecoderLM) -> dict[str, torch.Tensor]:
 
 
 def _llama_config(transformers: Any, model: DecoderLM, eos_token_id: int | None) -> Any:
-    block = model.blocks[0]
-    has_bias = block.attention.query.bias is not None
+    has_bias = model.blocks[0].attention.query.bias is not None
     return transformers.LlamaConfig(
+        **_llama_family_settings(model, eos_token_id),
+        attention_bias=has_bias,
+        mlp_bias=has_bias,
+        architectures=["LlamaForCausalLM"],
+    )
+
+
+def _llama_family_settings(model: DecoderLM, eos_token_id: int | None) -> dict[str, Any]:
+    """The config values Llama and Qwen3 share: RoPE, RMSNorm, SwiGLU, grouped-query attention."""
+    block = model.blocks[0]
+    return dict(
         vocab_size=model.vocab_size,
         hidden_size=model.dim,
         intermediate_size=block.mlp.input.out_features,
@@ -143,14 +153,11 @@ def _llama_config(transformers: Any, model: DecoderLM, eos_token_id: int | None)
         max_position_embeddings=model.sequence_length,
         rms_norm_eps=model.final_norm.eps,
         rope_theta=block.attention.rotary.theta,
-        attention_bias=has_bias,
-        mlp_bias=has_bias,
-        # Llama has no embedding or residual dropout; only attention dropout carries over.
+        # Neither has embedding or residual dropout; only attention dropout carries over.
         attention_dropout=model.embedding_dropout.p,
         tie_word_embeddings=model.tie_embeddings,
         bos_token_id=eos_token_id,
         eos_token_id=eos_token_id,
-        architectures=["LlamaForCausalLM"],
     )
 
 
@@ -191,25 +198,8 @@ def _qwen3_config(transformers: Any, model: DecoderLM, eos_token_id: int | None)
             f"a model with qk_norm exports as Qwen3ForCausalLM, which needs transformers >= 4.51; this is "
             f"transformers {transformers.__version__}"
         )
-    block = model.blocks[0]
     return transformers.Qwen3Config(
-        vocab_size=model.vocab_size,
-        hidden_size=model.dim,
-        intermediate_size=block.mlp.input.out_features,
-        num_hidden_layers=model.n_layer,
-        num_attention_heads=model.n_head,
-        num_key_value_heads=model.n_head_kv,
-        head_dim=model.head_dim,
-        hidden_act="silu",
-        max_position_embeddings=model.sequence_length,
-        rms_norm_eps=model.final_norm.eps,
-        rope_theta=block.attention.rotary.theta,
-        attention_bias=False,
-        attention_dropout=model.embedding_dropout.p,
-        tie_word_embeddings=model.tie_embeddings,
-        bos_token_id=eos_token_id,
-        eos_token_id=eos_token_id,
-        architectures=["Qwen3ForCausalLM"],
+        **_llama_family_settings(model, eos_token_id), attention_bias=False, architectures=["Qwen3ForCausalLM"]
     )
 
 
