@@ -19,6 +19,7 @@ def main(debug: bool) -> None:
 def _register_commands() -> None:
     from llm_gym.cli.config_commands import validate
     from llm_gym.cli.data import data
+    from llm_gym.cli.evaluate import evaluate
     from llm_gym.cli.export import export_hf
     from llm_gym.cli.generate import generate
     from llm_gym.cli.plot import plot
@@ -30,6 +31,7 @@ def _register_commands() -> None:
     main.add_command(data, name="data")
     main.add_command(generate, name="generate")
     main.add_command(export_hf, name="export_hf")
+    main.add_command(evaluate, name="evaluate")
 
 
 _register_commands()
