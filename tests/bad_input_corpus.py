@@ -90,4 +90,65 @@ CASES: list[BadInput] = [
         lambda ws: ["data", "inspect", "--prefix", ws.dir / "absent"],
         r"absent",
     ),
+    # evaluate (issue 17)
+    BadInput(
+        "evaluate-unknown-prefix",
+        lambda ws: ["evaluate", "--checkpoint_path", ws.experiment(), "--prefix", "absent_split"],
+        r"--prefix absent_split: not a split of the run \(its data.eval_datasets: val\)",
+    ),
+    BadInput(
+        "evaluate-unknown-task-format",
+        lambda ws: ["evaluate", "--checkpoint_path", ws.experiment(), "--tasks", "mmlu:questions.jsonl"],
+        r"unknown task format 'mmlu'; known: jsonl, hellaswag",
+    ),
+    BadInput(
+        "evaluate-missing-task-file",
+        lambda ws: ["evaluate", "--checkpoint_path", ws.experiment(), "--tasks", ws.dir / "absent.jsonl"],
+        r"task file .*absent\.jsonl does not exist",
+    ),
+    BadInput(
+        "evaluate-malformed-task-line",
+        lambda ws: [
+            "evaluate",
+            "--checkpoint_path",
+            ws.experiment(),
+            "--tasks",
+            _written(ws.dir / "task.jsonl", '{"context": "a", "choices": ["b", "c"], "gold": 0}\n{oops\n'),
+        ],
+        r"task\.jsonl:2: not valid JSON",
+    ),
+    BadInput(
+        "evaluate-same-task-name-twice",
+        lambda ws: [
+            "evaluate",
+            "--checkpoint_path",
+            ws.experiment(),
+            "--tasks",
+            "arc:a/test.jsonl",
+            "--tasks",
+            "arc:b/test.jsonl",
+        ],
+        r"two --tasks are both named arc",
+    ),
+    BadInput(
+        "evaluate-checkpoint-outside-an-experiment",
+        lambda ws: [
+            "evaluate",
+            "--checkpoint_path",
+            _moved(ws.checkpoint(), ws.dir / "loose_checkpoint"),
+            "--prefix",
+            "val",
+        ],
+        r"not inside an experiment's checkpoints/ directory: .*--output_path",
+    ),
 ]
+
+
+def _written(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def _moved(source: Path, target: Path) -> Path:
+    shutil.move(source, target)
+    return target

@@ -78,3 +78,19 @@ def test_the_default_report_goes_under_the_experiment_directory(tiny_run):
     result = llm_gym("evaluate", "--checkpoint_path", str(tiny_run), "--prefix", "val", "--max_samples", "1")
     path = result.stdout.strip().splitlines()[-1].removeprefix("wrote ")
     assert path.startswith(str(tiny_run / "evaluations" / "step_6_")) and path.endswith(".json")
+
+
+@pytest.mark.slow
+def test_tasks_from_the_command_line(tiny_run, byte_corpus, tmp_path):
+    task = tmp_path / "letters.jsonl"
+    rows = [{"context": "import json\n", "choices": ["import os", "!!!! ????"], "gold": 0}] * 3
+    task.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    result = llm_gym("evaluate", "--checkpoint_path", str(tiny_run), "--tasks", str(task),
+                     "--tasks", f"lines=code_lines:{byte_corpus / 'train.jsonl'}", "--max_examples", "20",
+                     "--output_path", str(tmp_path / "report.json"))  # fmt: skip
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["language_modeling"] == {}
+    assert set(report["tasks"]) == {"letters", "lines"}
+    assert report["tasks"]["letters"]["examples"] == 3 and report["tasks"]["lines"]["examples"] == 20
+    assert report["tasks"]["letters"]["accuracy"] in (0.0, 1.0) and report["tasks"]["lines"]["chance"] == 0.25
+    assert "accuracy_norm" in result.stdout and "lines" in result.stdout
