@@ -69,6 +69,19 @@ class CheckpointSaver(Protocol):
     def maybe_save(self, step: int, is_final: bool) -> None: ...
 
 
+class Evaluator(Protocol):
+    """Run with every evaluation (``evaluation.evaluators``); its metrics go out under the split ``name``."""
+
+    name: str
+
+    def __call__(
+        self,
+        model: nn.Module,
+        parallelism: ParallelismStrategy,
+        split_batches: Callable[[str], Iterable[tuple[torch.Tensor, torch.Tensor]]],
+    ) -> dict[str, float]: ...
+
+
 @dataclass
 class Trainer:
     settings: TrainingSettings
@@ -86,6 +99,8 @@ class Trainer:
     """Figures derived from tokens/s on an accelerator (mfu, peak memory)."""
     vocab_size: int | None = None
     """The model's vocabulary; a batch with a token id beyond it is refused before it reaches the embedding."""
+    evaluators: list[Evaluator] = field(default_factory=list)
+    """An evaluator named after an eval split reports that split in place of its plain loss line."""
     _last_lr: float = field(default=0.0, init=False)
 
     def train(self) -> None:
@@ -142,10 +157,21 @@ class Trainer:
         }
 
     def _evaluate_all(self) -> None:
+        reported_by_evaluators = {evaluator.name for evaluator in self.evaluators}
         for split, make_batches in self.eval_splits.items():
+            if split in reported_by_evaluators:
+                continue
             batches = (self._in_vocabulary(batch, split) for batch in make_batches())
             loss = evaluate(self.model, self.parallelism, batches, self.batch_keys)
             self.broker.publish(MetricsRecord(self.progress.step, split, {"loss": loss}))
+        for evaluator in self.evaluators:
+            metrics = evaluator(self.model, self.parallelism, self._split_batches)
+            self.broker.publish(MetricsRecord(self.progress.step, evaluator.name, metrics))
+
+    def _split_batches(self, split: str) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for batch in self.eval_splits[split]():
+            batch = self._in_vocabulary(batch, split)
+            yield batch[self.batch_keys.inputs], batch[self.batch_keys.targets]
 
     def _in_vocabulary(self, batch: dict, split: str) -> dict:
         # An id past the embedding table is an IndexError traceback on CPU and a device-side assert on a GPU.

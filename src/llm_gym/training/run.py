@@ -30,6 +30,7 @@ from llm_gym.registry import get_registry
 from llm_gym.training.builder import (
     build_broker,
     build_data,
+    build_evaluators,
     build_model,
     build_optimization,
     build_parallelism,
@@ -107,6 +108,7 @@ def _train(config: TrainingAppConfig, resolved: dict, env, resume: str, allow_co
         load_model_weights(built.model, settings.warm_start_from)
     optimizer, lr_scheduler = build_optimization(config, built.model)
     data = build_data(config, parallelism)
+    evaluators = build_evaluators(config, built.inner)
     progress = TrainingProgress()
     state = training_state(built.model, optimizer, lr_scheduler, data.train_loader, progress)
     # Per-rank seed for dropout and sampling; a resumed run restores these generators instead.
@@ -151,6 +153,7 @@ def _train(config: TrainingAppConfig, resolved: dict, env, resume: str, allow_co
                 parallelism.compute_dtype,
             ),
             vocab_size=getattr(built.inner, "vocab_size", None),
+            evaluators=evaluators,
         )
         trainer.train()
         broker.publish(

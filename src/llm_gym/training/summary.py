@@ -16,7 +16,7 @@ from llm_gym.models.flops import describe_model, num_parameters
 from llm_gym.parallel.distributed import DistributedEnvironment
 from llm_gym.parallel.strategies import FSDP2, HSDP, ParallelismStrategy
 from llm_gym.registry import get_registry
-from llm_gym.training.builder import build_optimization, check_tokenizer
+from llm_gym.training.builder import build_evaluators, build_optimization, check_tokenizer
 
 GIB = 2**30
 # Per-layer activations kept for backward, in elements per token of the hidden width, for a pre-norm
@@ -47,6 +47,7 @@ def describe_config(config: TrainingAppConfig, world_size: int) -> Iterator[str]
     yield from estimate_memory(model, config, parallelism, optimizer)
     yield check_tokenizer(config, model)
     yield from _check_datasets(config)
+    yield from _check_evaluators(config, model)
 
 
 def describe_global_batch(training: TrainingSettings, data_parallel_size: int) -> str:
@@ -132,3 +133,16 @@ def _check_datasets(config: TrainingAppConfig) -> Iterator[str]:
             yield f"data {split}: not checked here ({error})"
         else:
             yield f"data {split}: {len(dataset):,} samples"
+
+
+def _check_evaluators(config: TrainingAppConfig, model: torch.nn.Module) -> Iterator[str]:
+    try:
+        evaluators = build_evaluators(config, model)
+    except UserError as error:
+        yield f"evaluation: not checked here ({error})"
+        return
+    for evaluator in evaluators:
+        examples = getattr(evaluator, "examples", None)
+        yield f"evaluation {evaluator.name}: {type(evaluator).__name__}" + (
+            f", {len(examples):,} examples" if examples is not None else ""
+        )
