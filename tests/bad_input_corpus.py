@@ -7,6 +7,8 @@ message must match, and optionally the paths that must come out byte-identical. 
 New commands add their rows here.
 """
 
+import json
+import pickle
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -141,10 +143,53 @@ CASES: list[BadInput] = [
         ],
         r"not inside an experiment's checkpoints/ directory: .*--output_path",
     ),
+    # import_hf (issue 17)
+    BadInput(
+        "import-hf-unsupported-architecture",
+        lambda ws: [
+            "import_hf",
+            "--model_dir",
+            _written(ws.dir / "hf" / "config.json", '{"architectures": ["BertModel"]}').parent,
+            "--output_dir",
+            ws.dir / "out",
+        ],
+        r"llm_gym imports GPT2LMHeadModel and LlamaForCausalLM; this model is \['BertModel'\]",
+    ),
+    BadInput(
+        "import-hf-pickled-weights-only",
+        lambda ws: [
+            "import_hf",
+            "--model_dir",
+            _pickled_hf_dir(ws),
+            "--output_dir",
+            ws.dir / "out",
+        ],
+        r"pytorch_model\.bin, a pickle, which can run code when loaded: import_hf reads safetensors only",
+    ),
 ]
 
 
+def _pickled_hf_dir(ws: Workspace) -> Path:
+    """A GPT-2 config.json beside a pytorch_model.bin whose unpickling would write the marker."""
+    config = {"architectures": ["GPT2LMHeadModel"], "vocab_size": 8, "n_positions": 4, "n_embd": 8, "n_layer": 1,
+              "n_head": 2}  # fmt: skip
+    directory = _written(ws.dir / "hf" / "config.json", json.dumps(config)).parent
+    (directory / "pytorch_model.bin").write_bytes(pickle.dumps(_WritesMarker(ws.marker)))
+    return directory
+
+
+class _WritesMarker:
+    """Unpickling it creates the marker file: proof that a pickle was loaded."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
 def _written(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     return path
 

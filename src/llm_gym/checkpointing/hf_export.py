@@ -28,7 +28,7 @@ class HFExport:
     """False for the byte tokenizer, which transformers has no class for."""
 
 
-def _check_output_dir(output_dir: Path, force: bool) -> None:
+def check_output_dir(output_dir: Path, force: bool) -> None:
     if output_dir.exists() and not output_dir.is_dir():
         raise UserError(f"output directory {output_dir} exists and is not a directory")
     if output_dir.is_dir() and any(output_dir.iterdir()) and not force:
@@ -43,7 +43,7 @@ def _save_tokenizer(transformers: Any, tokenizer: HuggingFaceTokenizer, model_ma
     fast.save_pretrained(directory)
 
 
-def _publish(partial: Path, output_dir: Path) -> None:
+def publish_directory(partial: Path, output_dir: Path) -> None:
     """Move the finished export into place; an existing ``output_dir`` (already cleared to go) is replaced."""
     replaced = output_dir.with_name(f"{_PARTIAL_PREFIX}replaced_{output_dir.name}")
     if output_dir.exists():
@@ -58,7 +58,7 @@ def export_to_hf(checkpoint_path: Path, output_dir: Path, force: bool = False) -
     loadable with ``transformers.AutoModelForCausalLM.from_pretrained``. Refuses a non-empty ``output_dir``
     unless ``force``, and models that transformers cannot express."""
     output_dir = Path(output_dir)
-    _check_output_dir(output_dir, force)
+    check_output_dir(output_dir, force)
     trained = load_trained_model(checkpoint_path, device="cpu")
     tokenizer = trained.load_tokenizer()
     hf_config, state_dict = to_hf(trained.model, eos_token_id=tokenizer.eos_id)
@@ -74,7 +74,7 @@ def export_to_hf(checkpoint_path: Path, output_dir: Path, force: bool = False) -
         is_hf_tokenizer = isinstance(tokenizer, HuggingFaceTokenizer)
         if is_hf_tokenizer:
             _save_tokenizer(transformers, tokenizer, trained.model.sequence_length, partial)
-        _publish(partial, target)
+        publish_directory(partial, target)
     finally:
         shutil.rmtree(partial, ignore_errors=True)
     return HFExport(output_dir, type(hf_model).__name__, trained.checkpoint_dir, is_hf_tokenizer)

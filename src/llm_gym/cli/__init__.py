@@ -22,6 +22,7 @@ def _register_commands() -> None:
     from llm_gym.cli.evaluate import evaluate
     from llm_gym.cli.export import export_hf
     from llm_gym.cli.generate import generate
+    from llm_gym.cli.import_hf import import_hf
     from llm_gym.cli.plot import plot
     from llm_gym.cli.run import run
 
@@ -32,6 +33,7 @@ def _register_commands() -> None:
     main.add_command(generate, name="generate")
     main.add_command(export_hf, name="export_hf")
     main.add_command(evaluate, name="evaluate")
+    main.add_command(import_hf, name="import_hf")
 
 
 _register_commands()
