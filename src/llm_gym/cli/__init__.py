@@ -17,6 +17,7 @@ def main(debug: bool) -> None:
 
 
 def _register_commands() -> None:
+    from llm_gym.cli.compare import compare
     from llm_gym.cli.config_commands import validate
     from llm_gym.cli.data import data
     from llm_gym.cli.evaluate import evaluate
@@ -25,6 +26,7 @@ def _register_commands() -> None:
     from llm_gym.cli.import_hf import import_hf
     from llm_gym.cli.plot import plot
     from llm_gym.cli.run import run
+    from llm_gym.cli.sweep import sweep
 
     main.add_command(run, name="run")
     main.add_command(validate, name="validate")
@@ -34,6 +36,8 @@ def _register_commands() -> None:
     main.add_command(export_hf, name="export_hf")
     main.add_command(evaluate, name="evaluate")
     main.add_command(import_hf, name="import_hf")
+    main.add_command(compare, name="compare")
+    main.add_command(sweep, name="sweep")
 
 
 _register_commands()

@@ -11,22 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from llm_gym.evaluation.checkpoint import EvaluationReport
+from llm_gym.logging_broker.text_table import text_table
 
 
 def _number(value: float, digits: int = 4) -> str:
     return f"{value:.{digits}f}" if math.isfinite(value) else str(value)
-
-
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    widths = [max(len(row[column]) for row in [header, *rows]) for column in range(len(header))]
-    lines = []
-    for row in [header, *rows]:
-        cells = [
-            cell.ljust(width) if column == 0 else cell.rjust(width)
-            for column, (cell, width) in enumerate(zip(row, widths, strict=True))
-        ]
-        lines.append("  ".join(cells).rstrip())
-    return lines
 
 
 def report_lines(report: EvaluationReport) -> list[str]:
@@ -37,14 +26,14 @@ def report_lines(report: EvaluationReport) -> list[str]:
              _number(totals.perplexity, 2), _number(totals.bits_per_byte)]
             for name, (_, samples, totals) in report.corpora.items()
         ]  # fmt: skip
-        lines += _table(["corpus", "samples", "tokens", "bytes", "loss", "perplexity", "bits/byte"], rows)
+        lines += text_table(["corpus", "samples", "tokens", "bytes", "loss", "perplexity", "bits/byte"], rows)
     if report.tasks:
         rows = [
             [name, f"{result.examples:,}", _number(result.accuracy), _number(result.accuracy_norm),
              _number(result.chance)]
             for name, (_, result) in report.tasks.items()
         ]  # fmt: skip
-        lines += _table(["task", "examples", "accuracy", "accuracy_norm", "chance"], rows)
+        lines += text_table(["task", "examples", "accuracy", "accuracy_norm", "chance"], rows)
     for task, metrics in report.harness.items():
         lines.append(f"harness {task}: " + ", ".join(f"{key} {_number(value)}" for key, value in metrics.items()))
     return lines
