@@ -1,14 +1,17 @@
 """``llm_gym evaluate``: the same numbers as training, bits per byte by hand, the JSON file, every layout."""
 
+import importlib.util
 import json
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
+from click.testing import CliRunner
 
 from experiment_runs import llm_gym, read_metrics, torchrun
 from llm_gym.checkpointing.inference import load_trained_model
+from llm_gym.cli import main
 from llm_gym.data.indexed import IndexedDataset
 
 EOS = 256
@@ -94,3 +97,12 @@ def test_tasks_from_the_command_line(tiny_run, byte_corpus, tmp_path):
     assert report["tasks"]["letters"]["examples"] == 3 and report["tasks"]["lines"]["examples"] == 20
     assert report["tasks"]["letters"]["accuracy"] in (0.0, 1.0) and report["tasks"]["lines"]["chance"] == 0.25
     assert "accuracy_norm" in result.stdout and "lines" in result.stdout
+
+
+def test_harness_tasks_without_lm_eval_say_what_to_install(tiny_run, monkeypatch):
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "lm_eval" else find_spec(name, *a)
+    )
+    result = CliRunner().invoke(main, ["evaluate", "--checkpoint_path", str(tiny_run), "--harness_tasks", "arc_easy"])
+    assert result.exit_code == 2 and "pip install 'llm_gym[harness]'" in result.stderr

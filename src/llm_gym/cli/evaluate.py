@@ -31,8 +31,19 @@ from llm_gym.cli.options import checkpoint_path_option
     metavar="TASK[,TASK...]",
     help="lm-evaluation-harness tasks (needs pip install 'llm_gym[harness]').",
 )
+@click.option(
+    "--harness_include_path",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="A directory of lm-evaluation-harness task YAML files (tasks of your own, on local data files).",
+)
 @click.option("--max_samples", type=click.IntRange(min=1), default=None, help="Per corpus, its first N samples.")
-@click.option("--max_examples", type=click.IntRange(min=1), default=None, help="Per task, its first N examples.")
+@click.option(
+    "--max_examples",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Per task (harness tasks too), its first N examples.",
+)
 @click.option(
     "--micro_batch_size",
     type=click.IntRange(min=1),
@@ -51,6 +62,7 @@ def evaluate(
     prefixes: tuple[str, ...],
     tasks: tuple[str, ...],
     harness_tasks: str | None,
+    harness_include_path: Path | None,
     max_samples: int | None,
     max_examples: int | None,
     micro_batch_size: int | None,
@@ -66,6 +78,7 @@ def evaluate(
         prefixes=prefixes,
         tasks=[TaskSpec.parse(task) for task in tasks],
         harness_tasks=[task for task in (harness_tasks or "").split(",") if task],
+        harness_include_path=harness_include_path,
         max_samples=max_samples,
         max_examples=max_examples,
         micro_batch_size=micro_batch_size,

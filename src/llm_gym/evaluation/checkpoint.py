@@ -66,10 +66,12 @@ class EvaluationRequest:
     empty with no tasks: every split of the run."""
     tasks: Sequence[TaskSpec] = ()
     harness_tasks: Sequence[str] = ()
+    harness_include_path: Path | None = None
+    """A directory of lm-evaluation-harness task YAML files of one's own."""
     max_samples: int | None = None
     """Per corpus, its first samples; None = all."""
     max_examples: int | None = None
-    """Per task, its first examples; None = all."""
+    """Per task (harness tasks too), its first examples; None = all."""
     micro_batch_size: int | None = None
     """Samples (or choices) per forward pass; None = the run's ``training.micro_batch_size``."""
 
@@ -79,6 +81,7 @@ class EvaluationRequest:
             "prefixes": list(self.prefixes),
             "tasks": [[task.name, task.format, str(task.path)] for task in self.tasks],
             "harness_tasks": list(self.harness_tasks),
+            "harness_include_path": str(self.harness_include_path) if self.harness_include_path else None,
             "max_samples": self.max_samples,
             "max_examples": self.max_examples,
         }
@@ -179,10 +182,15 @@ def evaluate_checkpoint(
     request: EvaluationRequest,
     env: DistributedEnvironment,
     output_path: Path | None = None,
-    harness: Callable[[TrainedModel, Sequence[str], int], dict[str, dict[str, float]]] | None = None,
+    harness: Callable[..., dict[str, dict[str, float]]] | None = None,
 ) -> EvaluationReport:
     """Every rank calls this; every rank returns the same report. ``output_path`` (default
-    ``default_report_path``) is only recorded in the report: ``report.write_report`` writes it."""
+    ``default_report_path``) is only recorded in the report: ``report.write_report`` writes it. ``harness`` is
+    ``harness.run_harness_tasks`` when lm-evaluation-harness is installed."""
+    if request.harness_tasks and harness is None:
+        raise UserError("--harness_tasks needs lm-evaluation-harness: pip install 'llm_gym[harness]'")
+    if request.harness_tasks and env.world_size > 1:
+        raise UserError("--harness_tasks runs on one process: launch it without torchrun")
     trained = load_trained_model(checkpoint_path, env.device)
     path = output_path or default_report_path(trained.checkpoint_dir, trained.step, request)
     resolved = trained.resolved_config
@@ -232,9 +240,9 @@ def evaluate_checkpoint(
         )
         report.tasks[spec.name] = (spec, result)
     if request.harness_tasks:
-        if harness is None:
-            raise UserError("--harness_tasks needs lm-evaluation-harness: pip install 'llm_gym[harness]'")
-        report.harness = harness(trained, request.harness_tasks, micro_batch_size)
+        report.harness = harness(
+            trained, request.harness_tasks, micro_batch_size, request.harness_include_path, request.max_examples
+        )
     return report
 
 
