@@ -160,9 +160,8 @@ def _corpus(trained: TrainedModel, prefix: str, sequence_length: int) -> tuple[s
                 f"{format_validation_error(error, _DatasetNode, section)}"
             ) from None
         path_prefix = getattr(node.config, "path_prefix", None)
-        return f"data.eval_datasets.{prefix}" + (f" ({path_prefix})" if path_prefix else ""), (
-            get_registry().build_component_by_config(node)
-        )
+        source = f"data.eval_datasets.{prefix}" + (f" ({path_prefix})" if path_prefix else "")
+        return source, get_registry().build_component_by_config(node)
     if not idx_path(prefix).is_file():
         known = ", ".join(splits) or "none"
         raise UserError(

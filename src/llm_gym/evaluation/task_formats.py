@@ -10,7 +10,8 @@ turned into a context and choices the way lm-evaluation-harness words them, so a
   ``answerKey``), or rows with ``question``, ``choices.text``, ``choices.label``, ``answerKey``.
 - ``piqa``: ``valid.jsonl`` (``goal``, ``sol1``, ``sol2``) with its labels in ``valid-labels.lst`` beside it
   (one 0/1 a line), or rows that carry ``label`` themselves.
-- ``code_lines``: a demo-corpus JSONL (``{"text": ...}`` a line), from which ``code_lines`` makes the task.
+- ``code_lines``: a demo-corpus JSONL (``{"text": ...}`` a line, ``.jsonl.gz`` too), from which ``code_lines``
+  makes the task.
 """
 
 import json
@@ -19,6 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from llm_gym.data.documents import iter_texts
 from llm_gym.errors import UserError
 from llm_gym.evaluation.code_lines import code_line_examples
 from llm_gym.evaluation.multiple_choice import MultipleChoiceExample
@@ -156,8 +158,7 @@ def read_piqa(path: Path) -> list[MultipleChoiceExample]:
 
 
 def read_code_lines(path: Path) -> list[MultipleChoiceExample]:
-    documents = [_field(row, "text", str, where) for where, row in _json_lines(path)]
-    return code_line_examples(documents)
+    return code_line_examples(list(iter_texts([path], "text")))
 
 
 TASK_FORMATS: dict[str, Callable[[Path], list[MultipleChoiceExample]]] = {
