@@ -166,6 +166,30 @@ CASES: list[BadInput] = [
         ],
         r"pytorch_model\.bin, a pickle, which can run code when loaded: import_hf reads safetensors only",
     ),
+    # sweep, compare (issue 17)
+    BadInput(
+        "sweep-sets-the-output-dir-of-its-points",
+        lambda ws: [
+            "sweep",
+            "--config_file_path",
+            TINY_CONFIG,
+            "--grid",
+            "experiment.seed=1,2",
+            "--output_dir",
+            ws.dir / "sweep",
+            "experiment.output_dir=elsewhere",
+        ],
+        r"the sweep sets experiment\.output_dir of each point",
+    ),
+    BadInput(
+        "compare-without-the-split",
+        lambda ws: [
+            "compare",
+            "--metrics_path",
+            _written(ws.dir / "run" / "metrics.jsonl", '{"step": 1, "split": "train"}\n'),
+        ],
+        r"no run has a 'val' line with a loss: name the evaluation split with --split",
+    ),
 ]
 
 

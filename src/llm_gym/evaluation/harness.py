@@ -67,7 +67,7 @@ class LLMGymLM(LM):
             tokens = self.tokenizer.encode(text)
             # Window i predicts tokens [i·L, (i+1)·L) after the one before them (the end-of-document token first).
             windows = [
-                ([self.tokenizer.eos_id, *tokens[:start]][-1:], tokens[start : start + length])
+                ([tokens[start - 1] if start else self.tokenizer.eos_id], tokens[start : start + length])
                 for start in range(0, len(tokens), length)
             ]
             scores = continuation_log_likelihoods(self.model, windows, length, self.batch_size, self.model_device)
