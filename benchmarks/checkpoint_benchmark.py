@@ -20,7 +20,7 @@ import torch.distributed.checkpoint as dcp
 from torch import nn
 
 from llm_gym.checkpointing import CheckpointManager, ModelState, OptimizerState, load_checkpoint
-from llm_gym.checkpointing.collectives import single_process_quietly
+from llm_gym.parallel.collectives import single_process_quietly
 
 WIDTH = 2048
 

@@ -1,13 +1,18 @@
 """Data pipeline throughput, in one run.
 
-1. ``llm_gym data tokenize`` (the whole pipeline: read, parse, tokenize, write) against the bare
-   ``tokenizers`` batch encoding of the same texts already in memory, on the same cores. Each bare run
-   gets a fresh tokenizer, as each tokenizing worker does, so neither side profits from a warm cache.
-2. Training samples per second from the dataloader, against what the demo model's training step
+1. ``llm_gym data tokenize`` (the whole pipeline: read, parse, tokenize, write) of the same texts as JSON
+   Lines, parquet and zstd-compressed JSON Lines, against the bare ``tokenizers`` batch encoding of those
+   texts already in memory, on the same cores. Each bare run gets a fresh tokenizer, as each tokenizing
+   worker does, so neither side profits from a warm cache.
+2. Worker scaling: the pipeline with 1, 2, ... workers; efficiency = speed with W ÷ (W × speed with 1).
+3. Training samples per second from the dataloader, against what the demo model's training step
    (``config_files/demo_cpu.yaml``: its model, batch shape and AdamW) consumes on this machine.
 
+Every speed is MB/s of the JSON Lines text, whatever the format read, so ratios compare the same work.
+
     python benchmarks/data_benchmark.py [--input FILE.jsonl] [--tokenizer tokenizer.json] [--copies 1]
-                                        [--repeats 3] [--steps 5]
+                                        [--formats jsonl parquet jsonl.zst] [--scaling 1 2] [--repeats 3]
+                                        [--steps 5]
 
 Without ``--input`` it benchmarks on the demo corpus (this Python's standard library) and trains a
 4,096-token BPE tokenizer on it.
@@ -25,7 +30,7 @@ from typing import TYPE_CHECKING
 # Only light imports at the top: tokenizing workers are spawned and re-import this module; torch and the
 # modules that need it are imported where used.
 from llm_gym.data.demo_corpus import write_demo_corpus
-from llm_gym.data.documents import iter_texts
+from llm_gym.data.inputs import iter_texts
 from llm_gym.data.tokenization import tokenize_files, usable_cpus
 from llm_gym.data.tokenizer_training import train_bpe_tokenizer
 
@@ -44,15 +49,38 @@ def bare_encode_seconds(tokenizer_path: Path, texts: list[str], method: str) -> 
     return time.perf_counter() - start
 
 
+def write_formats(source: Path, texts: list[str], formats: list[str], work: Path) -> dict[str, Path]:
+    """The same documents in each input format: parquet in row groups of 1,000, zstd at its default level."""
+    written = {}
+    for kind in formats:
+        if kind == "jsonl":
+            written[kind] = source
+        elif kind == "parquet":
+            import pyarrow as pa  # the data extra, imported here only: spawned workers re-import this module
+            import pyarrow.parquet as pq
+
+            written[kind] = work / "corpus.parquet"
+            pq.write_table(pa.table({"text": texts}), written[kind], row_group_size=1000)
+        elif kind == "jsonl.zst":
+            import zstandard
+
+            written[kind] = work / "corpus.jsonl.zst"
+            written[kind].write_bytes(zstandard.ZstdCompressor().compress(source.read_bytes()))
+        else:
+            raise SystemExit(f"unknown format {kind}")
+    return written
+
+
 def loader_samples_per_s(prefix: Path, sequence_length: int, micro_batch_size: int, num_workers: int) -> float:
     from llm_gym.data.collators import CausalLMCollator
-    from llm_gym.data.datasets import PackedDataset
-    from llm_gym.data.loaders import ResumableDataLoader
-    from llm_gym.data.samplers import ResumableDistributedSampler
+    from llm_gym.data.datasets import PackedDataset, PackedDatasetConfig
+    from llm_gym.data.loaders import ResumableDataLoader, ResumableDataLoaderConfig
+    from llm_gym.data.samplers import ResumableDistributedSampler, ResumableDistributedSamplerConfig
 
-    dataset = PackedDataset(prefix, sequence_length)
-    sampler = ResumableDistributedSampler(len(dataset), dp_rank=0, dp_world_size=1, seed=0)
-    loader = ResumableDataLoader(dataset, sampler, CausalLMCollator(), micro_batch_size, num_workers=num_workers)
+    dataset = PackedDataset(PackedDatasetConfig(path_prefix=prefix, sequence_length=sequence_length))
+    sampler = ResumableDistributedSampler(ResumableDistributedSamplerConfig(seed=0), len(dataset), 0, 1)
+    config = ResumableDataLoaderConfig(num_workers=num_workers)
+    loader = ResumableDataLoader(config, dataset, sampler, CausalLMCollator(), micro_batch_size)
     batches = iter(loader)
     for _ in islice(batches, 20):  # worker start-up
         pass
@@ -86,6 +114,8 @@ def main() -> None:
     parser.add_argument("--tokenizer", type=Path, help="a tokenizer.json (default: train a 4,096-token BPE)")
     parser.add_argument("--copies", type=int, default=1, help="tokenize this many copies of the input, one file")
     parser.add_argument("--num_workers", type=int, default=usable_cpus())
+    parser.add_argument("--formats", nargs="+", default=["jsonl", "parquet", "jsonl.zst"])
+    parser.add_argument("--scaling", type=int, nargs="+", help="worker counts to compare (default: 1 to --num_workers)")
     parser.add_argument("--repeats", type=int, default=3, help="best of this many runs of each")
     parser.add_argument("--steps", type=int, default=5, help="timed training steps of the demo model")
     args = parser.parse_args()
@@ -110,21 +140,34 @@ def main() -> None:
         megabytes = source.stat().st_size / 1e6
         print(f"input: {source} ({megabytes:.1f} MB, {len(texts):,} documents); cores: {usable_cpus()}")
 
-        times: dict[str, list[float]] = {"encode_batch": [], "encode_batch_fast": [], "pipeline": []}
+        inputs = write_formats(source, texts, args.formats, work)
+        scaling = args.scaling or list(range(1, args.num_workers + 1))
+        runs = [(kind, args.num_workers) for kind in args.formats]
+        runs += [("jsonl", workers) for workers in scaling if ("jsonl", workers) not in runs]
+        times: dict[object, list[float]] = {"encode_batch": [], "encode_batch_fast": [], **{run: [] for run in runs}}
         for _ in range(args.repeats):  # interleaved, so a busy moment on the machine hits all alike
             for method in ("encode_batch", "encode_batch_fast"):
                 times[method].append(bare_encode_seconds(tokenizer_path, texts, method))
-            summary = tokenize_files(
-                [source], str(tokenizer_path), work / "corpus", num_workers=args.num_workers, force=True
-            )
-            times["pipeline"].append(summary.seconds)
+            for kind, workers in runs:
+                summary = tokenize_files(
+                    [inputs[kind]], str(tokenizer_path), work / "corpus", num_workers=workers, force=True
+                )
+                times[kind, workers].append(summary.seconds)
         best = {name: min(values) for name, values in times.items()}
-        print(f"\ntokenize, best of {args.repeats} (MB/s of input):")
-        for name, seconds in best.items():
-            label = f"llm_gym data tokenize --num_workers {args.num_workers}" if name == "pipeline" else f"bare {name}"
-            print(f"  {label:<42} {seconds:6.2f} s  {megabytes / seconds:7.2f} MB/s")
+        print(f"\ntokenize, best of {args.repeats} (MB/s of the JSON Lines text):")
         for method in ("encode_batch", "encode_batch_fast"):
-            print(f"  ratio pipeline / bare {method:<20} {best[method] / best['pipeline']:.2f}")
+            print(f"  {'bare ' + method:<50} {best[method]:6.2f} s  {megabytes / best[method]:7.2f} MB/s")
+        print(f"  {'':<50} {'':>8}  {'':>12}  ratio to bare encode_batch, encode_batch_fast (target ≥ 0.90)")
+        for kind in args.formats:
+            seconds = best[kind, args.num_workers]
+            ratios = ", ".join(f"{best[method] / seconds:.2f}" for method in ("encode_batch", "encode_batch_fast"))
+            label = f"llm_gym data tokenize {kind}, --num_workers {args.num_workers}"
+            print(f"  {label:<50} {seconds:6.2f} s  {megabytes / seconds:7.2f} MB/s  {ratios}")
+        one_worker = megabytes / best["jsonl", scaling[0]] / scaling[0]
+        print("\nworker scaling (jsonl): efficiency = speed with W workers / (W × speed with 1)")
+        for workers in scaling:
+            speed = megabytes / best["jsonl", workers]
+            print(f"  --num_workers {workers:<3} {speed:7.2f} MB/s  efficiency {speed / (workers * one_worker):.2f}")
 
         step_rate, config = demo_step_samples_per_s(args.steps)
         shape = config.training

@@ -29,10 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import yaml
 
 from llm_gym.models.flops import flops_per_token, peak_flops_per_second
-from training_harness import RunFigures, load_run_config, run_llm_gym, run_plain_loop, write_random_corpus
+from training_harness import RunFigures, load_run_config, model_of, run_llm_gym, run_plain_loop, write_random_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "config_files"
@@ -43,9 +42,7 @@ PARALLELISMS = ["FSDP2", "NoParallelism"]
 @dataclass(frozen=True)
 class BenchModel:
     config: str
-    """The shipped config in config_files/."""
-    model_section: str
-    """config_files/model_sections/ file, put into tiny_cpu.yaml when the shipped config is missing."""
+    """The shipped config in config_files/, composed from its model section there."""
     sequence_length: int
     micro_batch_size: int
     """Sized for one 80 GB H100 without activation checkpointing."""
@@ -53,8 +50,8 @@ class BenchModel:
 
 
 MODELS = {
-    "gpt2_124m": BenchModel("config.yaml", "gpt2_124m.yaml", 1024, 16, 0.45),
-    "llama_1b": BenchModel("llama_1b.yaml", "llama_1b.yaml", 2048, 4, 0.55),
+    "gpt2_124m": BenchModel("config.yaml", 1024, 16, 0.45),
+    "llama_1b": BenchModel("llama_1b.yaml", 2048, 4, 0.55),
 }
 SMOKE_MODEL = {
     "model.config.n_layer": 1,
@@ -63,17 +60,6 @@ SMOKE_MODEL = {
     "model.config.n_head_kv": "null",
     "model.config.mlp.config.hidden_dim": 128,
 }
-
-
-def config_path(model: BenchModel, work: Path) -> Path:
-    shipped = CONFIGS / model.config
-    if shipped.is_file():
-        return shipped
-    config = yaml.safe_load((CONFIGS / "tiny_cpu.yaml").read_text())
-    config["model"] = yaml.safe_load((CONFIGS / "model_sections" / model.model_section).read_text())["model"]
-    composed = work / f"composed_{model.config}"
-    composed.write_text(yaml.safe_dump(config, sort_keys=False))
-    return composed
 
 
 def run_overrides(model: BenchModel, args: argparse.Namespace, corpus: Path, parallelism: str) -> list[str]:
@@ -122,7 +108,7 @@ def measure(name: str, variant: str, path: Path, overrides: list[str], args, wor
 
 def _row(name: str, variant: str, config, figures: RunFigures, device: torch.device, seconds: float) -> dict:
     peak = peak_flops_per_second(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
-    flops = flops_per_token(config.model, config.training.sequence_length)
+    flops = flops_per_token(model_of(config), config.training.sequence_length)
     return {
         "model": name,
         "variant": variant,
@@ -209,7 +195,7 @@ def main() -> int:
         for name, variant in jobs:
             model = models[name]
             if name not in prepared:
-                path, corpus = config_path(model, work), work / f"{name}_tokens"
+                path, corpus = CONFIGS / model.config, work / f"{name}_tokens"
                 config = load_run_config(path, run_overrides(model, args, corpus, first))
                 settings = config.training
                 samples = (settings.max_steps + 1) * settings.gradient_accumulation_steps * settings.micro_batch_size

@@ -21,13 +21,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from llm_gym.assembly import make_registry
 from llm_gym.config.app import TrainingAppConfig
 from llm_gym.config.loading import load_config
 from llm_gym.data.indexed import IndexedDatasetWriter, token_dtype
 from llm_gym.data.tokenization import tokenize_files
 from llm_gym.logging_broker.broker import Subscriber
 from llm_gym.logging_broker.messages import ProgressUpdate
-from llm_gym.registry import get_registry, register_component
+from llm_gym.registry import register_component
 from llm_gym.training.run import run_training
 
 LOGGERS = "[{type_hint: MetricsJsonl, config: {}}, {type_hint: StepClock, config: {}}]"
@@ -133,7 +134,13 @@ def _median(values: list[float]) -> float | None:
 
 
 def load_run_config(config_path: Path, overrides: Sequence[str]) -> TrainingAppConfig:
-    return load_config(config_path, TrainingAppConfig, overrides)[0]
+    return load_config(config_path, TrainingAppConfig, overrides, registry=make_registry())[0]
+
+
+def model_of(config: TrainingAppConfig, device: torch.device | str = "meta") -> torch.nn.Module:
+    """The config's model, built on ``device`` (on the meta device: its shapes, for counting)."""
+    with torch.device(device):
+        return make_registry().build_component_by_config(config.model)
 
 
 def run_plain_loop(config: TrainingAppConfig, warmup_steps: int, device: torch.device) -> RunFigures:
@@ -144,8 +151,7 @@ def run_plain_loop(config: TrainingAppConfig, warmup_steps: int, device: torch.d
     batches are random tokens already on the device; nothing is read back to the host between steps.
     """
     settings = config.training
-    with torch.device(device):
-        model = get_registry().build_component_by_config(config.model)
+    model = model_of(config, device)
     torch.manual_seed(config.experiment.seed)
     with torch.no_grad():
         model.init_weights()

@@ -28,6 +28,7 @@ from llm_gym.models.flops import num_parameters
 from training_harness import (
     RunFigures,
     load_run_config,
+    model_of,
     run_llm_gym,
     run_plain_loop,
     write_byte_corpus,
@@ -119,10 +120,10 @@ def main() -> int:
                 )
         config = load_run_config(TINY_CONFIG, run_overrides(shape, corpus, "NoParallelism", warmup_steps + steps))
 
-    model = config.model.config
+    model, parameters = config.model.config, num_parameters(model_of(config))
     print(
         f"\nmodel: DecoderLM width {model.dim}, {model.n_layer} layers, {model.n_head} heads ({model.n_head_kv} kv),"
-        f" SwiGLU {model.mlp.config.hidden_dim}, vocab {model.vocab_size}: {num_parameters(config.model):,} parameters"
+        f" SwiGLU {model.mlp.config.hidden_dim}, vocab {model.vocab_size}: {parameters:,} parameters"
     )
     print(
         f"batch: {config.training.micro_batch_size} × {config.training.sequence_length} tokens; {steps} measured"

@@ -5,15 +5,17 @@ from pathlib import Path
 
 import pytest
 
-import llm_gym.registry
+import llm_gym.registry.registry
 from experiment_runs import write_byte_corpus
+from llm_gym.assembly import make_registry
 
 
 @pytest.fixture
 def fresh_registry(monkeypatch):
-    """A process-wide registry holding only the built-ins, so a test's own registrations do not leak."""
-    monkeypatch.setattr(llm_gym.registry, "_registry", None)
-    return llm_gym.registry.get_registry()
+    """A registry of the built-ins, with no components declared yet, so a test's own declarations
+    (``register_component``) do not leak into other tests."""
+    monkeypatch.setattr(llm_gym.registry.registry, "_declared", [])
+    return make_registry()
 
 
 @pytest.fixture

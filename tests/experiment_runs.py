@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from distributed import free_port
@@ -37,9 +38,41 @@ def torchrun(nproc: int, *args: str, check: bool = True) -> subprocess.Completed
     return result
 
 
+def child_pids(pid: int) -> list[int]:
+    """The processes whose parent is ``pid``, from /proc (Linux)."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):  # the process ended while we looked
+            continue
+        if int(fields[1]) == pid:
+            children.append(int(stat.parent.name))
+    return children
+
+
+def is_gone(pid: int) -> bool:
+    """Whether ``pid`` has exited (a zombie counts: it runs no more), from /proc (Linux)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
 def subprocess_env() -> dict[str, str]:
     # One thread per process keeps 2-rank runs on a 2-core machine deterministic and fast.
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
+
+
+def wait_for_train_line(metrics_path: Path, step: int, launcher: subprocess.Popen, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert launcher.poll() is None, f"the run ended (status {launcher.returncode}) before step {step}"
+        lines = metrics_path.read_text().splitlines() if metrics_path.exists() else []
+        if any(f'"step": {step}, "split": "train"' in line for line in lines):
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"no train line for step {step} in {metrics_path} after {timeout_s} s")
 
 
 def read_metrics(path: Path) -> list[dict]:

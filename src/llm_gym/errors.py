@@ -11,3 +11,7 @@ class ConfigError(UserError):
 
 class RankLocalError(UserError):
     """A problem one rank may meet alone, in its own batch or on its own disk: whichever rank meets it says so."""
+
+
+class MissingInputError(UserError):
+    """An input file that is not on this machine; ``validate`` checks what it can without it."""

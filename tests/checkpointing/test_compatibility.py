@@ -4,7 +4,7 @@ import copy
 
 import pytest
 
-from llm_gym.checkpointing import config_differences, hyperparameter_changes
+from llm_gym.training.resume_policy import config_differences, hyperparameter_changes
 
 CONFIG = {
     "experiment": {"seed": 42, "output_dir": "experiments/a"},

@@ -5,12 +5,12 @@ import pytest
 import torch
 from pydantic import BaseModel
 
+from llm_gym.assembly import make_registry
 from llm_gym.checkpointing import CheckpointManager, OptimizerState, load_checkpoint, training_state
-from llm_gym.config.component import Component
 from llm_gym.errors import UserError
-from llm_gym.registry import get_registry
-from llm_gym.training.optimizers import OPTIMIZERS, weight_decay_parameter_groups
-from llm_gym.training.schedulers import SCHEDULERS
+from llm_gym.optim.optimizers import OPTIMIZERS, weight_decay_parameter_groups
+from llm_gym.optim.schedulers import SCHEDULERS
+from llm_gym.registry.component import Component
 
 SAVED_AT_STEP = 3
 # Each schedule as a run first configured it, and as a longer run resumed from that one configures it.
@@ -45,13 +45,14 @@ class _Progress:
 def build(optimizer_hint: str, optimizer_config: dict, schedule_hint: str, schedule_config: dict):
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Embedding(5, 4), torch.nn.Linear(4, 3))
-    config = _Optimization.model_validate(
+    registry = make_registry()
+    config = registry.validate(
+        _Optimization,
         {
             "optimizer": {"type_hint": optimizer_hint, "config": optimizer_config},
             "lr_scheduler": {"type_hint": schedule_hint, "config": schedule_config},
-        }
+        },
     )
-    registry = get_registry()
     optimizer = registry.build_component_by_config(
         config.optimizer, extra_kwargs={"params": weight_decay_parameter_groups(model)}
     )

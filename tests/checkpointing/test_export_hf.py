@@ -7,9 +7,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from llm_gym.checkpointing.inference import load_trained_model
 from llm_gym.cli import DEBUG_ENV, main
-from llm_gym.models.generation import generate
+from llm_gym.inference.generation import generate
+from llm_gym.inference.trained_model import load_trained_model
 
 transformers = pytest.importorskip("transformers")
 
@@ -108,3 +108,27 @@ def test_missing_transformers_says_how_to_install_it(llama_checkpoints, tmp_path
     monkeypatch.setitem(sys.modules, "transformers", None)  # makes `import transformers` fail
     assert_user_error(export(llama_checkpoints, tmp_path / "hf"), "pip install 'llm_gym[hf]'")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_directories_beside_the_output_are_left_alone(llama_checkpoints, tmp_path):
+    """The export's temporary directories get fresh names: one of the user's with the old fixed name stays."""
+    for name in (".tmp_hf", ".tmp_replaced_hf"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "mine.txt").write_text("mine")
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "old.txt").write_text("replaced")
+    assert export(llama_checkpoints, tmp_path / "hf", "--force").exit_code == 0
+    assert sorted(path.name for path in tmp_path.iterdir()) == [".tmp_hf", ".tmp_replaced_hf", "hf"]
+    assert (tmp_path / ".tmp_hf" / "mine.txt").read_text() == (tmp_path / ".tmp_replaced_hf" / "mine.txt").read_text()
+    assert "old.txt" not in {path.name for path in (tmp_path / "hf").iterdir()}
+
+
+@pytest.mark.slow
+def test_output_holding_the_runs_tokenizer_is_refused(gpt2_checkpoints, bpe_corpus):
+    """--force would replace the tokenizer's directory, which the run and this export read."""
+    before = sorted(path.name for path in bpe_corpus.iterdir())
+    assert_user_error(
+        export(gpt2_checkpoints, bpe_corpus, "--force"),
+        f"output directory {bpe_corpus} is, contains or lies inside the run's tokenizer",
+    )
+    assert sorted(path.name for path in bpe_corpus.iterdir()) == before

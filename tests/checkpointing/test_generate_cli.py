@@ -13,10 +13,10 @@ from checkpoint_damage import edit_meta, flip_byte_in_the_middle, shard
 from click.testing import CliRunner
 from torch import nn
 
-from llm_gym.checkpointing.inference import load_trained_model, stream_text
 from llm_gym.cli import DEBUG_ENV, main
 from llm_gym.data.tokenizers import ByteTokenizer
-from llm_gym.models.generation import generate
+from llm_gym.inference.generation import generate
+from llm_gym.inference.trained_model import load_trained_model, stream_text
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -204,14 +204,14 @@ BAD_CHECKPOINTS = {
 @pytest.mark.parametrize("command", ["generate", "export_hf"])
 @pytest.mark.parametrize(("damage", "message"), BAD_CHECKPOINTS.values(), ids=BAD_CHECKPOINTS)
 def test_bad_checkpoint_is_exit_2_with_a_message(llama_checkpoints, tmp_path, command, damage, message):
-    root = tmp_path / "checkpoints"
+    root = tmp_path / "experiment" / "checkpoints"
     shutil.copytree(llama_checkpoints, root)
     checkpoint_path = damage(root)
-    output_dir = tmp_path / "exported"
+    output_dir = tmp_path / "exported"  # outside the experiment, as export_hf wants
     command_options = ["--prompt", "a"] if command == "generate" else ["--output_dir", str(output_dir)]
     result = CliRunner().invoke(main, [command, "--checkpoint_path", str(checkpoint_path), *command_options])
     assert result.exit_code == 2, result.output
     assert result.stderr.startswith("error: ") and "Traceback" not in result.stderr
     assert result.stdout == ""
     assert re.search(message, result.stderr), result.stderr
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["checkpoints"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["experiment"]

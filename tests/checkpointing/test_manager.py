@@ -1,10 +1,14 @@
 """When to save, keep-last pruning, atomic publication, refusing non-finite weights, choosing what to resume."""
 
+import errno
+import os
+
 import pytest
 import torch
 from checkpoint_toys import Toy, make_model
 
 import llm_gym.checkpointing.manager as manager_module
+from llm_gym.assembly import make_registry
 from llm_gym.checkpointing import (
     CheckpointManager,
     NonFiniteWeightsError,
@@ -12,6 +16,7 @@ from llm_gym.checkpointing import (
     read_checkpoint_meta,
     resolve_resume,
 )
+from llm_gym.config.app import CheckpointingSettings
 from llm_gym.errors import UserError
 
 
@@ -70,6 +75,49 @@ def test_failed_save_keeps_the_previous_checkpoints_and_latest(tmp_path, monkeyp
     monkeypatch.undo()
     manager.save(3, toy.state(), {})
     assert entries(tmp_path) == ["latest", "step_3"]  # the unfinished save is cleaned up too
+
+
+def disk_full_on_fsync(fd):
+    # DCP fsyncs every file it writes: a full disk (or quota) showing there, as an OSError without a file name.
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_full_disk_inside_dcp_save_is_one_user_error_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    toy = Toy(make_model())
+    manager = CheckpointManager(tmp_path, every_n_steps=1, keep_last=1)
+    manager.save(1, toy.state(), {})
+    before = {path.name: path.read_bytes() for path in (tmp_path / "step_1").iterdir()}
+    monkeypatch.setattr(os, "fsync", disk_full_on_fsync)
+    with pytest.raises(UserError) as raised:
+        manager.save(2, toy.state(), {})
+    assert str(raised.value) == (
+        f"cannot write checkpoint {tmp_path / 'step_2'}: No space left on device; "
+        "the earlier checkpoints and latest are unchanged"
+    )
+    monkeypatch.undo()
+    assert entries(tmp_path) == ["latest", "step_1"]  # what the failed save wrote is gone, to give the room back
+    assert (tmp_path / "latest").read_text().strip() == "step_1"
+    assert {path.name: path.read_bytes() for path in (tmp_path / "step_1").iterdir()} == before
+    load_checkpoint(tmp_path / "step_1", Toy(make_model()).state())
+
+
+def test_full_disk_writing_latest_is_one_user_error_and_leaves_no_partial_file(tmp_path, monkeypatch):
+    toy = Toy(make_model())
+    manager = CheckpointManager(tmp_path, every_n_steps=1, keep_last=1)
+    manager.save(1, toy.state(), {})
+    real_write = manager_module.write_file_atomically
+
+    def latest_on_a_full_disk(path, text):
+        if path.name == manager_module.LATEST_FILE:
+            monkeypatch.setattr(os, "fsync", disk_full_on_fsync)
+        real_write(path, text)
+
+    monkeypatch.setattr(manager_module, "write_file_atomically", latest_on_a_full_disk)
+    with pytest.raises(UserError, match=f"cannot write {tmp_path / 'latest'}: No space left on device"):
+        manager.save(2, toy.state(), {})
+    monkeypatch.undo()
+    assert entries(tmp_path) == ["latest", "step_1", "step_2"]  # step_2 is complete; latest still names step_1
+    assert (tmp_path / "latest").read_text().strip() == "step_1"
 
 
 def test_every_written_file_is_fingerprinted_whatever_dcp_save_returns(tmp_path, monkeypatch):
@@ -144,11 +192,17 @@ def test_resolve_resume_rejects_bad_targets(tmp_path):
 
 
 def test_extra_strategies_save_at_chosen_steps_and_protect_milestones(tmp_path):
-    from llm_gym.checkpointing.strategies import KeepEveryNSteps, SaveAtSteps
+    from llm_gym.checkpointing.strategies import KeepEveryNSteps, KeepEveryNStepsConfig, SaveAtSteps, SaveAtStepsConfig
 
     toy = Toy(make_model())
     manager = CheckpointManager(
-        tmp_path, every_n_steps=2, keep_last=1, strategies=[SaveAtSteps([3]), KeepEveryNSteps(4)]
+        tmp_path,
+        every_n_steps=2,
+        keep_last=1,
+        strategies=[
+            SaveAtSteps(SaveAtStepsConfig(steps=[3])),
+            KeepEveryNSteps(KeepEveryNStepsConfig(every_n_steps=4)),
+        ],
     )
     saved = [step for step in range(1, 10) if manager.should_save(step, is_final=step == 9)]
     assert saved == [2, 3, 4, 6, 8, 9]
@@ -158,13 +212,11 @@ def test_extra_strategies_save_at_chosen_steps_and_protect_milestones(tmp_path):
 
 
 def test_checkpoint_strategies_are_registry_components():
-    from llm_gym.config.app import CheckpointingSettings
-    from llm_gym.registry import get_registry
-
-    settings = CheckpointingSettings.model_validate(
-        {"strategies": [{"type_hint": "KeepEveryNSteps", "config": {"every_n_steps": 100}}]}
+    registry = make_registry()
+    settings = registry.validate(
+        CheckpointingSettings, {"strategies": [{"type_hint": "KeepEveryNSteps", "config": {"every_n_steps": 100}}]}
     )
-    strategy = get_registry().build_component_by_config(settings.strategies[0])
+    strategy = registry.build_component_by_config(settings.strategies[0])
     assert strategy.protects(200, newer_steps=[300]) and not strategy.protects(250, newer_steps=[300])
 
 

@@ -11,11 +11,11 @@ from llm_gym.checkpointing import (
     CheckpointManager,
     ModelState,
     RNGState,
-    collectives,
     load_checkpoint,
     read_checkpoint_meta,
 )
 from llm_gym.errors import UserError
+from llm_gym.parallel import collectives
 
 
 def test_round_trip_restores_everything_and_training_continues_identically(tmp_path):

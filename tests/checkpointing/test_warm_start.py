@@ -1,12 +1,13 @@
 """Warm start: weights only, from a checkpoint directory or a consolidated weights file."""
 
-import os
+from pathlib import Path
 
 import pytest
 import torch
 from checkpoint_toys import Toy, assert_same, make_model, snapshot
 from safetensors.torch import save_file
 
+from crafted_files import RunsCode
 from llm_gym.checkpointing import CheckpointManager, load_model_weights
 from llm_gym.errors import UserError
 
@@ -40,17 +41,12 @@ def test_from_a_consolidated_file(trained, tmp_path, file_name):
     assert_same(params(trained.model), params(fresh))
 
 
-class _RunsCode:
-    def __reduce__(self):
-        return (os.system, ("touch pwned",))
-
-
 BAD_FILES = {
     "missing.pt": (None, "does not exist"),
     "weights.npz": (b"PK", "reads a checkpoint directory, a .safetensors file, or a torch.save file"),
     "garbage.safetensors": (b"\x00" * 64, "is not a readable safetensors file"),
     "garbage.pt": (b"not a zip at all", "could not be read as weights"),
-    "code.pt": (_RunsCode(), "could not be read as weights: Weights only load failed"),
+    "code.pt": (RunsCode(Path("pwned")), "could not be read as weights: Weights only load failed"),
     "list.pt": ([torch.zeros(2)], "must hold a flat dict of parameter name → tensor"),
     "wider.pt": (make_model(width=32).state_dict(), "incompatible model: different shapes: 0.bias"),
 }

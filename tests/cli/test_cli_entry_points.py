@@ -1,5 +1,6 @@
 """The three ways to start the CLI (torchrun uses the third), each as a real process."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +11,7 @@ SOURCE_ROOT = Path(__file__).resolve().parents[2]
 CONSOLE_SCRIPT = Path(sys.executable).parent / "llm_gym"
 
 
-@pytest.mark.parametrize(
+ENTRY_POINTS = pytest.mark.parametrize(
     "command",
     [
         [str(CONSOLE_SCRIPT)],
@@ -19,6 +20,9 @@ CONSOLE_SCRIPT = Path(sys.executable).parent / "llm_gym"
     ],
     ids=["console_script", "python_-m", "python_file"],
 )
+
+
+@ENTRY_POINTS
 def test_help(command, tmp_path):
     if not Path(command[0]).exists():
         pytest.skip(f"{command[0]} is not installed (pip install -e .)")
@@ -52,3 +56,18 @@ def test_user_error_from_a_real_process(tmp_path):
         "error: training.max_steps: cannot resolve interpolation: unknown key 'epochs' for ${dist:...}; "
         "valid: rank, local_rank, world_size, local_world_size\n"
     )
+
+
+@ENTRY_POINTS
+def test_a_module_in_the_current_directory_is_not_imported(command, tmp_path):
+    """A downloaded experiment directory is data: a ``matplotlib.py`` in it must not run in place of the real one
+    when ``plot`` imports matplotlib (``python -m`` puts the current directory first on sys.path)."""
+    if not Path(command[0]).exists():
+        pytest.skip(f"{command[0]} is not installed (pip install -e .)")
+    (tmp_path / "matplotlib.py").write_text("import pathlib\npathlib.Path('PWNED').touch()\n")
+    lines = [{"step": step, "split": "train", "loss": 1.0 / step, "lr": 1e-3} for step in (1, 2)]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    plot = ["plot", "--metrics_path", "metrics.jsonl", "--output_path", "curves.png"]
+    result = subprocess.run([*command, *plot], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert not (tmp_path / "PWNED").exists()
+    assert result.returncode == 0, result.stderr

@@ -1,16 +1,19 @@
 """YAML → overrides → interpolation → validation, and the message each kind of mistake produces."""
 
 import os
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
 
-from llm_gym.config.loading import apply_overrides, load_config, read_config_file
+from llm_gym.config.composition import compose, read_config_file
+from llm_gym.config.loading import apply_overrides
 from llm_gym.errors import ConfigError
-from toy_config import TOY_YAML, ToyConfig
+from toy_config import TOY_YAML, ToyConfig, load_config
 
 TORCHRUN_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE")
 
@@ -126,6 +129,55 @@ def test_yaml_duplicate_key_is_a_syntax_error(write_config):
     message = config_error(write_config("training: {}\ntraining: {}\n"))
     assert "at line 2" in message
     assert "duplicate key" in message
+
+
+def alias_bomb(levels: int, width: int = 10) -> str:
+    """The "billion laughs": each level a list of ``width`` aliases of the level before."""
+    lines = ["a0: &a0 [lol]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * width)}]" for i in range(1, levels + 1)]
+    return "\n".join(lines) + "\n"
+
+
+def test_an_alias_bomb_is_refused_in_bounded_time_saying_what_it_is(write_config):
+    path = write_config(alias_bomb(levels=40))  # 10^40 values once expanded
+    started = time.perf_counter()
+    message = config_error(path)
+    assert time.perf_counter() - started < 2
+    # 84: the root, 41 keys, 41 lists and one scalar; about 2.3·10^40 expanded
+    assert message.startswith(f"{path} is refused: it is an alias bomb (billion laughs): its aliases (*name) expand ")
+    assert re.search(r"expand 84 values to 23,[\d,]{40,}, more than the 10,000 a config may hold$", message)
+
+
+def test_aliases_that_multiply_a_file_a_hundredfold_are_refused_below_the_absolute_limit(write_config):
+    message = config_error(write_config(alias_bomb(levels=3, width=12)))
+    assert message.endswith("its aliases (*name) expand 10 values to 3,946, over 100 times as many as written")
+
+
+def test_a_recursive_alias_is_refused_with_its_place(write_config):
+    message = config_error(write_config("a: 1\nb: &b [x, *b]\n"))
+    assert message.endswith("is refused: the value at line 2, column 4 contains an alias of itself (a recursive alias)")
+
+
+def test_a_file_with_more_values_than_a_config_holds_is_refused(write_config):
+    message = config_error(write_config("".join(f"k{i}: {i}\n" for i in range(5_001))))
+    assert message.endswith("is refused: it holds 10,003 values, more than the 10,000 a config may hold")
+
+
+def test_an_alias_bomb_in_an_override_is_refused(write_config):
+    bomb = "[" + ", ".join(["&a [lol, lol]", "&b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]"] + ["*b"] * 200) + "]"
+    message = config_error(write_config(TOY_YAML), [f"optimizer.lr={bomb}"])
+    assert message.startswith("bad override 'optimizer.lr=[&a")
+    assert "the value is refused: it is an alias bomb (billion laughs)" in message
+
+
+def test_aliases_and_merge_keys_within_the_limits_load(write_config):
+    text = "base: &base {lr: 0.1, momentum: 0.9}\nfirst: {<<: *base, lr: 0.2}\nsecond: *base\n"
+    raw = read_config_file(write_config(text))
+    assert OmegaConf.to_container(raw) == {
+        "base": {"lr": 0.1, "momentum": 0.9},
+        "first": {"lr": 0.2, "momentum": 0.9},
+        "second": {"lr": 0.1, "momentum": 0.9},
+    }
 
 
 def test_top_level_list_is_refused(write_config):
@@ -278,11 +330,7 @@ RANK_SCRIPT = """
 import sys
 from pathlib import Path
 
-from toy_config import ToyConfig
-
-from omegaconf import OmegaConf
-
-from llm_gym.config.loading import apply_overrides, load_config, read_config_file
+from toy_config import ToyConfig, load_config
 
 config, _ = load_config(Path(sys.argv[1]), ToyConfig)
 Path(sys.argv[2], f"rank{config.training.rank}").write_text(str(config.training.world_size))
@@ -391,11 +439,10 @@ LIST_YAML = TOY_YAML + "user_modules: []\nnames: [a, b]\nsteps: [{every: 1}, {ev
 
 
 def test_override_indexes_a_list_item(write_config):
-    raw, _ = apply_overrides(
-        read_config_file(write_config(LIST_YAML)), ["names.1=c", "steps.0.every=5", "steps.1={keep: true}"]
-    )
-    assert OmegaConf.to_container(raw)["names"] == ["a", "c"]
-    assert OmegaConf.to_container(raw)["steps"] == [{"every": 5}, {"every": 2, "keep": True}]
+    composed = compose(write_config(LIST_YAML))
+    apply_overrides(composed, ["names.1=c", "steps.0.every=5", "steps.1={keep: true}"])
+    assert OmegaConf.to_container(composed.raw)["names"] == ["a", "c"]
+    assert OmegaConf.to_container(composed.raw)["steps"] == [{"every": 5}, {"every": 2, "keep": True}]
 
 
 @pytest.mark.parametrize(("override", "list_key"), [("names.first=x", "names"), ("steps.2.every=1", "steps")])

@@ -1,4 +1,5 @@
-"""Every shipped training config validates, and accepts SPEC.md's override keys with their meaning."""
+"""Every shipped training config composes and validates, holds each model once, and accepts the override keys of
+docs/contract.md with their meaning."""
 
 from pathlib import Path
 
@@ -8,10 +9,11 @@ from click.testing import CliRunner
 
 from llm_gym.cli import main
 from llm_gym.config.app import TrainingAppConfig
-from llm_gym.config.loading import load_config, read_config_file, resolve
+from llm_gym.config.composition import compose
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "config_files"
 TRAINING_CONFIGS = sorted(CONFIG_DIR.glob("*.yaml"))
+MODEL_SECTIONS = CONFIG_DIR / "model_sections"
 SPEC_OVERRIDES = {
     "experiment.output_dir": "/tmp/elsewhere",
     "experiment.seed": 7,
@@ -141,32 +143,11 @@ def test_memory_estimate_counts_the_configured_optimizers_state():
     assert _state_gib(adamw) / _state_gib(plain_sgd) == pytest.approx(16 / 8, rel=0.02)
 
 
-# Each model section is a copy of the model of one shipped training config (demo_cpu.yaml has none).
-SECTION_OF_CONFIG = {
-    "config.yaml": "gpt2_124m.yaml",
-    "llama_1b.yaml": "llama_1b.yaml",
-    "tiny_cpu.yaml": "tiny_cpu.yaml",
-}
-
-
-@pytest.mark.parametrize(("config", "section"), SECTION_OF_CONFIG.items())
-def test_model_section_is_the_model_of_its_training_config(config, section):
-    _, resolved = load_config(CONFIG_DIR / config, TrainingAppConfig)
-    # The section's interpolations (the sequence length) resolve against the training config's settings.
-    raw_section = read_config_file(CONFIG_DIR / "model_sections" / section)
-    raw_section.training = resolved["training"]
-    assert resolve(raw_section)["model"] == resolved["model"]
-    assert set(raw_section) == {"model", "training"}  # a section holds the model and nothing else
-
-
-def test_every_model_section_has_its_training_config():
-    assert sorted(SECTION_OF_CONFIG.values()) == sorted(path.name for path in (CONFIG_DIR / "model_sections").glob("*"))
-
-
 def test_swapping_a_component_in_a_list_by_its_index():
-    resolved = resolved_config(validate(CONFIG_DIR / "tiny_cpu.yaml", "loggers.0.type_hint=TensorBoard"))
-    assert resolved["loggers"][0] == {"type_hint": "TensorBoard", "config": {}}  # Console's progress_bar dropped
-    assert resolved["loggers"][1]["type_hint"] == "MetricsJsonl"
+    overrides = ["loggers.0.config.progress_bar=false", "loggers.0.type_hint=TensorBoard"]
+    result = validate(CONFIG_DIR / "tiny_cpu.yaml", *overrides)
+    assert resolved_config(result)["loggers"][0] == {"type_hint": "TensorBoard", "config": {}}  # progress_bar dropped
+    assert resolved_config(result)["loggers"][1]["type_hint"] == "MetricsJsonl"
 
 
 def test_a_whole_node_override_that_changes_the_type_is_a_swap():
@@ -182,3 +163,19 @@ def test_keys_of_a_second_whole_node_override_after_a_swap_are_still_checked():
         CONFIG_DIR / "tiny_cpu.yaml", "optimizer.type_hint=SGD", "optimizer={type_hint: SGD, config: {betas: [1, 2]}}"
     )
     assert result.exit_code == 2 and "optimizer.config.betas: unknown key" in result.stderr
+
+
+def test_each_model_is_written_once_in_a_model_section():
+    for path in CONFIG_DIR.rglob("*.yaml"):
+        keys = set(yaml.safe_load(path.read_text()))
+        assert keys == {"model"} if path.parent == MODEL_SECTIONS else "model" not in keys, path
+
+
+def test_every_training_config_composes_one_model_section_and_every_section_is_used():
+    used = []
+    for config in TRAINING_CONFIGS:
+        files = compose(config, TrainingAppConfig.composition_defaults).files
+        sections = [file for file in files if file.parent == MODEL_SECTIONS]
+        assert len(sections) == 1, config  # a second section of the same type would merge into the first
+        used += sections
+    assert set(used) == set(MODEL_SECTIONS.glob("*.yaml"))

@@ -1,6 +1,8 @@
 """``llm_gym data demo_corpus`` and ``train_tokenizer``."""
 
+import errno
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -129,3 +131,31 @@ def test_train_tokenizer_bad_input(tmp_path: Path, lines: bytes, options: tuple,
     assert result.exit_code == 2
     assert message in result.stderr
     assert sorted(path.name for path in tmp_path.iterdir()) == ["in.jsonl"]
+
+
+def test_train_tokenizer_into_a_read_only_directory_is_one_line(tmp_path: Path, monkeypatch):
+    """The tokenizers library reported it as a bare Exception; written by Python, it is an OSError naming the file."""
+    inputs = write_jsonl(tmp_path / "in.jsonl", ["def add(a, b):\n    return a + b\n"] * 20)
+    output = tmp_path / "tokenizer.json"
+
+    def read_only(path: Path, *args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+
+    monkeypatch.setattr(Path, "write_text", read_only)
+    result = invoke("train_tokenizer", "--input", str(inputs), "--vocab_size", "300", "--output_path", str(output))
+    assert result.exit_code == 2
+    assert result.stderr == f"error: cannot write {output}: Read-only file system\n"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["in.jsonl"]
+
+
+def test_train_tokenizer_refuses_an_output_hard_linked_to_its_input(tmp_path: Path):
+    inputs = write_jsonl(tmp_path / "in.jsonl", ["def add(a, b):\n    return a + b\n"] * 20)
+    output = tmp_path / "tokenizer.json"
+    os.link(inputs, output)
+    before = inputs.read_bytes()
+    result = invoke(
+        "train_tokenizer", "--input", str(inputs), "--vocab_size", "300", "--output_path", str(output), "--force"
+    )
+    assert result.exit_code == 2
+    assert "tokenizer.json is also an input of this command" in result.stderr
+    assert inputs.read_bytes() == before

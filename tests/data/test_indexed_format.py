@@ -1,4 +1,4 @@
-"""The .bin/.idx files byte for byte against SPEC.md, and the rejection of damaged or foreign pairs."""
+"""The .bin/.idx files byte for byte against docs/contract.md, and the rejection of damaged or foreign pairs."""
 
 import os
 import re
@@ -12,7 +12,7 @@ from corpus_helpers import write_corpus
 
 from llm_gym.cli import main
 from llm_gym.data import indexed
-from llm_gym.data.datasets import PackedDataset
+from llm_gym.data.datasets import PackedDataset, PackedDatasetConfig
 from llm_gym.data.indexed import DTYPE_CODES, IndexedDataset, IndexedDatasetWriter, token_dtype
 from llm_gym.errors import UserError
 
@@ -155,7 +155,7 @@ def test_float_corpus_is_refused_for_training(tmp_path: Path, code: int):
     dtype = np.dtype(DTYPE_CODES[code])
     prefix = write_corpus(tmp_path / "corpus", [list(range(50))], dtype)
     with pytest.raises(UserError, match=re.escape(f"{tmp_path / 'corpus.idx'}: token dtype {dtype} is not an integer")):
-        PackedDataset(prefix, sequence_length=8)
+        PackedDataset(PackedDatasetConfig(path_prefix=prefix, sequence_length=8))
 
 
 def inspect(prefix: Path):

@@ -7,14 +7,19 @@ import pytest
 import torch
 from pydantic import BaseModel, ValidationError
 
-from llm_gym.config.component import Component
-from llm_gym.data.collators import IGNORE_INDEX, CausalLMCollator
-from llm_gym.data.datasets import PackedDataset
+from llm_gym.assembly import make_registry
+from llm_gym.data.collators import IGNORE_INDEX, Batch, CausalLMCollator
+from llm_gym.data.datasets import PackedDataset, PackedDatasetConfig
 from llm_gym.data.loaders import ResumableDataLoader, eval_batches
 from llm_gym.errors import UserError
-from llm_gym.registry import get_registry
+from llm_gym.registry import Component
 
 SEQUENCE_LENGTH, MICRO_BATCH = 10, 4
+REGISTRY = make_registry()
+
+
+def packed(corpus: Path) -> PackedDataset:
+    return PackedDataset(PackedDatasetConfig(path_prefix=corpus, sequence_length=SEQUENCE_LENGTH))
 
 
 class _DataNodes(BaseModel):
@@ -25,12 +30,18 @@ class _DataNodes(BaseModel):
 
 def build_loader(corpus: Path, dp_rank: int = 0, dp_world_size: int = 1, num_workers: int = 0) -> ResumableDataLoader:
     """As the training builder does it, from config nodes."""
-    nodes = _DataNodes(
-        sampler={"type_hint": "ResumableDistributedSampler", "config": {"seed": 5}},
-        collator={"type_hint": "CausalLMCollator", "config": {}},
-        dataloader={"type_hint": "DataLoader", "config": {"num_workers": num_workers}},
+    nodes = REGISTRY.validate(
+        _DataNodes,
+        dict(
+            sampler={"type_hint": "ResumableDistributedSampler", "config": {"seed": 5}},
+            collator={"type_hint": "CausalLMCollator", "config": {}},
+            dataloader={"type_hint": "DataLoader", "config": {"num_workers": num_workers}},
+        ),
     )
-    registry, dataset = get_registry(), PackedDataset(corpus, SEQUENCE_LENGTH)
+    registry, dataset = (
+        REGISTRY,
+        packed(corpus),
+    )
     sampler = registry.build_component_by_config(
         nodes.sampler, {"dataset_length": len(dataset), "dp_rank": dp_rank, "dp_world_size": dp_world_size}
     )
@@ -42,32 +53,41 @@ def build_loader(corpus: Path, dp_rank: int = 0, dp_world_size: int = 1, num_wor
 
 
 def inputs_of(batches) -> list[list[list[int]]]:
-    return [batch["input_ids"].tolist() for batch in batches]
+    return [batch.inputs.tolist() for batch in batches]
 
 
 def test_collator_shifts_targets_by_one():
     samples = [torch.arange(5), torch.arange(10, 15)]
-    batch = CausalLMCollator(input_key="x", target_key="y")(samples)
-    assert batch["x"].tolist() == [[0, 1, 2, 3], [10, 11, 12, 13]]
-    assert batch["y"].tolist() == [[1, 2, 3, 4], [11, 12, 13, 14]]
-    assert batch["x"].dtype == torch.long and batch["x"].is_contiguous()
+    batch = CausalLMCollator()(samples)
+    assert isinstance(batch, Batch)
+    assert batch.inputs.tolist() == [[0, 1, 2, 3], [10, 11, 12, 13]]
+    assert batch.targets.tolist() == [[1, 2, 3, 4], [11, 12, 13, 14]]
+    assert batch.inputs.dtype == torch.long and batch.inputs.is_contiguous()
+    assert batch.target_tokens() == 8
 
 
-def test_collator_keys_must_differ():
-    with pytest.raises(ValidationError, match="must differ"):
-        _DataNodes(
-            sampler={"type_hint": "ResumableDistributedSampler", "config": {"seed": 0}},
-            collator={"type_hint": "CausalLMCollator", "config": {"input_key": "a", "target_key": "a"}},
-            dataloader={"type_hint": "DataLoader", "config": {}},
-        )
+@pytest.mark.parametrize("keys", [{"input_key": "input_ids", "target_key": "target_ids"}, {"target_key": "labels"}])
+def test_the_batch_keys_of_earlier_versions_are_refused_with_what_to_do(keys):
+    with pytest.raises(ValidationError, match="input_key and target_key are gone: a batch is a Batch with fields"):
+        REGISTRY.validate(Component("collator"), {"type_hint": "CausalLMCollator", "config": keys})
+
+
+def test_a_batch_moves_and_pins_every_tensor_field():
+    batch = Batch(inputs=torch.zeros(2, 3, dtype=torch.long), targets=torch.ones(2, 3, dtype=torch.long))
+    moved = batch.to(torch.device("meta"))
+    assert (moved.inputs.device.type, moved.targets.device.type) == ("meta", "meta")
+    assert torch.equal(batch.targets, torch.ones(2, 3, dtype=torch.long))  # a new Batch; the old one is unchanged
 
 
 def test_prefetch_factor_needs_workers():
     with pytest.raises(ValidationError, match="prefetch_factor needs num_workers > 0"):
-        _DataNodes(
-            sampler={"type_hint": "ResumableDistributedSampler", "config": {"seed": 0}},
-            collator={"type_hint": "CausalLMCollator", "config": {}},
-            dataloader={"type_hint": "DataLoader", "config": {"prefetch_factor": 2}},
+        REGISTRY.validate(
+            _DataNodes,
+            dict(
+                sampler={"type_hint": "ResumableDistributedSampler", "config": {"seed": 0}},
+                collator={"type_hint": "CausalLMCollator", "config": {}},
+                dataloader={"type_hint": "DataLoader", "config": {"prefetch_factor": 2}},
+            ),
         )
 
 
@@ -75,7 +95,7 @@ def test_batches_follow_the_sampler_and_run_past_an_epoch(counting_corpus: Path)
     loader = build_loader(counting_corpus)
     dataset_length = len(loader.dataset)  # 100 samples: 25 batches an epoch
     batches = list(islice(iter(loader), 30))
-    assert all(batch["input_ids"].shape == (MICRO_BATCH, SEQUENCE_LENGTH) for batch in batches)
+    assert all(batch.inputs.shape == (MICRO_BATCH, SEQUENCE_LENGTH) for batch in batches)
     firsts = [row[0] // SEQUENCE_LENGTH for batch in inputs_of(batches) for row in batch]
     assert sorted(firsts[:dataset_length]) == list(range(dataset_length))
     assert loader.state_dict()["consumed_samples"] == 30 * MICRO_BATCH
@@ -102,11 +122,9 @@ def evaluated_samples(dataset, micro_batch_size: int, world_size: int, max_sampl
     per_rank = []
     for rank in range(world_size):
         rows = []
-        for batch in eval_batches(
-            dataset, CausalLMCollator(), "target_ids", micro_batch_size, rank, world_size, max_samples
-        ):
-            assert batch["input_ids"].shape == (micro_batch_size, SEQUENCE_LENGTH)
-            for inputs, targets in zip(batch["input_ids"].tolist(), batch["target_ids"].tolist(), strict=True):
+        for batch in eval_batches(dataset, CausalLMCollator(), micro_batch_size, rank, world_size, max_samples):
+            assert batch.inputs.shape == (micro_batch_size, SEQUENCE_LENGTH)
+            for inputs, targets in zip(batch.inputs.tolist(), batch.targets.tolist(), strict=True):
                 counted = [target != IGNORE_INDEX for target in targets]
                 assert len(set(counted)) == 1  # a row counts all its targets or none
                 rows.append(inputs[0] // SEQUENCE_LENGTH if counted[0] else None)
@@ -115,7 +133,9 @@ def evaluated_samples(dataset, micro_batch_size: int, world_size: int, max_sampl
 
 
 def test_eval_batches_split_the_samples_in_order_with_equal_batch_counts(counting_corpus: Path):
-    dataset = PackedDataset(counting_corpus, SEQUENCE_LENGTH)  # 100 samples
+    dataset = PackedDataset(
+        PackedDatasetConfig(path_prefix=counting_corpus, sequence_length=SEQUENCE_LENGTH)
+    )  # 100 samples
     per_rank = evaluated_samples(dataset, 3, 3, None)
     assert [len(rows) for rows in per_rank] == [36, 36, 36]  # 12 batches of 3 on every rank
     assert per_rank[1][:3] == [1, 4, 7]
@@ -126,7 +146,7 @@ def test_eval_batches_split_the_samples_in_order_with_equal_batch_counts(countin
 @pytest.mark.parametrize(("micro_batch_size", "world_size"), [(1, 1), (8, 1), (2, 2), (3, 2), (4, 3), (16, 4)])
 def test_eval_batches_evaluate_the_same_samples_in_any_layout(counting_corpus: Path, micro_batch_size, world_size):
     """Runs that differ only in micro batch size or ranks must report the same evaluation losses."""
-    dataset = PackedDataset(counting_corpus, SEQUENCE_LENGTH)
+    dataset = packed(counting_corpus)
     for max_samples, expected in [(None, list(range(100))), (10, list(range(10))), (500, list(range(100)))]:
         per_rank = evaluated_samples(dataset, micro_batch_size, world_size, max_samples)
         assert len({len(rows) for rows in per_rank}) == 1  # every rank runs as many forward passes
@@ -134,10 +154,10 @@ def test_eval_batches_evaluate_the_same_samples_in_any_layout(counting_corpus: P
 
 
 def test_eval_batches_with_more_ranks_than_samples(counting_corpus: Path):
-    dataset = PackedDataset(counting_corpus, SEQUENCE_LENGTH)
+    dataset = packed(counting_corpus)
     assert evaluated_samples(dataset, 4, 3, 2) == [[0, None, None, None], [1, None, None, None], [None] * 4]
 
 
 def test_an_empty_evaluation_split_is_refused():
     with pytest.raises(UserError, match="an evaluation dataset has no samples"):
-        eval_batches([], CausalLMCollator(), "target_ids", 2, 0, 1, None)
+        eval_batches([], CausalLMCollator(), 2, 0, 1, None)

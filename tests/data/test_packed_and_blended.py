@@ -7,20 +7,21 @@ import numpy as np
 import pytest
 import torch
 from corpus_helpers import write_corpus
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
-from llm_gym.config.component import Component
-from llm_gym.data.datasets import BlendedDataset, PackedDataset
-from llm_gym.errors import ConfigError
-from llm_gym.registry import get_registry
+from llm_gym.assembly import make_registry
+from llm_gym.data import datasets as datasets_module
+from llm_gym.data.datasets import BlendedDataset, BlendedDatasetConfig, PackedDataset, PackedDatasetConfig
+from llm_gym.data.indexed import merge_corpora
+from llm_gym.data.prefixes import shard_prefix
+from llm_gym.errors import ConfigError, UserError
+from llm_gym.registry import Component
 
-
-class _DatasetField(BaseModel):
-    dataset: Component("dataset")
+REGISTRY = make_registry()
 
 
 def build(node: dict):
-    return get_registry().build_component_by_config(_DatasetField(dataset=node).dataset)
+    return REGISTRY.build_component_by_config(REGISTRY.validate(Component("dataset"), node))
 
 
 def packed(prefix: Path, sequence_length: int) -> dict:
@@ -42,13 +43,13 @@ def test_packed_samples_are_overlapping_windows_of_the_stream(counting_corpus: P
 def test_packed_dataset_too_short_for_one_sample(tmp_path: Path):
     prefix = write_corpus(tmp_path / "short", [[1, 2, 3]])
     with pytest.raises(ConfigError, match="3 tokens are too few for one sample of sequence_length 3"):
-        PackedDataset(prefix, 3)
+        PackedDataset(PackedDatasetConfig(path_prefix=prefix, sequence_length=3))
 
 
 def test_packed_dataset_survives_pickling_without_copying_tokens(counting_corpus: Path):
     import pickle
 
-    dataset = PackedDataset(counting_corpus, 100)
+    dataset = PackedDataset(PackedDatasetConfig(path_prefix=counting_corpus, sequence_length=100))
     payload = pickle.dumps(dataset)
     assert len(payload) < 2000
     assert pickle.loads(payload)[3].tolist() == dataset[3].tolist()
@@ -120,7 +121,11 @@ class _Indices(torch.utils.data.Dataset):
 
 def blend_of_sizes(sizes, weights, num_samples=None, seed=0) -> BlendedDataset:
     factories = [lambda d=d, size=size: _Indices(d, int(size)) for d, size in enumerate(sizes)]
-    return BlendedDataset(factories, list(weights), num_samples, seed)
+    # Built directly from factories, so the config's own dataset nodes are not needed: constructed unvalidated.
+    config = BlendedDatasetConfig.model_construct(
+        datasets=[], weights=list(weights), num_samples=num_samples, seed=seed
+    )
+    return BlendedDataset(config, factories)
 
 
 def test_every_prefix_of_a_blend_stays_within_its_stated_distance_of_the_weights():
@@ -158,8 +163,104 @@ def test_each_pass_over_a_blended_dataset_is_a_fresh_permutation():
 def test_blend_config_errors(tmp_path: Path):
     nodes = _three_corpora(tmp_path)
     with pytest.raises(ValidationError, match="2 weights for 3 datasets"):
-        _DatasetField(dataset=blend_node(nodes, [1, 1]))
+        REGISTRY.validate(Component("dataset"), blend_node(nodes, [1, 1]))
     mixed = [nodes[0], {**nodes[1], "config": {**nodes[1]["config"], "sequence_length": 20}}]
     with pytest.raises(ConfigError, match="share one sequence_length"):
         build(blend_node(mixed, [1, 1]))
     assert np.isclose(build(blend_node(nodes, [2, 2, 4], num_samples=8)).weights, [0.25, 0.25, 0.5]).all()
+
+
+def _shards(tmp_path: Path, sizes: list[int]) -> list[Path]:
+    """Corpora of the tokens 0, 1, 2, ... cut into consecutive shards of ``sizes`` tokens (some empty or
+    shorter than a sample), each of a few documents."""
+    prefixes, start = [], 0
+    for index, size in enumerate(sizes):
+        tokens = list(range(start, start + size))
+        documents = [tokens[cut : cut + 7] for cut in range(0, size, 7)]
+        prefixes.append(write_corpus(shard_prefix(tmp_path / "train", index, len(sizes)), documents))
+        start += size
+    return prefixes
+
+
+SHARD_SIZES = [40, 0, 3, 111, 1, 0, 64, 25]
+
+
+@pytest.mark.parametrize("sequence_length", [1, 5, 16, 200])
+def test_packed_dataset_over_shards_equals_the_merged_corpus_sample_for_sample(tmp_path: Path, sequence_length: int):
+    shards = _shards(tmp_path, SHARD_SIZES)
+    merge_corpora(shards, tmp_path / "merged")
+    merged = build(packed(tmp_path / "merged", sequence_length))
+    over_shards = build(packed(tmp_path / "train-*-of-00008", sequence_length))
+    assert over_shards.path_prefixes == shards
+    assert len(over_shards) == len(merged) == (sum(SHARD_SIZES) - 1) // sequence_length
+    assert all(torch.equal(over_shards[index], merged[index]) for index in range(len(merged)))
+    assert over_shards[len(merged) - 1].tolist()[-1] == (len(merged)) * sequence_length
+
+
+def test_packed_dataset_over_a_list_of_prefixes_and_globs_keeps_the_order_given(tmp_path: Path):
+    shards = _shards(tmp_path, [10, 10, 10])
+    extra = write_corpus(tmp_path / "extra", [[100, 101, 102, 103, 104]])
+    node = packed(tmp_path, 4)
+    node["config"]["path_prefix"] = [str(shards[2]), str(extra), str(shards[0])]
+    dataset = build(node)
+    assert dataset.path_prefixes == [shards[2], extra, shards[0]]
+    assert [dataset[index].tolist() for index in range(3)] == [
+        [20, 21, 22, 23, 24],
+        [24, 25, 26, 27, 28],
+        [28, 29, 100, 101, 102],
+    ]
+    node["config"]["path_prefix"] = [str(extra), str(tmp_path / "train-*")]
+    assert build(node).path_prefixes == [extra, *shards]
+    node["config"]["path_prefix"] = str(tmp_path / "train-0000[01]-*")  # a subset by glob looks like a lost shard
+    with pytest.raises(UserError, match=r"shard 2 missing .* name the shards one by one"):
+        build(node)
+
+
+def test_packed_dataset_over_shards_pickles_small_and_maps_files_as_it_reads(tmp_path: Path):
+    import pickle
+
+    _shards(tmp_path, SHARD_SIZES)
+    dataset = PackedDataset(PackedDatasetConfig(path_prefix=str(tmp_path / "train-*"), sequence_length=8))
+    payload = pickle.dumps(dataset)
+    assert len(payload) < 4000
+    copy = pickle.loads(payload)
+    assert not copy._tokens._maps
+    assert copy[5].tolist() == dataset[5].tolist() == list(range(40, 49))
+    assert len(copy._tokens._maps) == 2  # only the shards sample 5 spans
+
+
+def test_packed_dataset_refusals(tmp_path: Path):
+    _shards(tmp_path, [10, 10])
+    with pytest.raises(UserError, match="no tokenized corpus matches"):
+        build(packed(tmp_path / "nothing-*", 4))
+    write_corpus(tmp_path / "wide", [[1, 2, 3, 4, 5]], dtype=np.int32)
+    node = packed(tmp_path, 2)
+    node["config"]["path_prefix"] = [str(tmp_path / "train-*"), str(tmp_path / "wide")]
+    with pytest.raises(ConfigError, match=r"holds int32 tokens but .* holds uint16"):
+        build(node)
+    node["config"]["path_prefix"] = []
+    with pytest.raises(ValidationError, match="at least 1 item"):
+        REGISTRY.validate(Component("dataset"), node)
+    node["config"]["path_prefix"] = [str(tmp_path / "train-*"), str(tmp_path / "train-00000-of-00002")]
+    with pytest.raises(UserError, match="named twice"):
+        build(node)
+
+
+def test_thousands_of_shards_raise_the_open_files_limit_or_say_what_to_do(tmp_path: Path, monkeypatch):
+    limits = {"soft": 1024, "hard": 4096}
+    monkeypatch.setattr(datasets_module.resource, "getrlimit", lambda _: (limits["soft"], limits["hard"]))
+    monkeypatch.setattr(datasets_module.resource, "setrlimit", lambda _, pair: limits.update(soft=pair[0]))
+    datasets_module._allow_open_files(2000)
+    assert limits["soft"] == 2000 + datasets_module._SPARE_OPEN_FILES
+    with pytest.raises(
+        ConfigError, match=r"reads 5,000 corpus files, but .* at most 4,096 files .* llm_gym data merge"
+    ):
+        datasets_module._allow_open_files(5000)
+
+
+def test_blend_over_sharded_datasets(tmp_path: Path):
+    shards = _shards(tmp_path, [30, 30])
+    other = write_corpus(tmp_path / "other", [[5000] * 61])
+    blend = build(blend_node([packed(tmp_path / "train-*", 10), packed(other, 10)], [1, 1], num_samples=10))
+    sources = Counter(int(blend[index][0] >= 5000) for index in range(10))
+    assert sources == {0: 5, 1: 5} and len(blend.datasets[0].path_prefixes) == len(shards)

@@ -4,7 +4,7 @@ from itertools import islice
 
 import pytest
 
-from llm_gym.data.samplers import ResumableDistributedSampler
+from llm_gym.data.samplers import ResumableDistributedSampler, ResumableDistributedSamplerConfig
 
 N = 37
 
@@ -14,7 +14,8 @@ def take(sampler: ResumableDistributedSampler, count: int) -> list[int]:
 
 
 def sampler(rank: int = 0, world: int = 1, seed: int = 7, shuffle: bool = True) -> ResumableDistributedSampler:
-    return ResumableDistributedSampler(dataset_length=N, dp_rank=rank, dp_world_size=world, seed=seed, shuffle=shuffle)
+    config = ResumableDistributedSamplerConfig(seed=seed, shuffle=shuffle)
+    return ResumableDistributedSampler(config, dataset_length=N, dp_rank=rank, dp_world_size=world)
 
 
 def test_same_seed_same_order_other_seed_other_order():

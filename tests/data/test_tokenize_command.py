@@ -160,6 +160,18 @@ def test_skip_counts_bad_lines_and_keeps_good_ones(tmp_path: Path):
     assert [bytes(corpus.document(i)[:-1].tolist()) for i in range(len(corpus))] == [b"one", b"two"]
 
 
+@pytest.mark.parametrize("tokenizer", ["byte", "bpe"])
+def test_a_block_whose_every_line_is_skipped_adds_no_token(tmp_path: Path, monkeypatch, tokenizer, bpe_tokenizer):
+    monkeypatch.setattr(documents, "BLOCK_BYTES", 64)
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b'{"text": "one"}\n' + BAD_LINES["empty document"] * 20 + b'{"text": "two"}\n')
+    spec = "byte" if tokenizer == "byte" else str(bpe_tokenizer)
+    result = tokenize([path], tmp_path / "out", "--tokenizer", spec, "--on_error", "skip", "--num_workers", "0")
+    assert result.exit_code == 0, result.output
+    corpus, encoder = IndexedDataset(tmp_path / "out"), load_tokenizer(spec)
+    assert corpus.num_tokens == len(encoder.encode("one")) + len(encoder.encode("two")) + 2
+
+
 @pytest.mark.parametrize(("content", "message"), [(b"caf\xe9", "invalid UTF-8 (at byte 3)"), (b"", "empty document")])
 def test_bad_txt_file_fails_naming_the_file(tmp_path: Path, content: bytes, message: str):
     path = tmp_path / "in.txt"
@@ -188,6 +200,17 @@ def test_existing_output_is_refused_unless_forced(tmp_path: Path):
     assert (tmp_path / "out.idx").read_bytes() == b"old"
     assert tokenize(inputs, tmp_path / "out", "--tokenizer", "byte", "--force").exit_code == 0
     assert IndexedDataset(tmp_path / "out").document(0).tolist() == [*b"new", 256]
+
+
+def test_an_output_that_is_the_tokenizer_file_is_refused_even_when_forced(tmp_path: Path, bpe_tokenizer: Path):
+    tokenizer = tmp_path / "out.bin"
+    tokenizer.write_bytes(bpe_tokenizer.read_bytes())  # a tokenizer.json by another name
+    inputs = [write_jsonl(tmp_path / "in.jsonl", ["new"])]
+    result = tokenize(inputs, tmp_path / "out", "--tokenizer", str(tokenizer), "--force")
+    assert result.exit_code == 2
+    assert f"{tokenizer} is also an input of this command ({tokenizer})" in result.stderr
+    assert tokenizer.read_bytes() == bpe_tokenizer.read_bytes()
+    assert files_in(tmp_path) == ["in.jsonl", "out.bin"]
 
 
 @pytest.mark.parametrize(

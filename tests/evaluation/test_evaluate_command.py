@@ -10,9 +10,9 @@ import torch.nn.functional as F
 from click.testing import CliRunner
 
 from experiment_runs import llm_gym, read_metrics, torchrun
-from llm_gym.checkpointing.inference import load_trained_model
 from llm_gym.cli import main
 from llm_gym.data.indexed import IndexedDataset
+from llm_gym.inference.trained_model import load_trained_model
 
 EOS = 256
 

@@ -8,10 +8,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from llm_gym.checkpointing.inference import load_trained_model
 from llm_gym.cli import main
 from llm_gym.data.tokenizers import ByteTokenizer
 from llm_gym.evaluation.multiple_choice import MultipleChoiceExample, score_multiple_choice
+from llm_gym.inference.trained_model import load_trained_model
 
 pytest.importorskip("lm_eval")
 

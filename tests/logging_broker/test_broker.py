@@ -1,13 +1,13 @@
 """The broker's dispatch and shutdown, and the loggers' registration."""
 
 import pytest
-from pydantic import TypeAdapter, ValidationError
+from pydantic import ValidationError
 
-from llm_gym.config.component import Component
+from llm_gym.assembly import make_registry
 from llm_gym.logging_broker import MessageBroker, MetricsRecord, ProgressUpdate, Subscriber, TextMessage
 from llm_gym.logging_broker.console import Console
 from llm_gym.logging_broker.metrics_file import MetricsJsonl
-from llm_gym.registry import get_registry
+from llm_gym.registry.component import Component
 
 
 class Recorder(Subscriber):
@@ -59,13 +59,14 @@ def test_the_context_manager_closes_on_error():
 
 
 def build_logger(node: dict, experiment_dir, resume_step=None):
-    validated = TypeAdapter(Component("logger")).validate_python(node)
+    registry = make_registry()
+    validated = registry.validate(Component("logger"), node)
     extra_kwargs = {"experiment_dir": experiment_dir, "resolved_config": {"x": 1}, "resume_step": resume_step}
-    return get_registry().build_component_by_config(validated, extra_kwargs=extra_kwargs)
+    return registry.build_component_by_config(validated, extra_kwargs=extra_kwargs)
 
 
 def test_the_builtin_loggers_are_registered():
-    assert get_registry().type_hint_names("logger") == ["Console", "MetricsJsonl", "TensorBoard", "WandB"]
+    assert make_registry().type_hint_names("logger") == ["Console", "MetricsJsonl", "TensorBoard", "WandB"]
 
 
 @pytest.mark.parametrize(("type_hint", "cls"), [("Console", Console), ("MetricsJsonl", MetricsJsonl)])
@@ -85,4 +86,4 @@ def test_a_logger_node_builds_with_the_run_arguments(tmp_path, type_hint, cls):
 )
 def test_a_bad_logger_node_is_refused(node, message):
     with pytest.raises(ValidationError, match=message):
-        TypeAdapter(Component("logger")).validate_python(node)
+        make_registry().validate(Component("logger"), node)

@@ -7,7 +7,7 @@ from unittest.mock import patch
 from rich.console import Console as RichConsole
 
 from llm_gym.logging_broker import MetricsRecord, ProgressUpdate, TextMessage
-from llm_gym.logging_broker.console import Console, format_metrics
+from llm_gym.logging_broker.console import Console, ConsoleConfig, format_metrics
 
 TRAIN = {"loss": 3.21456, "lr": 3e-4, "grad_norm": 0.8123, "tokens_seen": 40960, "tokens_per_s": 12345.6}
 
@@ -44,7 +44,7 @@ def test_each_key_keeps_one_format_whatever_its_magnitude():
 def test_without_a_terminal_every_record_is_a_plain_line_and_train_lines_say_the_time_left(tmp_path, capsys):
     clock = {"now": 100.0}
     with patch("llm_gym.logging_broker.console.time.monotonic", lambda: clock["now"]):
-        logger = Console(tmp_path, {}, None)
+        logger = Console(ConsoleConfig(), tmp_path, {}, None)
         for step in (1, 2, 3):
             clock["now"] += 10.0  # the first step also waited 60 s for compilation
             clock["now"] += 60.0 if step == 1 else 0.0
@@ -67,7 +67,7 @@ def test_without_a_terminal_every_record_is_a_plain_line_and_train_lines_say_the
 
 def test_progress_bar_false_prints_plain_lines_on_a_terminal(tmp_path):
     console = terminal()
-    publish_a_short_run(Console(tmp_path, {}, None, progress_bar=False, console=console))
+    publish_a_short_run(Console(ConsoleConfig(progress_bar=False), tmp_path, {}, None, console=console))
     output = console.file.getvalue()
     assert output.count(" train loss ") == 2 and "step 2/2 val loss 2.5000" in output
     assert "tok/s" not in output and "ETA" not in output
@@ -75,7 +75,7 @@ def test_progress_bar_false_prints_plain_lines_on_a_terminal(tmp_path):
 
 def test_on_a_terminal_the_bar_shows_progress_and_evaluations_print_above_it(tmp_path):
     console = terminal()
-    publish_a_short_run(Console(tmp_path, {}, None, console=console))
+    publish_a_short_run(Console(ConsoleConfig(), tmp_path, {}, None, console=console))
     output = console.file.getvalue()
     assert "2/2" in output and "loss 1.5000" in output and "2,000 tok/s" in output and "ETA" in output
     assert "step 2/2 val loss 2.5000" in output
@@ -85,7 +85,7 @@ def test_on_a_terminal_the_bar_shows_progress_and_evaluations_print_above_it(tmp
 
 def test_a_resumed_run_continues_the_bar_at_its_step(tmp_path):
     console = terminal()
-    logger = Console(tmp_path, {}, 40, console=console)
+    logger = Console(ConsoleConfig(), tmp_path, {}, 40, console=console)
     logger.consume(ProgressUpdate(41, 50, {"loss": 1.0, "tokens_per_s": 10.0}))
     logger.close()
     output = console.file.getvalue()
@@ -93,7 +93,7 @@ def test_a_resumed_run_continues_the_bar_at_its_step(tmp_path):
 
 
 def test_a_progress_update_costs_microseconds(tmp_path):
-    logger = Console(tmp_path, {}, None, console=terminal())
+    logger = Console(ConsoleConfig(), tmp_path, {}, None, console=terminal())
     updates = [ProgressUpdate(step, 10_000, {"loss": 1.0, "tokens_per_s": 1e5}) for step in range(1, 10_001)]
     start = time.perf_counter()
     for update in updates:

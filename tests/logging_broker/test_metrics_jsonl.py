@@ -1,9 +1,12 @@
-"""metrics.jsonl: the SPEC keys, one flushed line per record, and truncation on resume."""
+"""metrics.jsonl: the keys of docs/contract.md, one flushed line per record, and truncation on resume."""
 
 import json
 
+import pytest
+
+from llm_gym.errors import UserError
 from llm_gym.logging_broker import MetricsRecord
-from llm_gym.logging_broker.metrics_file import MetricsJsonl
+from llm_gym.logging_broker.metrics_file import MetricsJsonl, MetricsJsonlConfig
 
 TRAIN = {"loss": 3.25, "lr": 6e-4, "grad_norm": 0.75, "tokens_seen": 4096, "tokens_per_s": 1234.5}
 
@@ -13,7 +16,7 @@ def read_lines(path) -> list[dict]:
 
 
 def write_run(experiment_dir, steps, resume_step=None, **config) -> MetricsJsonl:
-    logger = MetricsJsonl(experiment_dir, {}, resume_step, **config)
+    logger = MetricsJsonl(MetricsJsonlConfig(**config), experiment_dir, {}, resume_step)
     for step in steps:
         logger.consume(MetricsRecord(step, "train", {**TRAIN, "tokens_seen": 4096 * step}))
         if step % 2 == 0:
@@ -23,7 +26,7 @@ def write_run(experiment_dir, steps, resume_step=None, **config) -> MetricsJsonl
 
 
 def test_each_record_is_one_line_with_step_split_and_metrics_written_at_once(tmp_path):
-    logger = MetricsJsonl(tmp_path, {}, None)
+    logger = MetricsJsonl(MetricsJsonlConfig(), tmp_path, {}, None)
     logger.consume(MetricsRecord(1, "train", TRAIN))
     # Flushed per line: readable while the run is still going.
     assert read_lines(tmp_path / "metrics.jsonl") == [{"step": 1, "split": "train", **TRAIN}]
@@ -35,7 +38,7 @@ def test_each_record_is_one_line_with_step_split_and_metrics_written_at_once(tmp
 
 
 def test_integers_stay_integers_and_non_finite_values_become_null(tmp_path):
-    logger = MetricsJsonl(tmp_path, {}, None)
+    logger = MetricsJsonl(MetricsJsonlConfig(), tmp_path, {}, None)
     logger.consume(MetricsRecord(2, "train", {"loss": float("nan"), "grad_norm": float("inf"), "tokens_seen": 7}))
     logger.close()
     line = (tmp_path / "metrics.jsonl").read_text()
@@ -71,3 +74,12 @@ def test_resuming_without_a_file_starts_one_under_the_configured_name(tmp_path):
     logger = write_run(experiment_dir, [3], resume_step=2, filename="train_metrics.jsonl")
     assert logger.path == experiment_dir / "train_metrics.jsonl"
     assert [line["step"] for line in read_lines(logger.path)] == [3]
+
+
+def test_a_full_disk_is_a_user_error_naming_the_file(tmp_path):
+    (tmp_path / "metrics.jsonl").symlink_to("/dev/full")  # every write fails with ENOSPC, as on a full disk
+    logger = MetricsJsonl(MetricsJsonlConfig(), tmp_path, {}, None)
+    with pytest.raises(UserError, match=f"cannot write {tmp_path / 'metrics.jsonl'}: No space left on device"):
+        logger.consume(MetricsRecord(1, "train", TRAIN))
+    with pytest.raises(UserError, match="No space left on device"):
+        logger.close()

@@ -7,7 +7,7 @@ import pytest
 
 from llm_gym.errors import UserError
 from llm_gym.logging_broker import MetricsRecord
-from llm_gym.logging_broker.wandb_logger import RUN_ID_FILE, WandB
+from llm_gym.logging_broker.wandb_logger import RUN_ID_FILE, WandB, WandBConfig
 
 
 @pytest.fixture(autouse=True)
@@ -20,14 +20,14 @@ def quiet_local_wandb(tmp_path, monkeypatch):
 
 def test_disabled_mode_logs_nothing_and_writes_nothing(tmp_path):
     experiment_dir = tmp_path / "experiment"
-    logger = WandB(experiment_dir, {"training": {"max_steps": 2}}, None, mode="disabled")
+    logger = WandB(WandBConfig(mode="disabled"), experiment_dir, {"training": {"max_steps": 2}}, None)
     logger.consume(MetricsRecord(1, "train", {"loss": 3.0}))
     logger.close()
     assert list(experiment_dir.iterdir()) == []
 
 
 def test_offline_mode_writes_a_run_under_the_experiment_dir(tmp_path):
-    logger = WandB(tmp_path, {"training": {"max_steps": 2}}, None, mode="offline", tags=["test"])
+    logger = WandB(WandBConfig(mode="offline", tags=["test"]), tmp_path, {"training": {"max_steps": 2}}, None)
     logger.consume(MetricsRecord(1, "train", {"loss": 3.0, "lr": 1e-3}))
     logger.consume(MetricsRecord(1, "val", {"loss": 2.9}))
     logger.close()
@@ -62,7 +62,9 @@ def fake_wandb(monkeypatch):
 
 
 def test_the_run_gets_config_dir_and_metrics_by_split_and_step(tmp_path, fake_wandb):
-    logger = WandB(tmp_path, {"a": 1}, None, mode="online", project="p", entity="e", run_name="r", tags=["t"])
+    logger = WandB(
+        WandBConfig(mode="online", project="p", entity="e", run_name="r", tags=["t"]), tmp_path, {"a": 1}, None
+    )
     logger.consume(MetricsRecord(1, "train", {"loss": 3.0, "lr": 0.1}))
     logger.consume(MetricsRecord(1, "val", {"loss": 2.5}))
     logger.close()
@@ -77,7 +79,7 @@ def test_the_run_gets_config_dir_and_metrics_by_split_and_step(tmp_path, fake_wa
 
 def test_a_resumed_run_continues_the_wandb_run_without_relogging_its_steps(tmp_path, fake_wandb):
     (tmp_path / RUN_ID_FILE).write_text("old-id\n")
-    logger = WandB(tmp_path, {}, 3, mode="online")
+    logger = WandB(WandBConfig(mode="online"), tmp_path, {}, 3)
     for step in range(4, 7):
         logger.consume(MetricsRecord(step, "train", {"loss": float(step)}))
     assert (fake_wandb.inits[0]["id"], fake_wandb.inits[0]["resume"]) == ("old-id", "allow")
@@ -86,7 +88,7 @@ def test_a_resumed_run_continues_the_wandb_run_without_relogging_its_steps(tmp_p
 
 def test_a_fresh_run_in_the_same_directory_starts_a_new_wandb_run(tmp_path, fake_wandb):
     (tmp_path / RUN_ID_FILE).write_text("old-id\n")
-    WandB(tmp_path, {}, None, mode="online").close()
+    WandB(WandBConfig(mode="online"), tmp_path, {}, None).close()
     assert fake_wandb.inits[0]["id"] is None
     assert (tmp_path / RUN_ID_FILE).read_text() == "new-id\n"
 
@@ -97,10 +99,10 @@ def test_a_wandb_failure_is_a_user_error(tmp_path, fake_wandb):
 
     fake_wandb.init = init
     with pytest.raises(UserError, match=r"wandb could not start a run \(online mode\): api_key not configured"):
-        WandB(tmp_path, {}, None, mode="online")
+        WandB(WandBConfig(mode="online"), tmp_path, {}, None)
 
 
 def test_without_wandb_installed_the_error_says_how_to_install_it(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "wandb", None)
     with pytest.raises(UserError, match=r"pip install 'llm_gym\[wandb\]'"):
-        WandB(tmp_path, {}, None)
+        WandB(WandBConfig(), tmp_path, {}, None)

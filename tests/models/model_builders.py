@@ -3,11 +3,10 @@
 from typing import Any
 
 import torch
-from pydantic import TypeAdapter
 
-from llm_gym.config.component import Component, ComponentNode
+from llm_gym.assembly import make_registry
 from llm_gym.models.decoder import DecoderLM
-from llm_gym.registry import get_registry
+from llm_gym.registry.component import Component, ComponentNode
 
 TINY = {"vocab_size": 61, "sequence_length": 16, "n_layer": 2, "dim": 32, "n_head": 4}
 
@@ -31,15 +30,24 @@ LLAMA_STYLE = {
 }
 
 
+REGISTRY = make_registry()
+
+
 def model_node(**config: Any) -> ComponentNode:
-    return TypeAdapter(Component("model")).validate_python({"type_hint": "DecoderLM", "config": config})
+    return REGISTRY.validate(Component("model"), {"type_hint": "DecoderLM", "config": config})
+
+
+def on_meta_device(node: ComponentNode) -> DecoderLM:
+    """The model of ``node`` built on the meta device: its shapes without memory, for counting."""
+    with torch.device("meta"):
+        return REGISTRY.build_component_by_config(node)
 
 
 def build(style: dict, device: str = "cpu", seed: int = 0, **overrides: Any) -> DecoderLM:
     node = model_node(**{**TINY, **style, **overrides})
     torch.manual_seed(seed)
     with torch.device(device):
-        return get_registry().build_component_by_config(node)
+        return REGISTRY.build_component_by_config(node)
 
 
 def random_tokens(model: DecoderLM, batch: int = 2, length: int | None = None, seed: int = 1) -> torch.Tensor:

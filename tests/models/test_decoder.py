@@ -9,8 +9,8 @@ from model_builders import GPT2_STYLE, LLAMA_STYLE, TINY, build, model_node, ran
 from pydantic import ValidationError
 
 from llm_gym.errors import UserError
+from llm_gym.inference.hf_conversion import to_hf
 from llm_gym.models.flops import num_parameters
-from llm_gym.models.hf_conversion import to_hf
 from llm_gym.parallel.block_wrappers import apply_activation_checkpointing
 
 transformers = pytest.importorskip("transformers")

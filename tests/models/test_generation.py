@@ -6,8 +6,8 @@ import torch
 from model_builders import GPT2_STYLE, LLAMA_STYLE, build, random_tokens
 
 from llm_gym.errors import UserError
+from llm_gym.inference.generation import generate, sample_next_token, stream_tokens
 from llm_gym.models.attention import ReferenceAttention, SDPAttention
-from llm_gym.models.generation import generate, sample_next_token, stream_tokens
 
 STYLES = {"gpt2": GPT2_STYLE, "llama": LLAMA_STYLE}
 

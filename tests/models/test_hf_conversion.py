@@ -7,7 +7,7 @@ from model_builders import GPT2_STYLE, LLAMA_STYLE, build, random_tokens
 from torch import nn
 
 from llm_gym.errors import UserError
-from llm_gym.models.hf_conversion import to_hf
+from llm_gym.inference.hf_conversion import to_hf
 
 transformers = pytest.importorskip("transformers")
 

@@ -10,7 +10,7 @@ from torch import nn
 
 from distributed import run_on_ranks, skip_unless_gloo_sharding_works
 from llm_gym.parallel.distributed import init_distributed
-from llm_gym.parallel.strategies import FSDP2
+from llm_gym.parallel.strategies import FSDP2, FSDP2Config
 
 STYLES = {"gpt2": GPT2_STYLE, "llama": LLAMA_STYLE}
 LARGER = {"vocab_size": 257, "dim": 128, "n_layer": 4}
@@ -120,7 +120,7 @@ def test_every_scheme_scales_residual_projections_as_configured(scheme, residual
 def _fsdp2_meta_init(style_name: str) -> dict:
     env = init_distributed("cpu")
     model = build(STYLES[style_name], device="meta", tie_embeddings=True, **LARGER)
-    model = FSDP2(env).parallelize(model)
+    model = FSDP2(FSDP2Config(), env).parallelize(model)
     model.to_empty(device="cpu")
     torch.manual_seed(0)
     with torch.no_grad():

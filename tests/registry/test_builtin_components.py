@@ -1,5 +1,6 @@
 """Every built-in optimizer and LR schedule builds from its node and steps; the schedule feeds on the optimizer."""
 
+import inspect
 import itertools
 import math
 
@@ -7,10 +8,12 @@ import pytest
 import torch
 from pydantic import BaseModel
 
-from llm_gym.config.component import Component
-from llm_gym.registry import get_registry
-from llm_gym.training.optimizers import OPTIMIZERS, weight_decay_parameter_groups
-from llm_gym.training.schedulers import SCHEDULERS, LinearWarmupCosineDecay
+from llm_gym.assembly import BUILTIN_COMPONENTS, make_registry
+from llm_gym.errors import ConfigError
+from llm_gym.optim.optimizers import OPTIMIZERS, weight_decay_parameter_groups
+from llm_gym.optim.schedulers import SCHEDULERS, LinearWarmupCosineDecay, LinearWarmupCosineDecayConfig
+from llm_gym.registry.component import Component
+from llm_gym.registry.registry import takes_config_model
 
 
 class Optimization(BaseModel):
@@ -35,13 +38,14 @@ def test_every_registered_schedule_has_a_test_config():
 
 def build(optimizer_hint: str, schedule_hint: str):
     model = torch.nn.Sequential(torch.nn.Embedding(5, 4), torch.nn.Linear(4, 3))
-    config = Optimization.model_validate(
+    registry = make_registry()
+    config = registry.validate(
+        Optimization,
         {
             "optimizer": {"type_hint": optimizer_hint, "config": {"lr": 0.01}},
             "lr_scheduler": {"type_hint": schedule_hint, "config": SCHEDULE_CONFIGS[schedule_hint]},
-        }
+        },
     )
-    registry = get_registry()
     optimizer = registry.build_component_by_config(
         config.optimizer, extra_kwargs={"params": weight_decay_parameter_groups(model)}
     )
@@ -84,7 +88,7 @@ def test_weight_decay_groups_spare_biases_and_embeddings():
 
 def linear_warmup_cosine_lrs(steps: int, **config) -> list[float]:
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    schedule = LinearWarmupCosineDecay(optimizer, **config)
+    schedule = LinearWarmupCosineDecay(LinearWarmupCosineDecayConfig(**config), optimizer)
     lrs = []
     for _ in range(steps):
         lrs.append(optimizer.param_groups[0]["lr"])
@@ -111,3 +115,31 @@ def test_linear_warmup_cosine_decay_without_warmup_starts_at_the_peak():
 def test_linear_warmup_longer_than_the_run_is_refused():
     with pytest.raises(ValueError, match=r"warmup_steps \(5\) exceeds total_steps \(4\)"):
         linear_warmup_cosine_lrs(1, warmup_steps=5, total_steps=4)
+
+
+def _own_components():
+    for register_key, table in BUILTIN_COMPONENTS.items():
+        for type_hint, (component, config_model) in table.items():
+            if component.__module__.startswith("llm_gym."):
+                yield pytest.param(component, config_model, id=f"{register_key}:{type_hint}")
+
+
+@pytest.mark.parametrize(("component", "config_model"), list(_own_components()))
+def test_a_builtin_declares_its_arguments_once_in_its_config_model(component, config_model):
+    """The constructor takes the validated config model whole; no config field is a parameter of its own, but
+    for those holding nested components, which also arrive as factories under their names."""
+    parameters = inspect.signature(component).parameters
+    nested = {name for name, field in config_model.model_fields.items() if "ComponentSlot" in repr(field)}
+    assert not set(config_model.model_fields) & (set(parameters) - {"config"} - nested), "a config field repeated"
+    if config_model.model_fields:
+        assert takes_config_model(component, config_model)
+    else:  # nothing to configure: no config parameter either
+        assert "config" not in parameters
+
+
+def test_key_query_validates_the_arguments_of_a_component_built_from_its_config():
+    registry = make_registry()
+    norm = registry.build_component_by_key_query("norm", "LayerNorm", {"dim": 4, "eps": 1e-3})
+    assert (norm.normalized_shape, norm.eps, norm.bias is not None) == ((4,), 1e-3, True)
+    with pytest.raises(ConfigError, match=r"^cannot build 'LayerNorm': eps: Input should be greater than 0$"):
+        registry.build_component_by_key_query("norm", "LayerNorm", {"dim": 4, "eps": -1})

@@ -6,10 +6,11 @@ import pytest
 from class_resolver import ClassResolver
 from pydantic import BaseModel, ConfigDict, PositiveFloat, PositiveInt, ValidationError
 
-from llm_gym.config.component import Component
+from llm_gym.assembly import make_registry
 from llm_gym.config.loading import load_config
 from llm_gym.errors import ConfigError
-from llm_gym.registry import ComponentFactory, config_model_from_signature, register_component
+from llm_gym.registry import ComponentFactory, ResolverRegistry, config_model_from_signature, register_component
+from llm_gym.registry.component import Component
 from toy_config import TOY_YAML, ToyConfig
 
 
@@ -47,11 +48,11 @@ class StackConfig(BaseModel):
     blocks: list[Component("toy_block")]
 
 
-def validate(register_key: str, node: dict):
+def validate(registry: ResolverRegistry, register_key: str, node: dict):
     class Holder(BaseModel):
         component: Component(register_key)
 
-    return Holder.model_validate({"component": node}).component
+    return registry.validate(Holder, {"component": node}).component
 
 
 @pytest.fixture
@@ -63,21 +64,23 @@ def registry(fresh_registry):
 
 
 def test_build_component_by_config_passes_config_and_extra_kwargs(registry):
-    node = validate("toy_norm", {"type_hint": "Norm", "config": {"eps": 0.5}})
+    node = validate(registry, "toy_norm", {"type_hint": "Norm", "config": {"eps": 0.5}})
     norm = registry.build_component_by_config(node, extra_kwargs={"dim": 8})
     assert isinstance(norm, Norm)
     assert (norm.dim, norm.eps) == (8, 0.5)
 
 
 def test_extra_kwargs_are_required_when_the_constructor_needs_them(registry):
-    node = validate("toy_norm", {"type_hint": "Norm", "config": {}})
+    node = validate(registry, "toy_norm", {"type_hint": "Norm", "config": {}})
     with pytest.raises(ConfigError, match="cannot build 'Norm': missing a required argument: 'dim'"):
         registry.build_component_by_config(node)
 
 
 def test_nested_component_arrives_as_a_factory_the_parent_calls(registry):
     node = validate(
-        "toy_block", {"type_hint": "Block", "config": {"dim": 4, "norm": {"type_hint": "Norm", "config": {"eps": 0.1}}}}
+        registry,
+        "toy_block",
+        {"type_hint": "Block", "config": {"dim": 4, "norm": {"type_hint": "Norm", "config": {"eps": 0.1}}}},
     )
     block = registry.build_component_by_config(node, extra_kwargs={"name": "first"})
     assert isinstance(block.norm_factory, ComponentFactory)
@@ -89,7 +92,7 @@ def test_nested_component_arrives_as_a_factory_the_parent_calls(registry):
 
 def test_nested_components_in_a_list_arrive_as_factories(registry):
     block = {"type_hint": "Block", "config": {"dim": 2, "num_norms": 1, "norm": {"type_hint": "Norm"}}}
-    node = validate("toy_stack", {"type_hint": "Stack", "config": {"blocks": [block, block]}})
+    node = validate(registry, "toy_stack", {"type_hint": "Stack", "config": {"blocks": [block, block]}})
     stack = registry.build_component_by_config(node)
     assert [len(block.norms) for block in stack.blocks] == [1, 1]
 
@@ -97,6 +100,7 @@ def test_nested_components_in_a_list_arrive_as_factories(registry):
 def test_nested_component_errors_name_the_full_path(registry):
     with pytest.raises(ValidationError) as caught:
         validate(
+            registry,
             "toy_block",
             {"type_hint": "Block", "config": {"dim": 4, "norm": {"type_hint": "Norm", "config": {"eps": -1}}}},
         )
@@ -147,11 +151,12 @@ def test_add_resolver_registers_every_class_of_a_class_resolver(fresh_registry):
     assert fresh_registry.type_hint_names("toy_curve") == ["Linear", "Quadratic"]
     assert fresh_registry.find_entry("toy_curve", "Quadratic").config_model is QuadraticConfig
     linear = fresh_registry.build_component_by_config(
-        validate("toy_curve", {"type_hint": "Linear", "config": {"scale": 2.0}}), extra_kwargs={"params": [1]}
+        validate(fresh_registry, "toy_curve", {"type_hint": "Linear", "config": {"scale": 2.0}}),
+        extra_kwargs={"params": [1]},
     )
     assert (linear.scale, linear.params) == (2.0, [1])
     with pytest.raises(ValidationError):  # the derived model knows nothing of `params`: it is injected
-        validate("toy_curve", {"type_hint": "Linear", "config": {"params": [1]}})
+        validate(fresh_registry, "toy_curve", {"type_hint": "Linear", "config": {"params": [1]}})
     quadratic = fresh_registry.build_component_by_key_query("toy_curve", "Quadratic", {"params": [], "power": 3})
     assert quadratic.power == 3
 
@@ -168,12 +173,12 @@ def test_registering_a_type_hint_twice_is_refused(registry):
 
 def test_two_type_hints_may_share_a_class(registry):
     registry.register_component("toy_norm", "WideNorm", Norm, NormConfig)
-    node = validate("toy_norm", {"type_hint": "WideNorm"})
+    node = validate(registry, "toy_norm", {"type_hint": "WideNorm"})
     assert isinstance(registry.build_component_by_config(node, {"dim": 1}), Norm)
 
 
 def test_node_validated_before_a_later_registration_still_builds(registry):
-    node = validate("toy_norm", {"type_hint": "Norm"})
+    node = validate(registry, "toy_norm", {"type_hint": "Norm"})
     registry.register_component("toy_norm", "LateNorm", Norm, NormConfig)
     assert registry.build_component_by_config(node, {"dim": 5}).dim == 5
 
@@ -206,7 +211,7 @@ def test_user_component_via_the_python_api(fresh_registry, write_config):
     text = TOY_YAML.replace("type_hint: LinearWarmupCosineDecay", "type_hint: ScaledConstant").replace(
         "    warmup_steps: ${training.warmup_steps}\n    total_steps: ${training.max_steps}", "    scale: 0.5"
     )
-    config, _ = load_config(write_config(text), ToyConfig)
+    config, _ = load_config(write_config(text), ToyConfig, registry=fresh_registry)
     schedule = fresh_registry.build_component_by_config(config.lr_scheduler, extra_kwargs={"optimizer": "opt"})
     assert (schedule.scale, schedule.optimizer) == (0.5, "opt")
 
@@ -217,7 +222,8 @@ def test_user_component_via_the_decorator_defaults(fresh_registry):
         def __init__(self, optimizer, size: int = 3):
             self.optimizer, self.size = optimizer, size
 
-    node = validate("toy_widget", {"type_hint": "Widget", "config": {"size": 4}})
+    fresh_registry.add_declared()
+    node = validate(fresh_registry, "toy_widget", {"type_hint": "Widget", "config": {"size": 4}})
     assert fresh_registry.build_component_by_config(node, {"optimizer": None}).size == 4
 
 
@@ -249,7 +255,7 @@ def test_user_component_via_user_modules_beside_the_yaml(fresh_registry, write_c
     path = write_config(text)
     (path.parent / "my_schedules.py").write_text(textwrap.dedent(USER_MODULE))
 
-    config, _ = load_config(path, ToyConfig)
+    config, _ = load_config(path, ToyConfig, registry=fresh_registry)
     assert config.lr_scheduler.type_hint.name == "Halving"
     parameter = torch.nn.Parameter(torch.zeros(1))
     optimizer = fresh_registry.build_component_by_config(config.optimizer, {"params": [parameter]})
@@ -269,4 +275,56 @@ def test_user_module_values_are_validated_by_its_model(fresh_registry, write_con
     path = write_config(text)
     (path.parent / "my_schedules.py").write_text(textwrap.dedent(USER_MODULE))
     with pytest.raises(ConfigError, match=r"lr_scheduler\.config\.every: Input should be greater than or equal to 1"):
-        load_config(path, ToyConfig)
+        load_config(path, ToyConfig, registry=fresh_registry)
+
+
+def test_validation_without_a_registry_says_how_to_give_one():
+    class Holder(BaseModel):
+        component: Component("optimizer")
+
+    with pytest.raises(RuntimeError, match=r"registry\.validate\(Model, data\)"):
+        Holder.model_validate({"component": {"type_hint": "SGD", "config": {"lr": 0.1}}})
+
+
+def test_a_registry_holds_only_what_was_declared_before_it_or_added(fresh_registry):
+    @register_component("toy_widget")
+    class Gadget:
+        def __init__(self, size: int = 1):
+            self.size = size
+
+    assert fresh_registry.type_hint_names("toy_widget") == []
+    assert make_registry().type_hint_names("toy_widget") == ["Gadget"]
+    fresh_registry.add_declared()
+    fresh_registry.add_declared()  # once is enough: adding again is no duplicate
+    assert fresh_registry.type_hint_names("toy_widget") == ["Gadget"]
+
+
+def test_a_user_module_declaring_a_taken_type_hint_is_a_config_error(fresh_registry, write_config, isolated_imports):
+    path = write_config("user_modules: [my_optimizers]\n" + TOY_YAML)
+    (path.parent / "my_optimizers.py").write_text(
+        "from llm_gym.registry import register_component\n"
+        "@register_component('optimizer', 'AdamW')\nclass MyAdamW:\n    def __init__(self, params, lr: float): ...\n"
+    )
+    with pytest.raises(ConfigError, match=r"^user_modules: type_hint 'AdamW' is already registered under 'optimizer'$"):
+        load_config(path, ToyConfig, registry=fresh_registry)
+
+
+class Wide:
+    """Built from its config model whole; its nested norm arrives as a factory under the field's name."""
+
+    def __init__(self, config: "WideConfig", norm: ComponentFactory, scale: float):
+        self.config, self.norm, self.scale = config, norm(dim=config.width), scale
+
+
+class WideConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    width: PositiveInt = 3
+    norm: Component("toy_norm")
+
+
+def test_a_constructor_taking_its_config_model_receives_it_whole(registry):
+    registry.register_component("toy_wide", "Wide", Wide, WideConfig)
+    node = validate(registry, "toy_wide", {"type_hint": "Wide", "config": {"norm": {"type_hint": "Norm"}}})
+    wide = registry.build_component_by_config(node, extra_kwargs={"scale": 2.0})
+    assert wide.config is node.config
+    assert (wide.norm.dim, wide.scale) == (3, 2.0)

@@ -1,9 +1,12 @@
-"""The accelerator metrics: MFU only against the peak of the GPU and dtype the run computes in, never a guess."""
+"""The accelerator metrics (MFU only against the peak of the GPU and dtype the run computes in, never a guess) and
+the memory a device has left."""
+
+import os
 
 import pytest
 import torch
 
-from llm_gym.training.hardware import HardwareMetrics
+from llm_gym.training.hardware import HardwareMetrics, available_memory
 
 FLOPS_PER_TOKEN = 1_000_000
 CUDA = torch.device("cuda", 0)
@@ -50,3 +53,13 @@ def test_nothing_on_cpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "max_memory_allocated", no_cuda_call)
     metrics = HardwareMetrics(torch.device("cpu"), FLOPS_PER_TOKEN, world_size=1, compute_dtype=torch.float32)
     assert metrics(tokens_per_s=1e6) == {}
+
+
+def test_available_memory_is_a_gpus_free_memory_or_the_available_ram(monkeypatch):
+    ram = available_memory(torch.device("cpu"))
+    assert ram is not None and 0 < ram <= os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (5 * 2**30, 80 * 2**30))
+    assert available_memory(CUDA) == 5 * 2**30
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert available_memory(CUDA) is None  # validate planning for GPUs on a machine without one

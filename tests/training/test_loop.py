@@ -1,6 +1,7 @@
 """The loop's own rules: when it logs, evaluates and saves, and what it does with a non-finite loss."""
 
 import itertools
+from collections.abc import Collection
 from unittest.mock import patch
 
 import pytest
@@ -9,10 +10,12 @@ from test_step import VOCAB, ToyLM, global_batch
 
 from distributed import run_on_ranks
 from llm_gym.config.app import TrainingSettings
+from llm_gym.data.collators import Batch
 from llm_gym.errors import RankLocalError
 from llm_gym.parallel.distributed import init_distributed
-from llm_gym.parallel.strategies import NoParallelism
-from llm_gym.training.loop import NonFiniteLossError, Trainer
+from llm_gym.parallel.strategies import NoParallelism, NoParallelismConfig
+from llm_gym.training.loop import NonFiniteLossError, Trainer, describe_non_finite
+from llm_gym.training.step import StepResult
 
 
 class Recorder:
@@ -26,8 +29,8 @@ class Recorder:
         self.saves.append((step, is_final))
 
 
-def make_trainer(poison_at_step: int | None = None, **settings) -> tuple[Trainer, Recorder]:
-    strategy = NoParallelism(init_distributed("cpu"))
+def make_trainer(poisoned_steps: Collection[int] = (), **settings) -> tuple[Trainer, Recorder]:
+    strategy = NoParallelism(NoParallelismConfig(), init_distributed("cpu"))
     torch.manual_seed(0)
     model = ToyLM()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
@@ -37,7 +40,7 @@ def make_trainer(poison_at_step: int | None = None, **settings) -> tuple[Trainer
 
     def batches():
         for step in itertools.count(1):
-            poisoned["now"] = step == poison_at_step
+            poisoned["now"] = step in poisoned_steps
             yield batch
 
     recorder = Recorder()
@@ -120,8 +123,9 @@ def test_tokens_per_s_leaves_out_evaluation_and_checkpoint_time():
 def _refused_token_id(eval_at_start: bool, negative: bool) -> str:
     trainer, _ = make_trainer(eval_at_start=eval_at_start)
     if negative:  # e.g. an int32 corpus written by another tool
-        batch = {key: value.clone() for key, value in global_batch(4).items()}
-        batch["input_ids"][1, 2] = -7
+        batch = global_batch(4)
+        batch = Batch(batch.inputs.clone(), batch.targets)
+        batch.inputs[1, 2] = -7
         trainer.train_batches, trainer.vocab_size = itertools.repeat(batch), VOCAB
     else:
         trainer.vocab_size = 10  # the batches hold ids up to 31
@@ -142,7 +146,7 @@ def test_token_ids_outside_the_vocabulary_are_refused_before_the_model_sees_them
 
 
 def _diverge(action: str) -> tuple:
-    trainer, recorder = make_trainer(poison_at_step=3, on_nonfinite=action, max_steps=4)
+    trainer, recorder = make_trainer(poisoned_steps={3}, on_nonfinite=action, max_steps=4)
     try:
         trainer.train()
     except NonFiniteLossError as error:
@@ -161,6 +165,38 @@ def test_non_finite_loss_stops_the_run_before_anything_is_saved():
 def test_non_finite_loss_can_skip_the_update_instead():
     outcome, skipped, step, weights_finite = run_on_ranks(_diverge, 1, "skip")[0]
     assert outcome == "finished" and step == 4 and skipped == 1 and weights_finite
+
+
+def _skip_streaks(poisoned_steps: set[int], limit: int) -> tuple:
+    trainer, recorder = make_trainer(poisoned_steps, on_nonfinite="skip", max_consecutive_skipped_steps=limit)
+    try:
+        trainer.train()
+    except NonFiniteLossError as error:
+        return "stopped", str(error), trainer.progress.step, recorder.saves
+    return "finished", trainer.progress.skipped_steps, trainer.progress.step, recorder.saves
+
+
+def test_skipping_stops_the_run_after_too_many_consecutive_skipped_steps():
+    # Steps 2-3 and 5-6 are skipped: two streaks of 2 under a limit of 3 do not stop the run ...
+    outcome, skipped, step, _ = run_on_ranks(_skip_streaks, 1, {2, 3, 5, 6}, 3)[0]
+    assert (outcome, skipped, step) == ("finished", 4, 6)
+    # ... a streak of 3 does, before the step is saved.
+    outcome, message, step, saves = run_on_ranks(_skip_streaks, 1, {2, 3, 4}, 3)[0]
+    assert outcome == "stopped" and step == 3 and saves == [(1, False), (2, False), (3, False)]
+    assert message.startswith(
+        "3 steps in a row (2-4) had non-finite values and were skipped, the last with non-finite loss (nan) and "
+        "gradient norm (nan) (training.max_consecutive_skipped_steps: 3): the run has diverged"
+    )
+
+
+@pytest.mark.parametrize(
+    ("loss", "grad_norm", "said"),
+    [(float("nan"), float("nan"), "non-finite loss (nan) and gradient norm (nan)"),
+     (float("inf"), 2.5, "non-finite loss (inf; gradient norm 2.5)"),
+     (5.549, float("nan"), "non-finite gradient norm (nan; the loss, 5.549, is finite)")],
+)  # fmt: skip
+def test_the_stop_message_says_which_value_is_not_finite(loss, grad_norm, said):
+    assert describe_non_finite(StepResult(loss, grad_norm, tokens=8, finite=False)) == said
 
 
 @pytest.mark.parametrize(("micro", "accumulation", "world", "global_batch"), [(2, 2, 2, 8), (4, 2, 2, 8), (4, 1, 1, 8)])

@@ -22,14 +22,18 @@ import yaml
 from distributed import skip_unless_gloo_sharding_works
 from experiment_runs import (
     TINY_CONFIG,
+    child_pids,
+    is_gone,
     llm_gym,
     read_metrics,
     subprocess_env,
     tiny_overrides,
     torchrun,
     torchrun_command,
+    wait_for_train_line,
 )
-from llm_gym.checkpointing import config_differences, load_checkpoint, read_checkpoint_meta, resolve_resume
+from llm_gym.checkpointing import load_checkpoint, read_checkpoint_meta, resolve_resume
+from llm_gym.training.resume_policy import config_differences
 
 # What a resumed run must reproduce exactly; tokens_per_s is a wall-clock figure.
 RECORDED = ("step", "split", "loss", "lr", "grad_norm", "tokens_seen")
@@ -134,50 +138,20 @@ def test_a_clean_stop_resumed_gives_the_metrics_of_an_uninterrupted_run(
     assert config_differences(saved["resolved_config"], resumed["resolved_config"], ranks, ranks) == []
 
 
-def _children(pid: int) -> list[int]:
-    children = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):  # the process ended while we looked
-            continue
-        if int(fields[1]) == pid:
-            children.append(int(stat.parent.name))
-    return children
-
-
-def _is_gone(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return True
-
-
 def kill_torchrun(launcher: subprocess.Popen) -> None:
     """SIGKILL torchrun's workers and then torchrun itself, as an out-of-memory killer or a scheduler would.
 
     torchrun starts every worker in a session of its own, so killing torchrun's process group would spare them.
     """
-    workers = _children(launcher.pid)
+    workers = child_pids(launcher.pid)
     for worker in workers:
         os.killpg(worker, signal.SIGKILL)
     launcher.kill()
     launcher.wait(timeout=30)
     deadline = time.monotonic() + 30
-    while not all(_is_gone(worker) for worker in workers):
+    while not all(is_gone(worker) for worker in workers):
         assert time.monotonic() < deadline, "the killed workers did not end"
         time.sleep(0.05)
-
-
-def wait_for_train_line(metrics_path: Path, step: int, launcher: subprocess.Popen, timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        assert launcher.poll() is None, f"the run ended (status {launcher.returncode}) before step {step}"
-        lines = metrics_path.read_text().splitlines() if metrics_path.exists() else []
-        if any(f'"step": {step}, "split": "train"' in line for line in lines):
-            return
-        time.sleep(0.01)
-    raise AssertionError(f"no train line for step {step} in {metrics_path} after {timeout_s} s")
 
 
 @pytest.mark.slow

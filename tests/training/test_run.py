@@ -1,10 +1,16 @@
 """`llm_gym run` end to end: real processes, real files, gloo."""
 
+import errno
+import os
+import shutil
+
 import pytest
 import yaml
+from click.testing import CliRunner
 
 from distributed import skip_unless_gloo_sharding_works
 from experiment_runs import TINY_CONFIG, llm_gym, read_metrics, tiny_overrides, torchrun
+from llm_gym.cli import DEBUG_ENV, main
 
 SPEC_TRAIN_KEYS = {"step", "split", "loss", "lr", "grad_norm", "tokens_seen", "tokens_per_s"}
 
@@ -136,3 +142,27 @@ def test_activation_checkpointing_recomputes_without_changing_the_losses(
     llm_gym("run", "--config_file_path", str(TINY_CONFIG), *overrides)
     expected = losses(read_metrics(single_process_run / "metrics.jsonl"))
     assert losses(read_metrics(tmp_path / "metrics.jsonl")) == expected
+
+
+def test_a_full_disk_during_a_checkpoint_save_is_one_line_and_keeps_the_earlier_checkpoints(
+    single_process_run, byte_corpus, tmp_path, monkeypatch
+):
+    experiment = tmp_path / "experiment"
+    shutil.copytree(single_process_run, experiment)
+    checkpoints = experiment / "checkpoints"
+    before = {path.relative_to(checkpoints): path.read_bytes() for path in checkpoints.rglob("*") if path.is_file()}
+
+    def disk_full(fd):  # what DCP's fsync of each file it writes meets when the disk fills up
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    monkeypatch.setenv(DEBUG_ENV, "")
+    for variable in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(variable, raising=False)
+    overrides = tiny_overrides(byte_corpus, experiment, **{"training.max_steps": 9})
+    result = CliRunner().invoke(main, ["run", "--config_file_path", str(TINY_CONFIG), "--resume", "auto", *overrides])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("error: ") and "Traceback" not in result.stderr
+    assert f"cannot write checkpoint {checkpoints / 'step_9'}: No space left on device" in result.stderr
+    after = {path.relative_to(checkpoints): path.read_bytes() for path in checkpoints.rglob("*") if path.is_file()}
+    assert after == before  # step_3, step_6 and latest byte for byte; nothing of step_9 left

@@ -7,10 +7,11 @@ import torch
 from torch import nn
 
 from distributed import run_on_ranks, skip_unless_gloo_sharding_works
+from llm_gym.data.collators import Batch
 from llm_gym.errors import UserError
 from llm_gym.parallel.distributed import DistributedEnvironment, init_distributed
-from llm_gym.parallel.strategies import DDP, FSDP2, HSDP, NoParallelism
-from llm_gym.training.step import BatchKeys, train_step
+from llm_gym.parallel.strategies import FSDP2, HSDP, PARALLELISM, HSDPConfig, NoParallelism, NoParallelismConfig
+from llm_gym.training.step import train_step
 
 VOCAB, DIM, SEQ = 32, 16, 8
 
@@ -29,29 +30,30 @@ class ToyLM(nn.Module):
         return self.head(hidden)
 
 
-def global_batch(samples: int = 8) -> dict:
+def global_batch(samples: int = 8) -> Batch:
     tokens = torch.randint(0, VOCAB, (samples, SEQ + 1), generator=torch.Generator().manual_seed(7))
     targets = tokens[:, 1:].clone()
     targets[0, :3] = -100  # unequal token counts per sample: normalisation must use the global count
-    return {"input_ids": tokens[:, :-1], "target_ids": targets}
+    return Batch(inputs=tokens[:, :-1], targets=targets)
 
 
-def split(batch: dict, parts: int, index: int = 0, of: int = 1) -> list[dict]:
+def split(batch: Batch, parts: int, index: int = 0, of: int = 1) -> list[Batch]:
     """This rank's ``parts`` micro batches, taking every ``of``-th sample from ``index`` (the sampler's stride)."""
-    mine = {key: value[index::of] for key, value in batch.items()}
-    size = len(mine["input_ids"]) // parts
-    return [{key: value[i * size : (i + 1) * size] for key, value in mine.items()} for i in range(parts)]
+    inputs, targets = batch.inputs[index::of], batch.targets[index::of]
+    size = len(inputs) // parts
+    return [Batch(inputs[i * size : (i + 1) * size], targets[i * size : (i + 1) * size]) for i in range(parts)]
 
 
 def one_step(strategy_name: str, accumulation: int, max_norm: float | None = 0.5, **strategy_kwargs) -> dict:
     env = init_distributed("cpu")
-    strategies = {"none": NoParallelism, "fsdp2": FSDP2, "ddp": DDP, "hsdp": HSDP}
-    strategy = strategies[strategy_name](env, **strategy_kwargs)
+    names = {"none": "NoParallelism", "fsdp2": "FSDP2", "ddp": "DDP", "hsdp": "HSDP"}
+    strategy_class, config_model = PARALLELISM[names[strategy_name]]
+    strategy = strategy_class(config_model(**strategy_kwargs), env)
     torch.manual_seed(0)
     model = strategy.parallelize(ToyLM())
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     micro = split(global_batch(), accumulation, env.rank, env.world_size)
-    result = train_step(model, strategy, micro, BatchKeys(), max_grad_norm=max_norm)
+    result = train_step(model, strategy, micro, max_grad_norm=max_norm)
     optimizer.step()
     state = {
         name: (param.full_tensor() if hasattr(param, "full_tensor") else param).detach().clone()
@@ -121,13 +123,13 @@ def env(world_size: int, local_world_size: int | None = None) -> DistributedEnvi
 )
 def test_hsdp_degrees_must_multiply_to_the_world_size(world_size, replicate, shard, message):
     with pytest.raises(UserError, match=message):
-        HSDP(env(world_size), replicate_degree=replicate, shard_degree=shard)
+        HSDP(HSDPConfig(replicate_degree=replicate, shard_degree=shard), env(world_size))
 
 
 def test_hsdp_infers_missing_degrees():
-    strategy = HSDP(env(8, local_world_size=4))
+    strategy = HSDP(HSDPConfig(), env(8, local_world_size=4))
     assert (strategy.replicate_degree, strategy.shard_degree) == (2, 4)
-    assert (HSDP(env(8), replicate_degree=4).shard_degree) == 2
+    assert (HSDP(HSDPConfig(replicate_degree=4), env(8)).shard_degree) == 2
 
 
 @pytest.mark.parametrize("version", ["2.6.0+cu124", "2.8.0"])
@@ -135,12 +137,13 @@ def test_hsdp_infers_missing_degrees():
 def test_sharding_over_gloo_is_refused_on_torch_releases_that_get_it_wrong(monkeypatch, strategy, version):
     monkeypatch.setattr(torch, "__version__", version)
     message = f"{strategy.__name__} on CPU (gloo) needs torch >= 2.9, this is torch {version}"
+    config = PARALLELISM[strategy.__name__][1]()
     with pytest.raises(UserError, match=re.escape(message)):
-        strategy(env(2)).parallelize(nn.Linear(2, 2))
+        strategy(config, env(2)).parallelize(nn.Linear(2, 2))
     model = nn.Linear(2, 2)
-    assert strategy(env(1)).parallelize(model) is model  # one rank runs unwrapped
+    assert strategy(config, env(1)).parallelize(model) is model  # one rank runs unwrapped
 
 
 def test_no_parallelism_refuses_several_ranks():
     with pytest.raises(UserError, match="runs on one process"):
-        NoParallelism(env(2))
+        NoParallelism(NoParallelismConfig(), env(2))

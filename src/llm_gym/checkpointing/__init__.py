@@ -1,6 +1,5 @@
 """Sharded checkpoints with torch.distributed.checkpoint: save, exact resume, warm start."""
 
-from llm_gym.checkpointing.compatibility import config_differences, hyperparameter_changes
 from llm_gym.checkpointing.loading import load_checkpoint, read_checkpoint_meta, resolve_resume
 from llm_gym.checkpointing.manager import LATEST_FILE, META_FILE, CheckpointManager
 from llm_gym.checkpointing.state import (
@@ -24,8 +23,6 @@ __all__ = [
     "RNGState",
     "SchedulerState",
     "assert_finite",
-    "config_differences",
-    "hyperparameter_changes",
     "load_checkpoint",
     "load_model_weights",
     "read_checkpoint_meta",

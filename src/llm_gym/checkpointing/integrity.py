@@ -7,7 +7,7 @@ checkpoint would load silently. The work is split across ranks: each hashes ever
 import zlib
 from pathlib import Path
 
-from llm_gym.checkpointing import collectives
+from llm_gym.parallel import collectives
 
 _CHUNK = 16 * 1024 * 1024
 

@@ -14,9 +14,8 @@ from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.metadata import Metadata
 from torch.distributed.checkpoint.stateful import Stateful
 
-from llm_gym.checkpointing import collectives
 from llm_gym.checkpointing.integrity import fingerprint_problems
-from llm_gym.checkpointing.manager import FORMAT_VERSION, LATEST_FILE, META_FILE
+from llm_gym.checkpointing.manager import FORMAT_VERSION, LATEST_FILE, META_FILE, first_failure
 from llm_gym.checkpointing.state import ModelState, OptimizerState, RNGState
 from llm_gym.checkpointing.storage import (
     DCP_METADATA_FILE,
@@ -25,6 +24,7 @@ from llm_gym.checkpointing.storage import (
     read_dcp_metadata,
 )
 from llm_gym.errors import UserError
+from llm_gym.parallel import collectives
 
 logger = logging.getLogger(__name__)
 
@@ -42,9 +42,13 @@ def resolve_resume(resume: str, checkpoint_root: Path) -> Path | None:
             if collectives.rank() == 0:
                 logger.warning("--resume auto: no checkpoint in %s yet; starting from scratch", checkpoint_root)
             return None
-        name = latest.read_text().strip()
+        try:
+            name = latest.read_bytes().decode("utf-8").strip()
+        except UnicodeDecodeError:
+            name = None
         if not name or "/" in name or name.startswith("."):
-            raise UserError(f"{latest} is corrupted: it should name a checkpoint directory, found {name!r}")
+            found = "bytes that are not UTF-8 text" if name is None else repr(name)
+            raise UserError(f"{latest} is corrupted: it should name a checkpoint directory, found {found}")
         checkpoint_dir = latest.parent / name
     else:
         checkpoint_dir = Path(resume)
@@ -186,7 +190,6 @@ def load_checkpoint(checkpoint_dir: Path, state: dict[str, Stateful]) -> dict[st
 
 def _root_cause(error: BaseException) -> str:
     """One line from the first failing rank's original exception, without DCP's traceback."""
-    if isinstance(error, CheckpointException) and error.failures:
-        error, _ = next(iter(error.failures.values()))
+    _, error = first_failure(error)
     lines = str(error).strip().splitlines()
     return lines[0] if lines else type(error).__name__

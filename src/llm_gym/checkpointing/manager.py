@@ -16,13 +16,23 @@ from typing import Any
 
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import FileSystemWriter
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.stateful import Stateful
 
-from llm_gym.checkpointing import collectives
 from llm_gym.checkpointing.integrity import file_fingerprints
 from llm_gym.checkpointing.state import ModelState, assert_finite
 from llm_gym.checkpointing.storage import DCP_METADATA_FILE, read_dcp_metadata
-from llm_gym.checkpointing.strategies import CheckpointStrategy, KeepLast, SaveAtEnd, SaveEveryNSteps
+from llm_gym.checkpointing.strategies import (
+    CheckpointStrategy,
+    KeepLast,
+    KeepLastConfig,
+    SaveAtEnd,
+    SaveEveryNSteps,
+    SaveEveryNStepsConfig,
+)
+from llm_gym.errors import UserError
+from llm_gym.outputs import writing
+from llm_gym.parallel import collectives
 
 logger = logging.getLogger(__name__)
 
@@ -48,12 +58,25 @@ def _fsync_dir(directory: Path) -> None:
 def write_file_atomically(path: Path, text: str) -> None:
     """Readers see the old content or the new one, never a partial file."""
     partial = path.with_name(f"{TMP_PREFIX}{path.name}")
-    with partial.open("w") as file:
-        file.write(text)
-        file.flush()
-        os.fsync(file.fileno())
+    try:
+        with writing(path), partial.open("w") as file:
+            file.write(text)
+            file.flush()
+            os.fsync(file.fileno())
+    except UserError:
+        partial.unlink(missing_ok=True)
+        raise
     os.replace(partial, path)
     _fsync_dir(path.parent)
+
+
+def first_failure(error: BaseException) -> tuple[int | None, BaseException]:
+    """The first failing rank and its own exception, which DCP gathers from every rank into a
+    ``CheckpointException``; ``(None, error)`` for any other exception."""
+    if isinstance(error, CheckpointException) and error.failures:
+        rank, (exception, _) = next(iter(error.failures.items()))
+        return rank, exception
+    return None, error
 
 
 class CheckpointManager:
@@ -72,7 +95,12 @@ class CheckpointManager:
         if keep_last == 0 or keep_last < -1:
             raise ValueError(f"keep_last must be -1 (keep all) or at least 1, got {keep_last}")
         self.checkpoint_root = Path(checkpoint_root)
-        self.strategies = [SaveEveryNSteps(every_n_steps), SaveAtEnd(), KeepLast(keep_last), *strategies]
+        self.strategies = [
+            SaveEveryNSteps(SaveEveryNStepsConfig(every_n_steps=every_n_steps)),
+            SaveAtEnd(),
+            KeepLast(KeepLastConfig(count=keep_last)),
+            *strategies,
+        ]
 
     def should_save(self, step: int, is_final: bool) -> bool:
         return any(strategy.should_save(step, is_final) for strategy in self.strategies)
@@ -89,8 +117,21 @@ class CheckpointManager:
             self.checkpoint_root.mkdir(parents=True, exist_ok=True)
             shutil.rmtree(partial_dir, ignore_errors=True)
         collectives.barrier()
-        with collectives.single_process_quietly():
-            dcp.save(state, storage_writer=FileSystemWriter(partial_dir))
+        try:
+            with collectives.single_process_quietly():
+                dcp.save(state, storage_writer=FileSystemWriter(partial_dir))
+        except CheckpointException as error:
+            # Every rank holds the same gathered failures; a file one of them could not write is the user's to fix.
+            failed_rank, cause = first_failure(error)
+            if not isinstance(cause, OSError):
+                raise
+            if is_main:
+                shutil.rmtree(partial_dir, ignore_errors=True)  # what was written, so the disk gets its room back
+            where = f" (rank {failed_rank})" if collectives.world_size() > 1 else ""
+            raise UserError(
+                f"cannot write checkpoint {final_dir}{where}: {cause.strerror or cause}; the earlier checkpoints "
+                f"and {LATEST_FILE} are unchanged"
+            ) from error
         # Read back rather than use dcp.save's return value: torch 2.11 returns it without storage_data.
         dcp_metadata = read_dcp_metadata(partial_dir)
         written = sorted({info.relative_path for info in dcp_metadata.storage_data.values()} | {DCP_METADATA_FILE})
@@ -114,7 +155,7 @@ class CheckpointManager:
         write_file_atomically(self.checkpoint_root / LATEST_FILE, final_dir.name + "\n")
         logger.info("saved checkpoint %s", final_dir)
 
-    def _step_dirs(self) -> list[tuple[int, Path]]:
+    def step_dirs(self) -> list[tuple[int, Path]]:
         """The published ``step_<N>`` directories, by step."""
         return sorted(
             (_step_of(entry), entry)
@@ -130,7 +171,7 @@ class CheckpointManager:
         if not latest.is_file() or latest.read_text().strip() != checkpoint_dir.name:
             return
         replaced_step = _step_of(checkpoint_dir)
-        others = [(step, entry) for step, entry in self._step_dirs() if step != replaced_step]
+        others = [(step, entry) for step, entry in self.step_dirs() if step != replaced_step]
         older = [entry for step, entry in others if step < replaced_step]
         if substitutes := older or [entry for _, entry in others]:
             write_file_atomically(latest, substitutes[-1].name + "\n")
@@ -145,7 +186,7 @@ class CheckpointManager:
             if entry.name.startswith(TMP_PREFIX) and entry.is_dir():
                 shutil.rmtree(entry, ignore_errors=True)
         kept_step = _step_of(keep)
-        complete = [(step, entry) for step, entry in self._step_dirs() if step <= kept_step]
+        complete = [(step, entry) for step, entry in self.step_dirs() if step <= kept_step]
         steps = [step for step, _ in complete]
         doomed_entries = [
             entry

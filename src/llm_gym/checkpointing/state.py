@@ -21,8 +21,8 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.distributed.checkpoint.stateful import Stateful
 from torch.distributed.tensor import DTensor
 
-from llm_gym.checkpointing import collectives
 from llm_gym.errors import UserError
+from llm_gym.parallel import collectives
 
 # Optimizer state keyed by parameter name rather than by position in param_groups.
 _OPTIMIZER_OPTIONS = StateDictOptions(flatten_optimizer_state_dict=True)

@@ -8,19 +8,10 @@ milestones forever while only the newest few others survive.
 """
 
 from collections.abc import Sequence
-from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PositiveInt
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
-
-def _keeps_one_or_all(count: int) -> int:
-    if count == 0:  # it would delete the checkpoint just saved
-        raise ValueError("must be -1 (keep all) or at least 1")
-    return count
-
-
-KeepCount = Annotated[int, Field(ge=-1), AfterValidator(_keeps_one_or_all)]
-"""How many of the newest checkpoints to keep: -1 = all, else at least 1."""
+from llm_gym.config.app import KeepCount
 
 
 class CheckpointStrategy:
@@ -41,8 +32,8 @@ class SaveEveryNStepsConfig(_StrategyConfig):
 
 
 class SaveEveryNSteps(CheckpointStrategy):
-    def __init__(self, every_n_steps: int):
-        self.every_n_steps = every_n_steps
+    def __init__(self, config: SaveEveryNStepsConfig):
+        self.every_n_steps = config.every_n_steps
 
     def should_save(self, step: int, is_final: bool) -> bool:
         return self.every_n_steps > 0 and step % self.every_n_steps == 0
@@ -58,8 +49,8 @@ class SaveAtStepsConfig(_StrategyConfig):
 
 
 class SaveAtSteps(CheckpointStrategy):
-    def __init__(self, steps: Sequence[int]):
-        self.steps = frozenset(steps)
+    def __init__(self, config: SaveAtStepsConfig):
+        self.steps = frozenset(config.steps)
 
     def should_save(self, step: int, is_final: bool) -> bool:
         return step in self.steps
@@ -70,8 +61,8 @@ class KeepLastConfig(_StrategyConfig):
 
 
 class KeepLast(CheckpointStrategy):
-    def __init__(self, count: int):
-        self.count = count
+    def __init__(self, config: KeepLastConfig):
+        self.count = config.count
 
     def protects(self, step: int, newer_steps: Sequence[int]) -> bool:
         return self.count == -1 or len(newer_steps) < self.count
@@ -82,8 +73,8 @@ class KeepEveryNStepsConfig(_StrategyConfig):
 
 
 class KeepEveryNSteps(CheckpointStrategy):
-    def __init__(self, every_n_steps: int):
-        self.every_n_steps = every_n_steps
+    def __init__(self, config: KeepEveryNStepsConfig):
+        self.every_n_steps = config.every_n_steps
 
     def protects(self, step: int, newer_steps: Sequence[int]) -> bool:
         return step % self.every_n_steps == 0

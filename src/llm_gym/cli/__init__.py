@@ -5,6 +5,7 @@ import os
 import click
 
 from llm_gym.cli.group import DEBUG_ENV, CommandGroup
+from llm_gym.cli.launcher import exit_with_launcher
 
 
 @click.group(cls=CommandGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -14,6 +15,7 @@ def main(debug: bool) -> None:
     """llm_gym: distributed, reproducible pretraining of GPT-style language models from one YAML file."""
     if debug:
         os.environ[DEBUG_ENV] = "1"
+    exit_with_launcher()
 
 
 def _register_commands() -> None:

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from llm_gym.cli.options import checkpoint_path_option
+from llm_gym.cli.options import checkpoint_path_option, user_modules_option
 
 
 @click.command()
@@ -57,6 +57,7 @@ from llm_gym.cli.options import checkpoint_path_option
     help="JSON file to write (default: <experiment>/evaluations/step_<N>_<request>.json).",
 )
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@user_modules_option
 def evaluate(
     checkpoint_path: Path,
     prefixes: tuple[str, ...],
@@ -68,10 +69,11 @@ def evaluate(
     micro_batch_size: int | None,
     output_path: Path | None,
     device: str,
+    user_modules: tuple[str, ...],
 ) -> None:
     """Score a checkpoint: loss, perplexity and bits per byte on corpora, accuracy on multiple-choice tasks."""
-    from llm_gym.evaluation.checkpoint import EvaluationRequest, TaskSpec, evaluate_checkpoint
-    from llm_gym.evaluation.report import report_lines, write_report
+    from llm_gym.inference.evaluation import EvaluationRequest, TaskSpec, evaluate_checkpoint
+    from llm_gym.inference.evaluation_report import report_lines, write_report
     from llm_gym.parallel.distributed import destroy_distributed, init_distributed
 
     request = EvaluationRequest(
@@ -86,10 +88,10 @@ def evaluate(
     harness = None
     if request.harness_tasks and importlib.util.find_spec("lm_eval") is not None:
         # Without lm-evaluation-harness, evaluate_checkpoint says what to install.
-        from llm_gym.evaluation.harness import run_harness_tasks as harness
+        from llm_gym.inference.harness import run_harness_tasks as harness
     env = init_distributed(device)
     try:
-        report = evaluate_checkpoint(checkpoint_path, request, env, output_path, harness)
+        report = evaluate_checkpoint(checkpoint_path, request, env, output_path, harness, user_modules)
         if env.is_main_process:
             write_report(report, report.path)
             for line in report_lines(report):

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import click
 
-from llm_gym.cli.options import checkpoint_path_option
+from llm_gym.cli.options import checkpoint_path_option, user_modules_option
 
 
 @click.command()
@@ -26,6 +26,7 @@ from llm_gym.cli.options import checkpoint_path_option
     help="Sample among the likeliest tokens that together reach this probability (nucleus).",
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="The same seed gives the same text.")
+@user_modules_option
 def generate(
     checkpoint_path: Path,
     prompt: str,
@@ -34,15 +35,18 @@ def generate(
     top_k: int | None,
     top_p: float | None,
     seed: int,
+    user_modules: tuple[str, ...],
 ) -> None:
     """Sample text from a checkpoint (written by any number of ranks), streamed as it is generated."""
-    from llm_gym.checkpointing.inference import load_trained_model, stream_text
+    from llm_gym.inference.trained_model import load_trained_model, stream_text
     from llm_gym.parallel.distributed import select_device
 
-    trained = load_trained_model(checkpoint_path, select_device("auto", local_rank=0))
+    trained = load_trained_model(checkpoint_path, select_device("auto", local_rank=0), user_modules)
     tokenizer = trained.load_tokenizer()
+    # Checks the options and the prompt before anything is printed.
+    pieces = stream_text(trained.model, tokenizer, prompt, max_new_tokens, temperature, top_k, top_p, seed)
     click.echo(f"{trained.checkpoint_dir} (step {trained.step}) on {next(trained.model.parameters()).device}", err=True)
     click.echo(prompt, nl=False)
-    for piece in stream_text(trained.model, tokenizer, prompt, max_new_tokens, temperature, top_k, top_p, seed):
+    for piece in pieces:
         click.echo(piece, nl=False)
     click.echo()

@@ -16,7 +16,7 @@ import click
 @click.option("--force", is_flag=True, help="Replace a non-empty output directory.")
 def import_hf(model_dir: Path, output_dir: Path, force: bool) -> None:
     """Import a Hugging Face GPT-2 or Llama model: a model section YAML and weights to warm-start from."""
-    from llm_gym.checkpointing.hf_import import MODEL_SECTION_FILE, TOKENIZER_FILE, import_from_hf
+    from llm_gym.inference.hf_import import MODEL_SECTION_FILE, TOKENIZER_FILE, import_from_hf
 
     result = import_from_hf(model_dir, output_dir, force)
     click.echo(f"wrote {result.output_dir}: {result.architecture}, {result.parameters:,} parameters")

@@ -17,3 +17,10 @@ checkpoint_path_option = click.option(
     required=True,
     help="A checkpoint directory (step_<N>), or a checkpoints/ or experiment directory to take its latest.",
 )
+user_modules_option = click.option(
+    "--user_modules",
+    multiple=True,
+    metavar="MODULE",
+    help="A module registering components of your own that the model needs (repeatable). A checkpoint's own "
+    "user_modules are never imported.",
+)

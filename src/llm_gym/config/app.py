@@ -4,21 +4,36 @@ Cross-field rules that need the whole picture (batch sizes against the world siz
 checked here too, before anything heavy is built.
 """
 
+from collections.abc import Iterator
 from enum import Enum
 from pathlib import Path
+from typing import Annotated, Any, ClassVar
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
     NonNegativeInt,
     PositiveFloat,
     PositiveInt,
+    ValidationInfo,
     model_validator,
 )
 
-from llm_gym.checkpointing.strategies import KeepCount
-from llm_gym.config.component import Component
+from llm_gym.registry.component import Component, ComponentNode, registry_of
+from llm_gym.seeds import Seed
+
+
+def _keeps_one_or_all(count: int) -> int:
+    if count == 0:  # it would delete the checkpoint just saved
+        raise ValueError("must be -1 (keep all) or at least 1")
+    return count
+
+
+KeepCount = Annotated[int, Field(ge=-1), AfterValidator(_keeps_one_or_all)]
+"""How many of the newest checkpoints to keep: -1 = all, else at least 1 (``checkpointing.keep_last``, and
+the ``KeepLast`` strategy it stands for)."""
 
 
 class _Section(BaseModel):
@@ -26,9 +41,10 @@ class _Section(BaseModel):
 
 
 class ExperimentSettings(_Section):
-    experiment_id: str = Field("default", min_length=1)
+    # Their defaults are TrainingAppConfig.composition_defaults', where ${experiment.experiment_id} resolves.
+    experiment_id: str = Field(min_length=1)
     output_dir: Path = Field(description="experiment directory: config.yaml, metrics.jsonl, checkpoints/")
-    seed: NonNegativeInt = 42
+    seed: Seed
 
 
 class NonFiniteAction(str, Enum):
@@ -60,6 +76,9 @@ class TrainingSettings(_Section):
     log_interval: PositiveInt = 1
     max_grad_norm: PositiveFloat | None = Field(1.0, description="clip by global norm; null = no clipping")
     on_nonfinite: NonFiniteAction = NonFiniteAction.STOP
+    max_consecutive_skipped_steps: PositiveInt = Field(
+        10, description="with on_nonfinite: skip, stop the run (exit 2) when this many steps in a row are skipped"
+    )
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda)$")
     activation_checkpointing: ActivationCheckpointing = ActivationCheckpointing.NONE
     activation_checkpointing_every_k: PositiveInt = 2
@@ -125,6 +144,21 @@ class EvaluationSettings(_Section):
 
 
 class TrainingAppConfig(_Section):
+    # What almost every run leaves as it is, written as a YAML file would write it: the first layer of every
+    # composed config (config/composition.py), under every file. So ${experiment.seed} resolves in any file,
+    # a file's own sampler of another type_hint drops these keys as a later file's would, `loggers+=[...]`
+    # appends to these loggers, and config.yaml records what ran. Each node's other settings are its config
+    # model's defaults.
+    composition_defaults: ClassVar[dict[str, Any]] = {
+        "experiment": {"experiment_id": "default", "output_dir": "experiments/${experiment.experiment_id}", "seed": 42},
+        "data": {
+            "sampler": {"type_hint": "ResumableDistributedSampler", "config": {"seed": "${experiment.seed}"}},
+            "collator": {"type_hint": "CausalLMCollator"},
+            "dataloader": {"type_hint": "DataLoader"},
+        },
+        "loggers": [{"type_hint": "Console"}, {"type_hint": "MetricsJsonl"}],
+    }
+
     user_modules: list[str] = Field(default_factory=list, description="modules imported to register components")
     experiment: ExperimentSettings
     training: TrainingSettings
@@ -169,13 +203,26 @@ class TrainingAppConfig(_Section):
         return self
 
     @model_validator(mode="after")
-    def _meta_device_init_needs_a_strategy_that_materialises(self) -> "TrainingAppConfig":
+    def _datasets_have_the_training_sequence_length(self) -> "TrainingAppConfig":
+        # Longer samples than the model takes fail in the first forward pass; shorter ones train on other
+        # sequences than the run reports (the tokens per step of its header).
+        nodes = {"data.train_dataset": self.data.train_dataset} | {
+            f"data.eval_datasets.{split}": node for split, node in self.data.eval_datasets.items()
+        }
+        expected = self.training.sequence_length
+        for key, value in (item for path, node in nodes.items() for item in _sequence_lengths(node, path)):
+            if value != expected:
+                raise ValueError(
+                    f"{key} ({value}) differs from training.sequence_length ({expected}): every dataset's samples "
+                    "must be that long; set it to ${training.sequence_length}"
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _meta_device_init_needs_a_strategy_that_materialises(self, info: ValidationInfo) -> "TrainingAppConfig":
         if not self.training.meta_device_init:
             return self
-        # Imported here: the registry imports this package's component module.
-        from llm_gym.registry import get_registry
-
-        registry = get_registry()
+        registry = registry_of(info)
         supporting = [
             name
             for name in registry.type_hint_names("parallelism")
@@ -189,3 +236,17 @@ class TrainingAppConfig(_Section):
                 "or training.meta_device_init: false"
             )
         return self
+
+
+def _sequence_lengths(node: ComponentNode, path: str) -> Iterator[tuple[str, int]]:
+    """The ``sequence_length`` of a component node's config and of the nodes inside it (a blend's datasets)."""
+    config = node.config
+    if isinstance(getattr(config, "sequence_length", None), int):
+        yield f"{path}.config.sequence_length", config.sequence_length
+    for name in type(config).model_fields:
+        value = getattr(config, name)
+        children = value if isinstance(value, list | tuple) else [value]
+        for index, child in enumerate(children):
+            if isinstance(child, ComponentNode):
+                child_path = f"{path}.config.{name}" + (f".{index}" if children is value else "")
+                yield from _sequence_lengths(child, child_path)

@@ -4,6 +4,7 @@ One document per ``.py`` file; tests, third-party packages and caches are left o
 hash of each file's path relative to the library root, so it does not depend on which files exist.
 """
 
+import contextlib
 import hashlib
 import json
 import os
@@ -12,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from llm_gym.errors import UserError
+from llm_gym.outputs import writing
 
 SPLITS = ("train", "val", "test")
 # Out of 100 buckets of the path hash: train below 90, val below 95, test the rest.
@@ -61,25 +63,28 @@ def write_demo_corpus(output_dir: Path, force: bool = False, root: Path | None =
     partial = {split: path.with_name(path.name + ".incomplete") for split, path in outputs.items()}
     handles = {split: open(path, "w", encoding="utf-8") for split, path in partial.items()}  # noqa: SIM115
     try:
-        for path in files:
-            try:
-                text = path.read_text(encoding="utf-8")
-            except (UnicodeDecodeError, OSError):
-                text = ""
-            if not text.strip():
-                summary.skipped += 1
-                continue
-            relative = path.relative_to(root).as_posix()
-            split = split_of(relative)
-            handles[split].write(json.dumps({"text": text, "path": relative}, ensure_ascii=False) + "\n")
-            summary.documents[split] += 1
-            summary.characters[split] += len(text)
+        with writing(output_dir):
+            for path in files:
+                try:
+                    text = path.read_text(encoding="utf-8")
+                except (UnicodeDecodeError, OSError):
+                    text = ""
+                if not text.strip():
+                    summary.skipped += 1
+                    continue
+                relative = path.relative_to(root).as_posix()
+                split = split_of(relative)
+                handles[split].write(json.dumps({"text": text, "path": relative}, ensure_ascii=False) + "\n")
+                summary.documents[split] += 1
+                summary.characters[split] += len(text)
+            for handle in handles.values():
+                handle.close()  # flushes: a full disk can show here
     except BaseException:
         for split, handle in handles.items():
-            handle.close()
+            with contextlib.suppress(OSError):  # flushing fails again on a full disk; the file goes anyway
+                handle.close()
             partial[split].unlink(missing_ok=True)
         raise
-    for split, handle in handles.items():
-        handle.close()
+    for split in SPLITS:
         os.replace(partial[split], outputs[split])
     return summary

@@ -1,5 +1,6 @@
 """Batches for training (endless, resumable, with worker processes) and for evaluation (finite, in order)."""
 
+import dataclasses
 import math
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -7,11 +8,11 @@ from typing import Any
 import torch
 from pydantic import BaseModel, ConfigDict, NonNegativeInt, PositiveInt, model_validator
 
-from llm_gym.data.collators import IGNORE_INDEX
+from llm_gym.data.collators import IGNORE_INDEX, Batch
 from llm_gym.data.samplers import ResumableDistributedSampler
 from llm_gym.errors import UserError
 
-Collator = Callable[[list[torch.Tensor]], dict[str, torch.Tensor]]
+Collator = Callable[[list[torch.Tensor]], Batch]
 
 
 class _MicroBatches:
@@ -35,17 +36,15 @@ class ResumableDataLoader:
 
     def __init__(
         self,
+        config: "ResumableDataLoaderConfig",
         dataset: torch.utils.data.Dataset,
         sampler: ResumableDistributedSampler,
         collator: Collator,
         micro_batch_size: int,
-        num_workers: int = 0,
-        pin_memory: bool = False,
-        prefetch_factor: int | None = None,
     ):
         self.dataset, self.sampler, self.collator = dataset, sampler, collator
-        self.micro_batch_size, self.num_workers = micro_batch_size, num_workers
-        self.pin_memory, self.prefetch_factor = pin_memory, prefetch_factor
+        self.micro_batch_size, self.num_workers = micro_batch_size, config.num_workers
+        self.pin_memory, self.prefetch_factor = config.pin_memory, config.prefetch_factor
         self.consumed_samples = sampler.consumed_samples
 
     @property
@@ -53,7 +52,7 @@ class ResumableDataLoader:
         """Global samples one micro batch on every rank takes."""
         return self.micro_batch_size * self.sampler.dp_world_size
 
-    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+    def __iter__(self) -> Iterator[Batch]:
         self.sampler.load_state_dict({"consumed_samples": self.consumed_samples})
         loader = torch.utils.data.DataLoader(
             self.dataset,
@@ -99,19 +98,18 @@ DATALOADERS = {"DataLoader": (ResumableDataLoader, ResumableDataLoaderConfig)}
 def eval_batches(
     dataset: torch.utils.data.Dataset,
     collator: Collator,
-    target_key: str,
     micro_batch_size: int,
     dp_rank: int,
     dp_world_size: int,
     max_samples: int | None,
-) -> Iterator[dict[str, torch.Tensor]]:
+) -> Iterator[Batch]:
     """The split's first ``max_samples`` samples (all if None) in order, rank ``r`` taking samples ``r, r + W, ...``.
 
     Which samples are evaluated does not depend on the micro batch size or the number of ranks, so runs that
     differ only in layout report the same losses. Every rank runs equally many forward passes of full micro
     batches, as sharded models and compiled blocks want: rows past a rank's last sample repeat sample 0 with
     every target set to ``IGNORE_INDEX``, so they count no tokens and add no loss. The collator must return
-    one row per sample, in order (``target_key`` of shape ``[micro_batch_size, ...]``).
+    one row per sample, in order (``targets`` of shape ``[micro_batch_size, ...]``).
     """
     num_samples = len(dataset) if max_samples is None else min(len(dataset), max_samples)
     if num_samples == 0:
@@ -119,23 +117,23 @@ def eval_batches(
     samples_per_rank = math.ceil(num_samples / dp_world_size)
     num_batches = math.ceil(samples_per_rank / micro_batch_size)
     own_samples = range(dp_rank, num_samples, dp_world_size)
-    return _eval_batches(dataset, collator, target_key, micro_batch_size, own_samples, num_batches)
+    return _eval_batches(dataset, collator, micro_batch_size, own_samples, num_batches)
 
 
 def _eval_batches(
     dataset: torch.utils.data.Dataset,
     collator: Collator,
-    target_key: str,
     micro_batch_size: int,
     own_samples: range,
     num_batches: int,
-) -> Iterator[dict[str, torch.Tensor]]:
+) -> Iterator[Batch]:
     for batch_index in range(num_batches):
         indices = own_samples[batch_index * micro_batch_size : (batch_index + 1) * micro_batch_size]
         fillers = micro_batch_size - len(indices)
         batch = collator([dataset[index] for index in indices] + [dataset[0]] * fillers)
         if fillers:
-            targets = batch[target_key]
+            targets = batch.targets
             is_filler = torch.arange(micro_batch_size, device=targets.device) >= len(indices)
-            batch[target_key] = targets.masked_fill(is_filler.view(-1, *[1] * (targets.dim() - 1)), IGNORE_INDEX)
+            targets = targets.masked_fill(is_filler.view(-1, *[1] * (targets.dim() - 1)), IGNORE_INDEX)
+            batch = dataclasses.replace(batch, targets=targets)
         yield batch

@@ -10,9 +10,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, NonNegativeInt
+from pydantic import BaseModel, ConfigDict
 
 from llm_gym.data.permutation import seeded_permutation
+from llm_gym.seeds import Seed
 
 
 class ResumableDistributedSampler:
@@ -22,13 +23,15 @@ class ResumableDistributedSampler:
     has yielded ``k`` indices from a start ``c``, it is ``c + k·W``.
     """
 
-    def __init__(self, dataset_length: int, dp_rank: int, dp_world_size: int, seed: int, shuffle: bool = True):
+    def __init__(
+        self, config: "ResumableDistributedSamplerConfig", dataset_length: int, dp_rank: int, dp_world_size: int
+    ):
         if dataset_length < 1:
             raise ValueError("the dataset is empty")
         if not 0 <= dp_rank < dp_world_size:
             raise ValueError(f"dp_rank {dp_rank} is not in [0, {dp_world_size})")
         self.dataset_length, self.dp_rank, self.dp_world_size = dataset_length, dp_rank, dp_world_size
-        self.seed, self.shuffle = seed, shuffle
+        self.seed, self.shuffle = config.seed, config.shuffle
         self.consumed_samples = 0
         self._epoch_order: tuple[int, np.ndarray | None] = (-1, None)
 
@@ -66,7 +69,7 @@ class ResumableDistributedSampler:
 class ResumableDistributedSamplerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    seed: NonNegativeInt
+    seed: Seed
     shuffle: bool = True
 
 

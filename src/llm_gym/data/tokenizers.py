@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+from tokenizers import Tokenizer as RustTokenizer
 
 from llm_gym.errors import UserError
 
@@ -46,6 +47,8 @@ class ByteTokenizer:
     def encode_batch_to_array(self, texts: Sequence[str], dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
         # One join and one copy for the whole batch: 0xFF never occurs in UTF-8, so it marks the ends.
         encoded = [text.encode("utf-8") for text in texts]
+        if not encoded:  # no end marker either: a block whose every line was skipped adds nothing
+            return np.zeros(0, dtype), np.zeros(0, np.int32)
         joined = np.frombuffer(b"\xff".join(encoded) + b"\xff", dtype=np.uint8)
         tokens = joined.astype(dtype)
         tokens[joined == 0xFF] = self.eos_id
@@ -60,8 +63,6 @@ class HuggingFaceTokenizer:
     """A ``tokenizer.json`` from the Hugging Face ``tokenizers`` library (GPT-2's, Llama 3's, or trained here)."""
 
     def __init__(self, path: Path):
-        from tokenizers import Tokenizer as RustTokenizer
-
         if not path.is_file():
             raise UserError(f"{path}: no such tokenizer file (give 'byte' or the path of a tokenizer.json)")
         try:

@@ -2,7 +2,7 @@
 ``evaluator``, listed in the config's ``evaluation.evaluators``.
 
 Each has a ``name``, the ``split`` of its lines in metrics.jsonl, and is called with the model being trained,
-its parallelism and ``split_batches(split)`` (the ``(inputs, targets)`` batches of a ``data.eval_datasets``
+its parallelism and ``split_batches(split)`` (the ``Batch``es of a ``data.eval_datasets``
 split); it returns the metrics to log. Every rank calls it. What an evaluator needs from the run arrives as
 ``context`` when it is built.
 
@@ -15,10 +15,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 from torch import nn
 
+from llm_gym.data.collators import Batch
 from llm_gym.data.tokenizers import Tokenizer
 from llm_gym.evaluation.language_modeling import language_modeling_totals
 from llm_gym.evaluation.multiple_choice import score_multiple_choice
@@ -26,7 +26,7 @@ from llm_gym.evaluation.task_formats import TASK_FORMATS, load_task
 from llm_gym.evaluation.text_bytes import token_byte_lengths
 from llm_gym.parallel.strategies import ParallelismStrategy
 
-SplitBatches = Callable[[str], Iterable[tuple[torch.Tensor, torch.Tensor]]]
+SplitBatches = Callable[[str], Iterable[Batch]]
 
 
 @dataclass(frozen=True)
@@ -53,18 +53,10 @@ class MultipleChoiceConfig(BaseModel):
 
 
 class MultipleChoiceEvaluator:
-    def __init__(
-        self,
-        name: str,
-        path: Path,
-        context: EvaluationContext,
-        format: str = "jsonl",
-        max_examples: int | None = None,
-        batch_size: int | None = None,
-    ):
-        self.name, self.context = name, context
-        self.examples = load_task(format, path, max_examples)
-        self.batch_size = batch_size or context.micro_batch_size
+    def __init__(self, config: MultipleChoiceConfig, context: EvaluationContext):
+        self.name, self.context = config.name, context
+        self.examples = load_task(config.format, config.path, config.max_examples)
+        self.batch_size = config.batch_size or context.micro_batch_size
 
     def __call__(
         self, model: nn.Module, parallelism: ParallelismStrategy, split_batches: SplitBatches
@@ -91,8 +83,8 @@ class BitsPerByteConfig(BaseModel):
 
 
 class BitsPerByteEvaluator:
-    def __init__(self, split: str, context: EvaluationContext):
-        self.name = split
+    def __init__(self, config: BitsPerByteConfig, context: EvaluationContext):
+        self.name = config.split
         self.token_bytes = token_byte_lengths(context.tokenizer, context.vocab_size)
 
     def __call__(

@@ -17,7 +17,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from llm_gym.data.collators import IGNORE_INDEX
+from llm_gym.data.collators import IGNORE_INDEX, Batch
 
 
 @dataclass(frozen=True)
@@ -49,12 +49,12 @@ class LanguageModelingTotals:
 @torch.no_grad()
 def language_modeling_totals(
     model: nn.Module,
-    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    batches: Iterable[Batch],
     token_bytes: torch.Tensor,
     device: torch.device,
     forward_context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
 ) -> LanguageModelingTotals:
-    """Sum the loss of ``(inputs, targets)`` batches (targets ``IGNORE_INDEX`` where nothing is predicted),
+    """Sum the loss of the batches (targets ``IGNORE_INDEX`` where nothing is predicted),
     then over ranks when there is a process group. ``token_bytes`` is ``text_bytes.token_byte_lengths``."""
     token_bytes = token_bytes.to(device)
     # nats, tokens, text nats, bytes: float64 holds integer counts exactly up to 2^53.
@@ -62,8 +62,8 @@ def language_modeling_totals(
     was_training = model.training
     model.eval()
     try:
-        for inputs, targets in batches:
-            inputs, targets = inputs.to(device), targets.to(device)
+        for batch in batches:
+            inputs, targets = batch.inputs.to(device), batch.targets.to(device)
             with forward_context():
                 logits = model(inputs)
             token_nats = F.cross_entropy(

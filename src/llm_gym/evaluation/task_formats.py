@@ -20,8 +20,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from llm_gym.data.documents import iter_texts
-from llm_gym.errors import UserError
+from llm_gym.data.inputs import iter_texts
+from llm_gym.errors import MissingInputError, UserError
 from llm_gym.evaluation.code_lines import code_line_examples
 from llm_gym.evaluation.multiple_choice import MultipleChoiceExample
 
@@ -29,7 +29,7 @@ from llm_gym.evaluation.multiple_choice import MultipleChoiceExample
 def _json_lines(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     """``(where, object)`` for each non-blank line; ``where`` is ``path:line`` for messages."""
     if not path.is_file():
-        raise UserError(f"task file {path} does not exist")
+        raise MissingInputError(f"task file {path} does not exist")
     try:
         with path.open(encoding="utf-8") as lines:
             for number, line in enumerate(lines, start=1):

@@ -57,14 +57,14 @@ class Console(Subscriber):
 
     def __init__(
         self,
+        config: ConsoleConfig,
         experiment_dir: Path,
         resolved_config: dict,
         resume_step: int | None,
-        progress_bar: bool = True,
         console: RichConsole | None = None,
     ) -> None:
         self._console = console or RichConsole()
-        self._show_bar = progress_bar and self._console.is_terminal
+        self._show_bar = config.progress_bar and self._console.is_terminal
         self._progress: Progress | None = None
         self._task_id: Any = None
         self._max_steps: int | None = None

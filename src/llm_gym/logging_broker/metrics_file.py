@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from llm_gym.logging_broker.broker import Subscriber
 from llm_gym.logging_broker.messages import MetricsRecord
+from llm_gym.outputs import writing
 
 
 class MetricsJsonlConfig(BaseModel):
@@ -42,9 +43,9 @@ class MetricsJsonl(Subscriber):
     message_types = (MetricsRecord,)
 
     def __init__(
-        self, experiment_dir: Path, resolved_config: dict, resume_step: int | None, filename: str = "metrics.jsonl"
+        self, config: MetricsJsonlConfig, experiment_dir: Path, resolved_config: dict, resume_step: int | None
     ) -> None:
-        self.path = Path(experiment_dir) / filename
+        self.path = Path(experiment_dir) / config.filename
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if resume_step is not None and self.path.exists():
             _truncate_after(self.path, resume_step)
@@ -53,11 +54,13 @@ class MetricsJsonl(Subscriber):
             self._file = self.path.open("w", encoding="utf-8")
 
     def consume(self, message: MetricsRecord) -> None:
-        self._file.write(metrics_line(message) + "\n")
-        self._file.flush()
+        with writing(self.path):
+            self._file.write(metrics_line(message) + "\n")
+            self._file.flush()
 
     def close(self) -> None:
-        self._file.close()
+        with writing(self.path):  # flushes what a full disk refused before, which fails again
+            self._file.close()
 
 
 def _truncate_after(path: Path, last_step: int) -> None:

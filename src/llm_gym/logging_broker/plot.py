@@ -4,17 +4,26 @@ byte and task accuracy when evaluators logged them; several runs overlaid, one c
 import json
 import math
 import os
+import sys
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
+# The Agg canvas directly, not pyplot: no global figure state, no display needed.
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
 from llm_gym.errors import UserError
+from llm_gym.outputs import refuse_writing_over_inputs, writing
 
 PANELS = {"loss": "loss (nats/token)", "lr": "learning rate", "tokens_per_s": "tokens/s"}
 """Plotted keys and their axis labels; loss for every split, the others from the train lines."""
 EVALUATION_PANELS = {"bits_per_byte": "bits per byte", "accuracy": "accuracy"}
 """Plotted for every split that logs them (``evaluation.evaluators``), when any run does."""
 METRICS_FILE = "metrics.jsonl"
+MAX_STEP = 2**63 - 1
+"""Steps are plotted as floats; the trainer's counters are 64-bit."""
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -22,8 +31,12 @@ def read_metrics(path: Path) -> list[dict]:
     if not path.is_file():
         raise UserError(f"metrics file not found: {path}")
     records = []
-    with path.open(encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
+    with path.open("rb") as lines:
+        for number, raw_line in enumerate(lines, start=1):
+            try:
+                line = raw_line.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise UserError(f"{path}:{number}: not UTF-8 text ({error.reason} at byte {error.start})") from None
             if line.strip():
                 records.append(_parse_record(line, f"{path}:{number}"))
     if not records:
@@ -36,14 +49,22 @@ def _parse_record(line: str, where: str) -> dict:
         record = json.loads(line)
     except json.JSONDecodeError as error:
         raise UserError(f"{where}: not valid JSON ({error.msg})") from error
+    except ValueError as error:  # a number of more digits than Python converts
+        raise UserError(f"{where}: not readable JSON ({error})") from error
     if not isinstance(record, dict):
         raise UserError(f"{where}: expected a JSON object, got {type(record).__name__}")
     if not isinstance(record.get("step"), int) or not isinstance(record.get("split"), str):
         raise UserError(f"{where}: a metrics record needs an integer 'step' and a string 'split'")
+    if not 0 <= record["step"] <= MAX_STEP:
+        raise UserError(f"{where}: 'step' must be between 0 and 2^63 - 1")
     for key in (*PANELS, *EVALUATION_PANELS):
         # null stands for a non-finite value and is drawn as a gap.
-        if key in record and record[key] is not None and not isinstance(record[key], int | float):
+        if key not in record or record[key] is None:
+            continue
+        if not isinstance(record[key], int | float):
             raise UserError(f"{where}: '{key}' must be a number, got {record[key]!r}")
+        if isinstance(record[key], int) and abs(record[key]) > sys.float_info.max:
+            raise UserError(f"{where}: '{key}' is an integer too large to plot")
     return record
 
 
@@ -83,6 +104,7 @@ def plot_metrics(metrics_paths: Sequence[Path], output_path: Path, smoothing: fl
     """Render the curves of one run, or of several overlaid, to a PNG; it appears at ``output_path`` only when
     complete. ``smoothing`` (0 to < 1) smooths the train curves; evaluation points are drawn as logged."""
     paths = list(metrics_paths)
+    refuse_writing_over_inputs([output_path], [metrics_file(path) for path in paths], "--output_path")
     runs = {label: read_metrics(metrics_file(path)) for label, path in zip(run_labels(paths), paths, strict=True)}
     panels = dict(PANELS)
     panels.update(
@@ -90,11 +112,6 @@ def plot_metrics(metrics_paths: Sequence[Path], output_path: Path, smoothing: fl
         for key, label in EVALUATION_PANELS.items()
         if any(key in record for records in runs.values() for record in records)
     )
-    # The Agg canvas directly, not pyplot: no global figure state, no display needed.
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
-
     figure = Figure(figsize=(8, 3 * len(panels)), layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.subplots(len(panels), 1, sharex=True)
@@ -132,7 +149,8 @@ def plot_metrics(metrics_paths: Sequence[Path], output_path: Path, smoothing: fl
     output_path.parent.mkdir(parents=True, exist_ok=True)
     temporary = output_path.with_name(f".{output_path.name}.tmp")
     try:
-        figure.savefig(temporary, format="png", dpi=120)
+        with writing(output_path):
+            figure.savefig(temporary, format="png", dpi=120)
         os.replace(temporary, output_path)
     finally:
         temporary.unlink(missing_ok=True)

@@ -18,11 +18,12 @@ class TensorBoard(Subscriber):
     message_types = (MetricsRecord,)
 
     def __init__(
-        self, experiment_dir: Path, resolved_config: dict, resume_step: int | None, log_dir: str | None = None
+        self, config: TensorBoardConfig, experiment_dir: Path, resolved_config: dict, resume_step: int | None
     ) -> None:
         # Deferred: tensorboard's import is slow and only runs that ask for it should pay.
         from torch.utils.tensorboard import SummaryWriter
 
+        log_dir = config.log_dir
         self.log_dir = Path(log_dir) if log_dir is not None else Path(experiment_dir) / "tensorboard"
         # A resumed run hides the events that the killed run wrote after the checkpoint.
         purge_step = None if resume_step is None else resume_step + 1

@@ -32,15 +32,7 @@ class WandB(Subscriber):
     message_types = (MetricsRecord,)
 
     def __init__(
-        self,
-        experiment_dir: Path,
-        resolved_config: dict,
-        resume_step: int | None,
-        mode: str = "offline",
-        project: str = "llm_gym",
-        entity: str | None = None,
-        run_name: str | None = None,
-        tags: list[str] | None = None,
+        self, config: WandBConfig, experiment_dir: Path, resolved_config: dict, resume_step: int | None
     ) -> None:
         try:
             import wandb
@@ -53,11 +45,11 @@ class WandB(Subscriber):
         resume_id = run_id_file.read_text().strip() if resume_step is not None and run_id_file.exists() else None
         try:
             self._run = wandb.init(
-                mode=mode,
-                project=project,
-                entity=entity,
-                name=run_name,
-                tags=list(tags or []),
+                mode=config.mode,
+                project=config.project,
+                entity=config.entity,
+                name=config.run_name,
+                tags=list(config.tags),
                 config=resolved_config,
                 dir=str(experiment_dir),
                 id=resume_id,
@@ -65,8 +57,8 @@ class WandB(Subscriber):
                 reinit="create_new",
             )
         except wandb.errors.Error as error:
-            raise UserError(f"wandb could not start a run ({mode} mode): {error}") from error
-        if mode != "disabled":
+            raise UserError(f"wandb could not start a run ({config.mode} mode): {error}") from error
+        if config.mode != "disabled":
             run_id_file.write_text(self._run.id + "\n")
         self._first_new_step = self._run.step
 

@@ -10,12 +10,11 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
 from torch import nn
 
-from llm_gym.config.component import Component
 from llm_gym.models.attention import CausalSelfAttention
 from llm_gym.models.initialization import WeightInit
 from llm_gym.models.kv_cache import KVCache, LayerKVCache
 from llm_gym.models.positional import LearnedPositionEmbedding, PositionalEncoding, RotaryEmbedding
-from llm_gym.registry import ComponentFactory
+from llm_gym.registry import Component, ComponentFactory
 
 
 class DecoderLMConfig(BaseModel):
@@ -88,16 +87,31 @@ class DecoderBlock(nn.Module):
 
     def init_weights(self, weight_init: WeightInit) -> None:
         residual_projections = (self.attention.output, getattr(self.mlp, "output", None))
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                if any(module is projection for projection in residual_projections):
-                    weight_init.residual_projection_(module.weight, self.layer_index)
-                else:
-                    weight_init.linear_(module.weight)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif hasattr(module, "reset_parameters") and next(module.parameters(recurse=False), None) is not None:
-                module.reset_parameters()
+        _init_modules(self, weight_init, residual_projections, self.layer_index)
+
+
+def _init_modules(
+    root: nn.Module, weight_init: WeightInit, residual_projections: tuple = (), layer_index: int = 0
+) -> None:
+    """Initialise every module under ``root``, itself included, in place, in module order.
+
+    Each ``nn.Linear`` is drawn by the scheme (a residual projection with the residual std) with its bias at
+    zero; any other module holding parameters or buffers of its own fills them with its ``reset_parameters()``.
+    """
+    for module in root.modules():
+        if isinstance(module, nn.Linear):
+            if any(module is projection for projection in residual_projections):
+                weight_init.residual_projection_(module.weight, layer_index)
+            else:
+                weight_init.linear_(module.weight)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif hasattr(module, "reset_parameters") and _holds_state(module):
+            module.reset_parameters()
+
+
+def _holds_state(module: nn.Module) -> bool:
+    return any(True for _ in module.parameters(recurse=False)) or any(True for _ in module.buffers(recurse=False))
 
 
 class DecoderLM(nn.Module):
@@ -105,39 +119,42 @@ class DecoderLM(nn.Module):
 
     def __init__(
         self,
-        vocab_size: int,
-        sequence_length: int,
-        n_layer: int,
-        dim: int,
-        n_head: int,
-        positional: PositionalEncoding | str,
+        config: DecoderLMConfig,
         norm: ComponentFactory,
         attention: ComponentFactory,
         mlp: ComponentFactory,
         init: ComponentFactory,
-        n_head_kv: int | None = None,
-        rope_theta: float = 10_000.0,
-        bias: bool = False,
-        dropout: float = 0.0,
-        tie_embeddings: bool = True,
     ):
+        """``norm``, ``attention``, ``mlp`` and ``init`` are ``config``'s nested components, as factories."""
         super().__init__()
+        vocab_size, sequence_length, n_layer, dim = (
+            config.vocab_size,
+            config.sequence_length,
+            config.n_layer,
+            config.dim,
+        )
         self.vocab_size, self.sequence_length, self.n_layer, self.dim = vocab_size, sequence_length, n_layer, dim
-        self.n_head, self.n_head_kv, self.head_dim = n_head, n_head_kv or n_head, dim // n_head
+        self.n_head, self.n_head_kv, self.head_dim = (
+            config.n_head,
+            config.n_head_kv or config.n_head,
+            dim // config.n_head,
+        )
         self.weight_init: WeightInit = init(n_layer=n_layer)
         self.token_embedding = nn.Embedding(vocab_size, dim)
-        positional = PositionalEncoding(positional)
+        positional = config.positional
         self.position_embedding = (
             LearnedPositionEmbedding(sequence_length, dim) if positional == PositionalEncoding.LEARNED else None
         )
-        rotary = RotaryEmbedding(self.head_dim, rope_theta) if positional == PositionalEncoding.ROPE else None
-        self.embedding_dropout = nn.Dropout(dropout)
+        rotary = RotaryEmbedding(self.head_dim, config.rope_theta) if positional == PositionalEncoding.ROPE else None
+        self.embedding_dropout = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(
-            DecoderBlock(index, dim, n_head, self.n_head_kv, bias, dropout, norm, attention, mlp, rotary)
+            DecoderBlock(
+                index, dim, self.n_head, self.n_head_kv, config.bias, config.dropout, norm, attention, mlp, rotary
+            )
             for index in range(n_layer)
         )
         self.final_norm = norm(dim=dim)
-        self.output = None if tie_embeddings else nn.Linear(dim, vocab_size, bias=False)
+        self.output = None if config.tie_embeddings else nn.Linear(dim, vocab_size, bias=False)
         # A model constructed directly starts from its scheme; the training build constructs on the meta
         # device, where this draws nothing, and initialises once after materialising.
         with torch.no_grad():
@@ -177,7 +194,7 @@ class DecoderLM(nn.Module):
             self.weight_init.embedding_(self.position_embedding.weight)
         for block in self.blocks:
             block.init_weights(self.weight_init)
-        self.final_norm.reset_parameters()
+        _init_modules(self.final_norm, self.weight_init)
         if self.output is not None:
             self.weight_init.linear_(self.output.weight)
 

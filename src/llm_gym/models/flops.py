@@ -5,24 +5,14 @@ import re
 import torch
 from torch import nn
 
-from llm_gym.config.component import ComponentNode
-from llm_gym.errors import UserError
+from llm_gym.models.contract import LanguageModel
 from llm_gym.models.positional import LearnedPositionEmbedding
 
 
-def _as_module(model: nn.Module | ComponentNode) -> nn.Module:
-    """A model node is built on the meta device: the shapes without the memory."""
-    if isinstance(model, nn.Module):
-        return model
-    from llm_gym.registry import get_registry
+def num_parameters(model: nn.Module, exclude_position_embeddings: bool = False) -> int:
+    """Every parameter counted once (tied embeddings once). Parameters of an FSDP2 shard count at full size.
 
-    with torch.device("meta"):
-        return get_registry().build_component_by_config(model)
-
-
-def num_parameters(model: nn.Module | ComponentNode, exclude_position_embeddings: bool = False) -> int:
-    """Every parameter counted once (tied embeddings once). Parameters of an FSDP2 shard count at full size."""
-    model = _as_module(model)
+    A model built on the meta device counts too: shapes without memory."""
     total = sum(parameter.numel() for parameter in model.parameters())
     if exclude_position_embeddings:
         total -= sum(
@@ -34,7 +24,7 @@ def num_parameters(model: nn.Module | ComponentNode, exclude_position_embeddings
     return total
 
 
-def flops_per_token(model: nn.Module | ComponentNode, sequence_length: int) -> int:
+def flops_per_token(model: LanguageModel, sequence_length: int) -> int:
     """Training FLOPs (forward + backward) per token: 6·N + 12·L·H·Q·T (PaLM, appendix B).
 
     N is ``num_parameters(model, exclude_position_embeddings=True)``: every parameter once, tied embeddings
@@ -42,17 +32,12 @@ def flops_per_token(model: nn.Module | ComponentNode, sequence_length: int) -> i
     input embedding is a lookup too but stays in N, as the pinned formula has it. L layers, H query heads,
     Q head dimension, T the sequence length (full, not causal-halved, attention).
     """
-    model = _as_module(model)
-    missing = [name for name in ("n_layer", "n_head", "head_dim") if not hasattr(model, name)]
-    if missing:
-        raise UserError(f"cannot count FLOPs of {type(model).__name__}: it has no {', '.join(missing)} attribute")
     n = num_parameters(model, exclude_position_embeddings=True)
     return 6 * n + 12 * model.n_layer * model.n_head * model.head_dim * sequence_length
 
 
-def describe_model(model: nn.Module | ComponentNode, sequence_length: int) -> list[str]:
+def describe_model(model: LanguageModel, sequence_length: int) -> list[str]:
     """What ``llm_gym validate`` prints about the model."""
-    model = _as_module(model)
     total, without_positions = num_parameters(model), num_parameters(model, exclude_position_embeddings=True)
     lines = [f"model parameters: {total:,}"]
     if without_positions != total:

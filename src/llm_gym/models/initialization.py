@@ -71,8 +71,8 @@ class ScaledNormalConfig(BaseModel):
 class ScaledNormal(WeightInit):
     """N(0, std²) everywhere, residual projections scaled (GPT-2)."""
 
-    def __init__(self, n_layer: int, std: float = 0.02, residual_scaling: ResidualScaling = "n_layer"):
-        super().__init__(n_layer, std, residual_scaling)
+    def __init__(self, config: ScaledNormalConfig, n_layer: int):
+        super().__init__(n_layer, config.std, config.residual_scaling)
 
     def _draw_(self, weight: torch.Tensor, std: float) -> None:
         nn.init.normal_(weight, mean=0.0, std=std)
@@ -89,11 +89,9 @@ class TruncatedNormalConfig(BaseModel):
 class TruncatedNormal(WeightInit):
     """N(0, std²) truncated at ± cutoff·std (Llama-style pretraining, OLMo, torchtitan)."""
 
-    def __init__(
-        self, n_layer: int, std: float = 0.02, cutoff: float = 3.0, residual_scaling: ResidualScaling = "depth"
-    ):
-        super().__init__(n_layer, std, residual_scaling)
-        self.cutoff = cutoff
+    def __init__(self, config: TruncatedNormalConfig, n_layer: int):
+        super().__init__(n_layer, config.std, config.residual_scaling)
+        self.cutoff = config.cutoff
 
     def _draw_(self, weight: torch.Tensor, std: float) -> None:
         nn.init.trunc_normal_(weight, mean=0.0, std=std, a=-self.cutoff * std, b=self.cutoff * std)

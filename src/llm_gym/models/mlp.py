@@ -22,11 +22,11 @@ class GELUMLPConfig(BaseModel):
 class GELUMLP(nn.Module):
     """Linear → GELU → linear (GPT-2)."""
 
-    def __init__(self, dim: int, hidden_dim: int, bias: bool, approximate: str = "tanh"):
+    def __init__(self, config: GELUMLPConfig, dim: int, bias: bool):
         super().__init__()
-        self.approximate = approximate
-        self.input = nn.Linear(dim, hidden_dim, bias=bias)
-        self.output = nn.Linear(hidden_dim, dim, bias=bias)
+        self.approximate = config.approximate
+        self.input = nn.Linear(dim, config.hidden_dim, bias=bias)
+        self.output = nn.Linear(config.hidden_dim, dim, bias=bias)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.output(F.gelu(self.input(hidden), approximate=self.approximate))
@@ -41,11 +41,11 @@ class SwiGLUMLPConfig(BaseModel):
 class SwiGLUMLP(nn.Module):
     """SiLU(gate(x)) ⊙ up(x) → linear (Llama)."""
 
-    def __init__(self, dim: int, hidden_dim: int, bias: bool):
+    def __init__(self, config: SwiGLUMLPConfig, dim: int, bias: bool):
         super().__init__()
-        self.gate = nn.Linear(dim, hidden_dim, bias=bias)
-        self.input = nn.Linear(dim, hidden_dim, bias=bias)
-        self.output = nn.Linear(hidden_dim, dim, bias=bias)
+        self.gate = nn.Linear(dim, config.hidden_dim, bias=bias)
+        self.input = nn.Linear(dim, config.hidden_dim, bias=bias)
+        self.output = nn.Linear(config.hidden_dim, dim, bias=bias)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.output(F.silu(self.gate(hidden)) * self.input(hidden))

@@ -14,8 +14,8 @@ class LayerNormConfig(BaseModel):
 class LayerNorm(nn.LayerNorm):
     """LayerNorm with an optional bias (GPT-2 has one; many later models drop it)."""
 
-    def __init__(self, dim: int, bias: bool = True, eps: float = 1e-5):
-        super().__init__(dim, eps=eps, bias=bias)
+    def __init__(self, config: LayerNormConfig, dim: int):
+        super().__init__(dim, eps=config.eps, bias=config.bias)
 
 
 class RMSNormConfig(BaseModel):
@@ -27,8 +27,8 @@ class RMSNormConfig(BaseModel):
 class RMSNorm(nn.RMSNorm):
     """Root-mean-square norm with a learned scale (Llama)."""
 
-    def __init__(self, dim: int, eps: float = 1e-5):
-        super().__init__(dim, eps=eps)
+    def __init__(self, config: RMSNormConfig, dim: int):
+        super().__init__(dim, eps=config.eps)
 
 
 NORMS = {

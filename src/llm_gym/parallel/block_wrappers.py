@@ -4,11 +4,12 @@ Both act on ``model.blocks`` one block at a time (as torchtitan does), so FSDP2 
 regions and compiled graphs all line up with transformer blocks.
 """
 
-from torch import nn
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 
+from llm_gym.models.contract import LanguageModel
 
-def apply_activation_checkpointing(model: nn.Module, mode: str, every_k: int = 1) -> int:
+
+def apply_activation_checkpointing(model: LanguageModel, mode: str, every_k: int = 1) -> int:
     """Recompute activations of every block (``full``) or every k-th block (``every_k``) in backward.
 
     Returns the number of wrapped blocks. The wrapper hides its prefix from ``state_dict``, so checkpoints
@@ -25,7 +26,7 @@ def apply_activation_checkpointing(model: nn.Module, mode: str, every_k: int = 1
     return wrapped
 
 
-def compile_blocks(model: nn.Module) -> None:
+def compile_blocks(model: LanguageModel) -> None:
     """Compile each block in place (``nn.Module.compile``), keeping parameter names unchanged."""
     for block in model.blocks:
         block.compile()

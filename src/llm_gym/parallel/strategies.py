@@ -7,7 +7,6 @@ gradient norm, and under which autocast the forward runs.
 
 import contextlib
 import re
-from collections.abc import Iterator
 from typing import Literal
 
 import torch
@@ -19,6 +18,7 @@ from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 
 from llm_gym.errors import UserError
+from llm_gym.models.contract import LanguageModel
 from llm_gym.parallel.distributed import DistributedEnvironment
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -43,9 +43,9 @@ class ParallelismStrategy:
     supports_meta_device_init = True
     """Whether ``parallelize`` accepts a model on the meta device, materialised only afterwards."""
 
-    def __init__(self, env: DistributedEnvironment, mixed_precision: MixedPrecisionConfig | None = None):
+    def __init__(self, config: "_StrategyConfig", env: DistributedEnvironment):
         self.env = env
-        self.mixed_precision = mixed_precision or MixedPrecisionConfig()
+        self.mixed_precision = config.mixed_precision
         self.compute_dtype = _compute_dtype(self.mixed_precision, env.device)
 
     @property
@@ -56,7 +56,7 @@ class ParallelismStrategy:
     def data_parallel_rank(self) -> int:
         return self.env.rank
 
-    def parallelize(self, model: nn.Module) -> nn.Module:
+    def parallelize(self, model: LanguageModel) -> nn.Module:
         raise NotImplementedError
 
     def gradient_sync(self, model: nn.Module, enabled: bool) -> contextlib.AbstractContextManager:
@@ -101,15 +101,15 @@ class NoParallelismConfig(_StrategyConfig):
 class NoParallelism(ParallelismStrategy):
     """One process, no wrapping: the plain PyTorch model."""
 
-    def __init__(self, env: DistributedEnvironment, mixed_precision: MixedPrecisionConfig | None = None):
+    def __init__(self, config: NoParallelismConfig, env: DistributedEnvironment):
         if env.world_size != 1:
             raise UserError(
                 f"parallelism NoParallelism runs on one process, but the world size is {env.world_size}; "
                 "use FSDP2, HSDP or DDP under torchrun"
             )
-        super().__init__(env, mixed_precision)
+        super().__init__(config, env)
 
-    def parallelize(self, model: nn.Module) -> nn.Module:
+    def parallelize(self, model: LanguageModel) -> nn.Module:
         return model
 
 
@@ -123,7 +123,7 @@ class DDP(ParallelismStrategy):
     # DistributedDataParallel broadcasts rank 0's weights when it wraps the model: a meta model has none.
     supports_meta_device_init = False
 
-    def parallelize(self, model: nn.Module) -> nn.Module:
+    def parallelize(self, model: LanguageModel) -> nn.Module:
         device_ids = [self.env.device.index] if self.env.device.type == "cuda" else None
         return DistributedDataParallel(model, device_ids=device_ids)
 
@@ -163,14 +163,9 @@ class FSDP2(ParallelismStrategy):
     (about 3% of a CPU step, benchmarks/training_overhead.py), so the model runs unwrapped.
     """
 
-    def __init__(
-        self,
-        env: DistributedEnvironment,
-        mixed_precision: MixedPrecisionConfig | None = None,
-        reshard_after_forward: bool = True,
-    ):
-        super().__init__(env, mixed_precision)
-        self.reshard_after_forward = reshard_after_forward
+    def __init__(self, config: FSDP2Config, env: DistributedEnvironment):
+        super().__init__(config, env)
+        self.reshard_after_forward = config.reshard_after_forward
 
     def device_mesh(self) -> DeviceMesh:
         return init_device_mesh(self.env.device.type, (self.env.world_size,), mesh_dim_names=("dp_shard",))
@@ -179,7 +174,7 @@ class FSDP2(ParallelismStrategy):
     def shards(self) -> bool:
         return self.env.world_size > 1
 
-    def parallelize(self, model: nn.Module) -> nn.Module:
+    def parallelize(self, model: LanguageModel) -> nn.Module:
         if not self.shards:
             return model
         _check_gloo_sharding_supported(type(self).__name__, self.env)
@@ -187,7 +182,7 @@ class FSDP2(ParallelismStrategy):
         policy = MixedPrecisionPolicy(
             param_dtype=self.compute_dtype, reduce_dtype=DTYPES[self.mixed_precision.reduce_dtype]
         )
-        blocks = list(_transformer_blocks(model))
+        blocks = list(model.blocks)
         for index, block in enumerate(blocks):
             # The last block's parameters are needed again at once by backward: keep them gathered.
             reshard = self.reshard_after_forward and index < len(blocks) - 1
@@ -213,17 +208,10 @@ class HSDPConfig(FSDP2Config):
 class HSDP(FSDP2):
     """Hybrid sharding: parameters sharded within a group of ranks, replicated across groups (2-D mesh)."""
 
-    def __init__(
-        self,
-        env: DistributedEnvironment,
-        mixed_precision: MixedPrecisionConfig | None = None,
-        reshard_after_forward: bool = True,
-        replicate_degree: int = -1,
-        shard_degree: int = -1,
-    ):
-        super().__init__(env, mixed_precision, reshard_after_forward)
+    def __init__(self, config: HSDPConfig, env: DistributedEnvironment):
+        super().__init__(config, env)
         self.replicate_degree, self.shard_degree = _mesh_degrees(
-            env.world_size, replicate_degree, shard_degree, env.local_world_size
+            env.world_size, config.replicate_degree, config.shard_degree, env.local_world_size
         )
 
     def device_mesh(self) -> DeviceMesh:
@@ -249,13 +237,6 @@ def _mesh_degrees(world_size: int, replicate: int, shard: int, local_world_size:
             f"(got replicate_degree={replicate}, shard_degree={shard})"
         )
     return replicate, shard
-
-
-def _transformer_blocks(model: nn.Module) -> Iterator[nn.Module]:
-    blocks = getattr(model, "blocks", None)
-    if blocks is None:
-        raise UserError(f"{type(model).__name__} has no 'blocks' to shard one by one")
-    return iter(blocks)
 
 
 PARALLELISM = {

@@ -1,62 +1,37 @@
-"""The process-wide component registry and the public API for registering your own components.
+"""The registry mechanism: which components a config can name, and how a validated node becomes an object.
 
-Register a class from your own module (no edit of llm_gym needed)::
+It imports no component. The built-in ones are listed in ``llm_gym.assembly``, whose ``make_registry()``
+gives a registry holding them; validation receives a registry in pydantic's validation context
+(``registry.validate(Model, data)``), never from a global.
+
+Declare a component in your own module (no edit of llm_gym needed)::
 
     from llm_gym.registry import register_component
 
     @register_component("lr_scheduler", "MySchedule", config_model=MyScheduleConfig)
     class MySchedule(torch.optim.lr_scheduler.LRScheduler): ...
 
-and list that module under ``user_modules`` at the top of the YAML, so it is imported before validation.
+and list that module under ``user_modules`` at the top of the YAML: loading the config imports it and adds
+what it declared to the registry the run validates and builds with.
 """
 
-from collections.abc import Callable, Iterable
-
-from pydantic import BaseModel
-
+from llm_gym.registry.component import Component, ComponentNode
 from llm_gym.registry.registry import (
     ComponentEntry,
     ComponentFactory,
+    DeclaredComponent,
     ResolverRegistry,
     config_model_from_signature,
+    register_component,
 )
 
-_registry: ResolverRegistry | None = None
-
-
-def get_registry() -> ResolverRegistry:
-    """The registry holding every built-in component plus whatever users registered."""
-    global _registry
-    if _registry is None:
-        from llm_gym.registry.builtin import register_builtin_components
-
-        _registry = ResolverRegistry()
-        register_builtin_components(_registry)
-    return _registry
-
-
-def register_component(
-    register_key: str,
-    type_hint: str | None = None,
-    config_model: type[BaseModel] | None = None,
-    injected: Iterable[str] = (),
-) -> Callable[[type], type]:
-    """Class decorator registering a user component in the process-wide registry."""
-
-    def decorate(component: type) -> type:
-        get_registry().register_component(
-            register_key, type_hint or component.__name__, component, config_model, injected
-        )
-        return component
-
-    return decorate
-
-
 __all__ = [
+    "Component",
     "ComponentEntry",
     "ComponentFactory",
+    "ComponentNode",
+    "DeclaredComponent",
     "ResolverRegistry",
     "config_model_from_signature",
-    "get_registry",
     "register_component",
 ]

@@ -1,20 +1,22 @@
 """The component registry: which classes a config can name, and how a validated node becomes an object.
 
 Each register key (``optimizer``, ``model``, ...) has a ``class_resolver.ClassResolver`` that finds the
-class, and each type_hint has the pydantic model of that class's constructor arguments.
+class, and each type_hint has the pydantic model of that class's constructor arguments. A registry is a
+value: whoever validates or builds is handed one (``llm_gym.assembly.make_registry()`` makes the usual one).
 """
 
 import inspect
+import typing
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from class_resolver import ClassResolver
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
 
-from llm_gym.config.component import ComponentNode, unknown_type_hint_message
-from llm_gym.config.lookup_enum import LookupEnum
 from llm_gym.errors import ConfigError
+from llm_gym.registry.component import REGISTRY_CONTEXT_KEY, ComponentNode, unknown_type_hint_message
+from llm_gym.registry.lookup_enum import LookupEnum
 
 
 @dataclass(frozen=True)
@@ -24,6 +26,9 @@ class ComponentEntry:
     component: type
     config_model: type[BaseModel]
     node_model: type[ComponentNode]
+    takes_config: bool
+    """Whether the constructor takes the validated config model whole (``config: <its config model>``) rather
+    than its fields as keyword arguments."""
 
 
 class ComponentFactory:
@@ -60,6 +65,63 @@ def config_model_from_signature(component: type, injected: Iterable[str] = ()) -
     )
 
 
+ValidatedT = TypeVar("ValidatedT")
+
+
+@dataclass(frozen=True)
+class DeclaredComponent:
+    """A component declared with ``register_component``, for every registry that ``add_declared`` later."""
+
+    register_key: str
+    type_hint: str
+    component: type
+    config_model: type[BaseModel]
+
+
+_declared: list[DeclaredComponent] = []
+"""What users' modules declared, in order. Only ``ResolverRegistry.add_declared`` reads it."""
+
+
+def register_component(
+    register_key: str,
+    type_hint: str | None = None,
+    config_model: type[BaseModel] | None = None,
+    injected: Iterable[str] = (),
+) -> Callable[[type], type]:
+    """Class decorator declaring a component of your own under ``register_key`` (as ``type_hint``, by default
+    the class name). Loading a config imports its ``user_modules`` and adds what they declared to the
+    registry it validates with; ``llm_gym.assembly.make_registry()`` includes everything declared so far.
+
+    Without ``config_model`` one is derived from the constructor signature, skipping ``injected`` arguments.
+    """
+
+    def declare(component: type) -> type:
+        model = config_model or config_model_from_signature(component, injected)
+        _declared.append(DeclaredComponent(register_key, type_hint or component.__name__, component, model))
+        return component
+
+    return declare
+
+
+def takes_config_model(component: Callable[..., Any], config_model: type[BaseModel]) -> bool:
+    """``component(config: <config_model or a base of it>, ...)``: constructed from its validated config model,
+    which then is the one declaration of its arguments (names, types, ranges, defaults, descriptions)."""
+    try:
+        hints = typing.get_type_hints(component.__init__ if isinstance(component, type) else component)
+    except Exception:  # annotations that do not resolve, or a builtin without any: not this convention
+        return False
+    annotation = hints.get("config")
+    return isinstance(annotation, type) and issubclass(config_model, annotation)
+
+
+def _holds_nodes(value: Any) -> bool:
+    if isinstance(value, ComponentNode):
+        return True
+    if isinstance(value, list | tuple):
+        return any(_holds_nodes(item) for item in value)
+    return isinstance(value, dict) and any(_holds_nodes(item) for item in value.values())
+
+
 def _has_defaults_only(model: type[BaseModel]) -> bool:
     return all(not field.is_required() for field in model.model_fields.values())
 
@@ -69,6 +131,7 @@ class ResolverRegistry:
         self._resolvers: dict[str, ClassResolver] = {}
         self._config_models: dict[str, dict[str, type[BaseModel]]] = {}
         self._entries: dict[str, dict[str, ComponentEntry]] = {}
+        self._added: set[DeclaredComponent] = set()
 
     # ---- registration -------------------------------------------------------------------------
     def register_component(
@@ -111,6 +174,21 @@ class ResolverRegistry:
             self.register_component(register_key, name, component, config_models.pop(name, None), injected)
         if config_models:
             raise ValueError(f"config models for classes not in the resolver: {sorted(config_models)}")
+
+    def add_declared(self) -> None:
+        """Register the components declared with ``register_component`` that this registry does not hold yet."""
+        for declared in _declared:
+            if declared not in self._added:
+                self.register_component(
+                    declared.register_key, declared.type_hint, declared.component, declared.config_model
+                )
+                self._added.add(declared)
+
+    # ---- validation ---------------------------------------------------------------------------
+    def validate(self, schema: type[ValidatedT] | Any, data: Any) -> ValidatedT:
+        """``data`` validated as ``schema`` (a pydantic model, or any type pydantic validates, such as
+        ``Component("optimizer")``), with every component node in it validated against this registry."""
+        return TypeAdapter(schema).validate_python(data, context={REGISTRY_CONTEXT_KEY: self})
 
     # ---- lookup -------------------------------------------------------------------------------
     def register_keys(self) -> list[str]:
@@ -156,27 +234,46 @@ class ResolverRegistry:
                 f"{enum_name}{name}Node", __base__=ComponentNode, type_hint=(enum, ...), config=config_field
             )
             node_model.register_key = register_key
-            entries[name] = ComponentEntry(register_key, enum[name], resolver.lookup(name), config_model, node_model)
+            component = resolver.lookup(name)
+            takes_config = takes_config_model(component, config_model)
+            entries[name] = ComponentEntry(register_key, enum[name], component, config_model, node_model, takes_config)
         return entries
 
     # ---- building -----------------------------------------------------------------------------
     def build_component_by_config(self, config: ComponentNode, extra_kwargs: Mapping[str, Any] | None = None) -> Any:
-        """Build a validated node. Nested component nodes in its config arrive as ``ComponentFactory``s."""
+        """Build a validated node, plus ``extra_kwargs``. A constructor that takes ``config: <its config model>``
+        receives the validated model whole, and each field holding nested component nodes again as
+        ``ComponentFactory``s under the field's name; any other gets every field as a keyword argument, nested
+        component nodes as factories."""
         entry = self.find_entry(config.register_key, config.type_hint)
         if entry is None:
             raise ConfigError(f"unknown type_hint '{config.type_hint}' for '{config.register_key}'")
-        kwargs = {name: self._factories_for(getattr(config.config, name)) for name in type(config.config).model_fields}
+        fields = {name: getattr(config.config, name) for name in type(config.config).model_fields}
+        if entry.takes_config:
+            kwargs = {"config": config.config}
+            kwargs.update((name, self._factories_for(value)) for name, value in fields.items() if _holds_nodes(value))
+        else:
+            kwargs = {name: self._factories_for(value) for name, value in fields.items()}
         kwargs.update(extra_kwargs or {})
         return self._instantiate(entry.component, entry.type_hint.name, kwargs)
 
     def build_component_by_key_query(
         self, register_key: str, type_hint: str, extra_kwargs: Mapping[str, Any] | None = None
     ) -> Any:
-        """Build a registered component straight from keyword arguments, without a config node."""
+        """Build a registered component straight from keyword arguments, without a config node. For a constructor
+        that takes its config model, the arguments that are fields of the model are validated into it."""
         entry = self.find_entry(register_key, type_hint)
         if entry is None:
             raise ConfigError(unknown_type_hint_message(register_key, type_hint, self.type_hint_names(register_key)))
-        return self._instantiate(entry.component, entry.type_hint.name, dict(extra_kwargs or {}))
+        kwargs = dict(extra_kwargs or {})
+        if entry.takes_config and "config" not in kwargs:
+            fields = {name: kwargs.pop(name) for name in list(kwargs) if name in entry.config_model.model_fields}
+            try:
+                kwargs["config"] = self.validate(entry.config_model, fields)
+            except ValidationError as error:
+                problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+                raise ConfigError(f"cannot build '{entry.type_hint.name}': {problems}") from error
+        return self._instantiate(entry.component, entry.type_hint.name, kwargs)
 
     def _instantiate(self, component: Callable[..., Any], type_hint: str, kwargs: dict[str, Any]) -> Any:
         try:

@@ -1,5 +1,6 @@
 """From a validated config to built, wired components: the only place that reads the config of a run."""
 
+import itertools
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -7,30 +8,34 @@ from typing import Any
 import torch
 from torch import nn
 
-from llm_gym.config.app import TrainingAppConfig
+from llm_gym.config.app import TrainingAppConfig, TrainingSettings
 from llm_gym.data.loaders import eval_batches
 from llm_gym.data.tokenizers import load_tokenizer, tokenizer_exists
-from llm_gym.errors import ConfigError
+from llm_gym.errors import ConfigError, MissingInputError
 from llm_gym.evaluation.in_loop import EvaluationContext
 from llm_gym.logging_broker import MessageBroker
+from llm_gym.models.contract import LanguageModel, as_language_model
+from llm_gym.optim.optimizers import weight_decay_parameter_groups
 from llm_gym.parallel.block_wrappers import apply_activation_checkpointing, compile_blocks
 from llm_gym.parallel.distributed import DistributedEnvironment
-from llm_gym.parallel.strategies import ParallelismStrategy
-from llm_gym.registry import ResolverRegistry, get_registry
-from llm_gym.training.optimizers import weight_decay_parameter_groups
-from llm_gym.training.step import BatchKeys
+from llm_gym.parallel.strategies import FSDP2, HSDP, ParallelismStrategy
+from llm_gym.registry import ResolverRegistry
+from llm_gym.training.hardware import available_memory
+from llm_gym.training.materialise import materialise
 
 
 @dataclass
 class BuiltModel:
     model: nn.Module
     """The parallelized module the step runs."""
-    inner: nn.Module
+    inner: LanguageModel
     """The model itself, for its figures (FLOPs, parameter count) and generation."""
 
 
-def build_parallelism(config: TrainingAppConfig, env: DistributedEnvironment) -> ParallelismStrategy:
-    parallelism = get_registry().build_component_by_config(config.parallelism, extra_kwargs={"env": env})
+def build_parallelism(
+    config: TrainingAppConfig, env: DistributedEnvironment, registry: ResolverRegistry
+) -> ParallelismStrategy:
+    parallelism = registry.build_component_by_config(config.parallelism, extra_kwargs={"env": env})
     try:
         config.training.check_batch_sizes(parallelism.data_parallel_size)
     except ValueError as error:
@@ -38,9 +43,7 @@ def build_parallelism(config: TrainingAppConfig, env: DistributedEnvironment) ->
     return parallelism
 
 
-def build_model(
-    config: TrainingAppConfig, parallelism: ParallelismStrategy, registry: ResolverRegistry | None = None
-) -> BuiltModel:
+def build_model(config: TrainingAppConfig, parallelism: ParallelismStrategy, registry: ResolverRegistry) -> BuiltModel:
     """Build without memory, wrap per block, shard, and initialise once with the experiment seed.
 
     The model is always built on the meta device, so its constructor draws nothing that would be drawn again.
@@ -49,18 +52,12 @@ def build_model(
     after sharding, shard by shard: the way to train models larger than one device. Both give the same
     weights (an FSDP2 shard is drawn whole, then sliced).
     """
-    registry = registry or get_registry()
     settings, device = config.training, parallelism.env.device
-    with torch.device("meta"):
-        model = registry.build_component_by_config(config.model)
-    if not callable(getattr(model, "init_weights", None)):
-        raise ConfigError(
-            f"model: {type(model).__name__} has no init_weights(); llm_gym builds models on the meta device and "
-            "calls init_weights() to fill every parameter and buffer (docs/configuration.md, Your own components)"
-        )
+    model = build_model_on_meta(config, registry)
+    check_model_fits(model, config, parallelism)
     inner = model
     if not settings.meta_device_init:
-        _materialise(inner, device, config.experiment.seed)
+        materialise(inner, device, config.experiment.seed)
     apply_activation_checkpointing(
         model, settings.activation_checkpointing.value, settings.activation_checkpointing_every_k
     )
@@ -68,19 +65,57 @@ def build_model(
         compile_blocks(model)
     model = parallelism.parallelize(model)
     if settings.meta_device_init:
-        _materialise(inner, device, config.experiment.seed)
+        materialise(inner, device, config.experiment.seed)
     return BuiltModel(model, inner)
 
 
-def _materialise(model: nn.Module, device: torch.device, seed: int) -> None:
-    """Allocate a meta-device model on ``device`` and draw its weights from ``seed`` (``init_weights``)."""
-    model.to_empty(device=device)
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        model.init_weights()
+def build_model_on_meta(config: TrainingAppConfig, registry: ResolverRegistry) -> LanguageModel:
+    """The model's shapes without its memory, checked against the model contract: what `validate` sizes and
+    `run` materialises."""
+    try:
+        with torch.device("meta"):
+            model = registry.build_component_by_config(config.model)
+    except (RuntimeError, TypeError, OverflowError) as error:
+        # How torch refuses a tensor size beyond 64 bits, even on the meta device.
+        if "overflow" not in str(error).lower():
+            raise
+        reason = str(error).strip().splitlines()[0]
+        raise ConfigError(f"model: a tensor of this size cannot exist (beyond 2^63 bytes): {reason}") from None
+    return as_language_model(model)
 
 
-def check_tokenizer(config: TrainingAppConfig, model: nn.Module) -> str:
+def shard_degree(parallelism: ParallelismStrategy) -> int:
+    """Over how many ranks each parameter is split."""
+    if isinstance(parallelism, HSDP):
+        return parallelism.shard_degree
+    return parallelism.env.world_size if isinstance(parallelism, FSDP2) else 1
+
+
+def check_model_fits(model: nn.Module, config: TrainingAppConfig, parallelism: ParallelismStrategy) -> None:
+    """Refuse a model (on the meta device) whose weights alone cannot be allocated on the device a rank trains on.
+
+    Weights are materialised whole on every rank, or only their shard with ``training.meta_device_init``; the
+    ranks of one machine share its RAM. Optimizer state and activations come on top, so a model that passes
+    may still not train: ``validate`` prints the whole estimate.
+    """
+    env = parallelism.env
+    available = available_memory(env.device)
+    if available is None:
+        return
+    tensors = {id(tensor): tensor for tensor in itertools.chain(model.parameters(), model.buffers())}.values()
+    model_bytes = sum(tensor.numel() * tensor.element_size() for tensor in tensors)
+    per_rank = model_bytes / shard_degree(parallelism) if config.training.meta_device_init else model_bytes
+    sharing = env.local_world_size if env.device.type == "cpu" else 1
+    if per_rank * sharing > available:
+        ranks = f" × {sharing} ranks" if sharing > 1 else ""
+        raise ConfigError(
+            f"model: its weights alone need {per_rank / 2**30:,.2f} GiB{ranks} on {env.device.type}, more than the "
+            f"{available / 2**30:,.2f} GiB available there; make the model smaller (model.config), or shard its "
+            "weights over more devices (FSDP2 with training.meta_device_init: true)"
+        )
+
+
+def check_tokenizer(config: TrainingAppConfig, model: LanguageModel) -> str:
     """Refuse a ``data.tokenizer`` with more ids than the model embeds; say what was found.
 
     Training reads token ids only, so a tokenizer file absent here is not an error (``generate`` and
@@ -89,29 +124,29 @@ def check_tokenizer(config: TrainingAppConfig, model: nn.Module) -> str:
     spec = config.data.tokenizer
     if not tokenizer_exists(spec):
         return f"data.tokenizer: {spec} is not here (generate and export_hf will need it)"
-    tokenizer = load_tokenizer(spec, getattr(model, "vocab_size", None))
+    tokenizer = load_tokenizer(spec, model.vocab_size)
     return f"data.tokenizer: {spec}, {tokenizer.vocab_size:,} ids"
 
 
-def build_evaluators(config: TrainingAppConfig, model: nn.Module) -> list[Any]:
+def build_evaluators(config: TrainingAppConfig, model: LanguageModel, registry: ResolverRegistry) -> list[Any]:
     """``evaluation.evaluators``, built with the run's tokenizer (which they need, so it must be here)."""
     if not config.evaluation.evaluators:
         return []
     spec = config.data.tokenizer
     if not tokenizer_exists(spec):
-        raise ConfigError(f"evaluation.evaluators need data.tokenizer to score text, and {spec} does not exist")
+        raise MissingInputError(f"evaluation.evaluators need data.tokenizer to score text, and {spec} does not exist")
     context = EvaluationContext(
         tokenizer=load_tokenizer(spec, model.vocab_size),
         vocab_size=model.vocab_size,
         sequence_length=model.sequence_length,
         micro_batch_size=config.training.micro_batch_size,
     )
-    registry = get_registry()
     return [registry.build_component_by_config(node, {"context": context}) for node in config.evaluation.evaluators]
 
 
-def build_optimization(config: TrainingAppConfig, model: nn.Module) -> tuple[torch.optim.Optimizer, Any]:
-    registry = get_registry()
+def build_optimization(
+    config: TrainingAppConfig, model: nn.Module, registry: ResolverRegistry
+) -> tuple[torch.optim.Optimizer, Any]:
     optimizer = registry.build_component_by_config(
         config.optimizer, extra_kwargs={"params": weight_decay_parameter_groups(model)}
     )
@@ -119,18 +154,27 @@ def build_optimization(config: TrainingAppConfig, model: nn.Module) -> tuple[tor
     return optimizer, lr_scheduler
 
 
+def check_train_dataset_size(num_samples: int, training: TrainingSettings, data_parallel_size: int) -> None:
+    samples_per_step = training.samples_per_step(data_parallel_size)
+    if num_samples < samples_per_step:
+        raise ConfigError(
+            f"data.train_dataset has {num_samples:,} samples, fewer than one global batch ({samples_per_step:,}): "
+            "every step would repeat samples; give it more data, or shorten training.sequence_length or the batch"
+        )
+
+
 @dataclass
 class BuiltData:
     train_loader: Any
     eval_splits: dict[str, Any]
-    batch_keys: BatchKeys
 
 
-def build_data(config: TrainingAppConfig, parallelism: ParallelismStrategy) -> BuiltData:
-    registry, data = get_registry(), config.data
+def build_data(config: TrainingAppConfig, parallelism: ParallelismStrategy, registry: ResolverRegistry) -> BuiltData:
+    data = config.data
     dp_rank, dp_size = parallelism.data_parallel_rank, parallelism.data_parallel_size
     micro_batch_size = config.training.micro_batch_size
     train_dataset = registry.build_component_by_config(data.train_dataset)
+    check_train_dataset_size(len(train_dataset), config.training, dp_size)
     sampler = registry.build_component_by_config(
         data.sampler,
         extra_kwargs={"dataset_length": len(train_dataset), "dp_rank": dp_rank, "dp_world_size": dp_size},
@@ -152,22 +196,24 @@ def build_data(config: TrainingAppConfig, parallelism: ParallelismStrategy) -> B
             eval_batches,
             dataset,
             collator,
-            collator.target_key,
             micro_batch_size,
             dp_rank,
             dp_size,
             config.training.eval_samples,
         )
-    return BuiltData(train_loader, eval_splits, BatchKeys(collator.input_key, collator.target_key))
+    return BuiltData(train_loader, eval_splits)
 
 
 def build_broker(
-    config: TrainingAppConfig, resolved: dict, is_main_process: bool, resume_step: int | None
+    config: TrainingAppConfig,
+    resolved: dict,
+    is_main_process: bool,
+    resume_step: int | None,
+    registry: ResolverRegistry,
 ) -> MessageBroker:
     """Loggers run on rank 0 only; other ranks publish into a broker without subscribers."""
     broker = MessageBroker()
     if is_main_process:
-        registry = get_registry()
         for node in config.loggers:
             broker.add_subscriber(
                 registry.build_component_by_config(

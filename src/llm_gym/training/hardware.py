@@ -1,4 +1,8 @@
-"""Accelerator figures for the train metrics: MFU against a known peak, and peak memory. Nothing on CPU."""
+"""Accelerator figures for the train metrics (MFU against a known peak, peak memory; nothing on CPU), and the
+memory a device has left."""
+
+import os
+from pathlib import Path
 
 import torch
 
@@ -25,3 +29,25 @@ class HardwareMetrics:
         if self.peak_flops is not None:
             metrics["mfu"] = tokens_per_s * self.flops_per_token / (self.peak_flops * self.world_size)
         return metrics
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes a process could still allocate on ``device``: a GPU's free memory, or the RAM the kernel counts as
+    available (free plus reclaimable caches); None where it cannot be told."""
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            return None
+        free, _ = torch.cuda.mem_get_info(device)
+        return free
+    if device.type != "cpu":
+        return None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:  # without /proc (macOS): all of the RAM, which nothing larger can fit in either
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None

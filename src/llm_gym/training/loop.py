@@ -1,5 +1,6 @@
 """The training loop. It receives built components and never reads YAML; everything else plugs into it."""
 
+import math
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -10,14 +11,25 @@ import torch
 from torch import nn
 
 from llm_gym.config.app import NonFiniteAction, TrainingSettings
+from llm_gym.data.collators import Batch
 from llm_gym.errors import RankLocalError, UserError
 from llm_gym.logging_broker.messages import MetricsRecord, ProgressUpdate, TextMessage
 from llm_gym.parallel.strategies import ParallelismStrategy
-from llm_gym.training.step import BatchKeys, StepResult, evaluate, train_step
+from llm_gym.training.step import StepResult, evaluate, train_step
 
 
 class NonFiniteLossError(UserError):
     """Training diverged; nothing non-finite was written to a checkpoint."""
+
+
+def describe_non_finite(result: StepResult) -> str:
+    """Which of the step's loss and gradient norm is not finite, with both values."""
+    loss_finite, grad_norm_finite = math.isfinite(result.loss), math.isfinite(result.grad_norm)
+    if not loss_finite and not grad_norm_finite:
+        return f"non-finite loss ({result.loss}) and gradient norm ({result.grad_norm})"
+    if not loss_finite:
+        return f"non-finite loss ({result.loss}; gradient norm {result.grad_norm})"
+    return f"non-finite gradient norm ({result.grad_norm}; the loss, {result.loss}, is finite)"
 
 
 @dataclass
@@ -27,6 +39,9 @@ class TrainingProgress:
     step: int = 0
     tokens_seen: int = 0
     skipped_steps: int = 0
+    consecutive_skipped_steps: int = 0
+    """Skipped since the last update; not saved (checkpoints of earlier releases lack it), so a resumed run
+    counts from 0."""
 
     def state_dict(self) -> dict[str, int]:
         return {"step": self.step, "tokens_seen": self.tokens_seen, "skipped_steps": self.skipped_steps}
@@ -78,7 +93,7 @@ class Evaluator(Protocol):
         self,
         model: nn.Module,
         parallelism: ParallelismStrategy,
-        split_batches: Callable[[str], Iterable[tuple[torch.Tensor, torch.Tensor]]],
+        split_batches: Callable[[str], Iterable[Batch]],
     ) -> dict[str, float]: ...
 
 
@@ -89,12 +104,11 @@ class Trainer:
     parallelism: ParallelismStrategy
     optimizer: torch.optim.Optimizer
     lr_scheduler: torch.optim.lr_scheduler.LRScheduler
-    train_batches: Iterable[dict]
-    eval_splits: dict[str, Callable[[], Iterable[dict]]]
+    train_batches: Iterable[Batch]
+    eval_splits: dict[str, Callable[[], Iterable[Batch]]]
     broker: Publisher
     checkpointer: CheckpointSaver
     progress: TrainingProgress = field(default_factory=TrainingProgress)
-    batch_keys: BatchKeys = field(default_factory=BatchKeys)
     hardware_metrics: Callable[[float], dict[str, float]] | None = None
     """Figures derived from tokens/s on an accelerator (mfu, peak memory)."""
     vocab_size: int | None = None
@@ -126,22 +140,32 @@ class Trainer:
                     self._evaluate_all()
                 self.checkpointer.maybe_save(progress.step, is_final)
 
-    def _optimizer_step(self, batches: Iterator[dict]) -> StepResult:
+    def _optimizer_step(self, batches: Iterator[Batch]) -> StepResult:
         micro_batches = [
             self._in_vocabulary(next(batches), "train") for _ in range(self.settings.gradient_accumulation_steps)
         ]
-        result = train_step(self.model, self.parallelism, micro_batches, self.batch_keys, self.settings.max_grad_norm)
+        result = train_step(self.model, self.parallelism, micro_batches, self.settings.max_grad_norm)
         self._last_lr = self.lr_scheduler.get_last_lr()[0]
+        step, progress = self.progress.step + 1, self.progress
+        non_finite = "" if result.finite else describe_non_finite(result)
         if result.finite:
             self.optimizer.step()
+            progress.consecutive_skipped_steps = 0
         elif self.settings.on_nonfinite == NonFiniteAction.STOP:
             raise NonFiniteLossError(
-                f"non-finite loss ({result.loss}) or gradient norm ({result.grad_norm}) at step "
-                f"{self.progress.step + 1}; lower optimizer.config.lr or set training.on_nonfinite=skip"
+                f"{non_finite} at step {step}; lower optimizer.config.lr or set training.on_nonfinite=skip"
             )
         else:
-            self.progress.skipped_steps += 1
-            self.broker.publish(TextMessage(f"step {self.progress.step + 1}: non-finite loss, update skipped"))
+            progress.skipped_steps += 1
+            progress.consecutive_skipped_steps += 1
+            limit = self.settings.max_consecutive_skipped_steps
+            if progress.consecutive_skipped_steps >= limit:
+                raise NonFiniteLossError(
+                    f"{limit} steps in a row ({step - limit + 1}-{step}) had non-finite values and were skipped, "
+                    f"the last with {non_finite} (training.max_consecutive_skipped_steps: {limit}): the run has "
+                    "diverged; lower optimizer.config.lr, or raise training.max_consecutive_skipped_steps"
+                )
+            self.broker.publish(TextMessage(f"step {step}: {non_finite}, update skipped"))
         self.optimizer.zero_grad(set_to_none=True)
         self.lr_scheduler.step()
         return result
@@ -158,25 +182,22 @@ class Trainer:
 
     def _evaluate_all(self) -> None:
         reported_by_evaluators = {evaluator.name for evaluator in self.evaluators}
-        for split, make_batches in self.eval_splits.items():
+        for split in self.eval_splits:
             if split in reported_by_evaluators:
                 continue
-            batches = (self._in_vocabulary(batch, split) for batch in make_batches())
-            loss = evaluate(self.model, self.parallelism, batches, self.batch_keys)
+            loss = evaluate(self.model, self.parallelism, self._split_batches(split))
             self.broker.publish(MetricsRecord(self.progress.step, split, {"loss": loss}))
         for evaluator in self.evaluators:
             metrics = evaluator(self.model, self.parallelism, self._split_batches)
             self.broker.publish(MetricsRecord(self.progress.step, evaluator.name, metrics))
 
-    def _split_batches(self, split: str) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for batch in self.eval_splits[split]():
-            batch = self._in_vocabulary(batch, split)
-            yield batch[self.batch_keys.inputs], batch[self.batch_keys.targets]
+    def _split_batches(self, split: str) -> Iterator[Batch]:
+        return (self._in_vocabulary(batch, split) for batch in self.eval_splits[split]())
 
-    def _in_vocabulary(self, batch: dict, split: str) -> dict:
+    def _in_vocabulary(self, batch: Batch, split: str) -> Batch:
         # An id past the embedding table is an IndexError traceback on CPU and a device-side assert on a GPU.
         if self.vocab_size is not None:
-            inputs, targets = batch[self.batch_keys.inputs], batch[self.batch_keys.targets]
+            inputs, targets = batch.inputs, batch.targets
             largest, smallest = max(int(inputs.max()), int(targets.max())), int(inputs.min())
             if largest >= self.vocab_size or smallest < 0:
                 raise RankLocalError(

@@ -1,18 +1,19 @@
-"""`llm_gym run`: load the config, join the process group, build everything, resume if asked, train."""
+"""`llm_gym run`: load the config, join the process group, then the run's four phases: plan the resume (which
+checkpoint, and may this config continue it), build every component, restore the checkpoint's state, train."""
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import yaml
 
+from llm_gym.assembly import make_registry
 from llm_gym.checkpointing import (
     LATEST_FILE,
     META_FILE,
     CheckpointManager,
-    config_differences,
-    hyperparameter_changes,
     load_checkpoint,
     load_model_weights,
     read_checkpoint_meta,
@@ -23,11 +24,15 @@ from llm_gym.config.app import TrainingAppConfig
 from llm_gym.config.loading import load_config
 from llm_gym.errors import ConfigError
 from llm_gym.logging_broker import TextMessage
+from llm_gym.models.contract import LanguageModel
 from llm_gym.models.flops import describe_model, flops_per_token
+from llm_gym.outputs import refuse_writing_over_inputs, writing
 from llm_gym.parallel.distributed import DistributedEnvironment, destroy_distributed, init_distributed
 from llm_gym.parallel.strategies import ParallelismStrategy
-from llm_gym.registry import get_registry
+from llm_gym.registry import ResolverRegistry
 from llm_gym.training.builder import (
+    BuiltData,
+    BuiltModel,
     build_broker,
     build_data,
     build_evaluators,
@@ -37,10 +42,14 @@ from llm_gym.training.builder import (
     check_tokenizer,
 )
 from llm_gym.training.hardware import HardwareMetrics
-from llm_gym.training.loop import Trainer, TrainingProgress
+from llm_gym.training.loop import Evaluator, Trainer, TrainingProgress
+from llm_gym.training.resume_policy import config_differences, hyperparameter_changes
 from llm_gym.training.summary import describe_global_batch
 
 logger = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.yaml"
+"""The resolved config of the run, in the experiment directory."""
 
 
 class _PeriodicCheckpoints:
@@ -57,108 +66,200 @@ class _PeriodicCheckpoints:
 def run_training(
     config_file_path: Path, overrides: Sequence[str] = (), resume: str = "none", allow_config_change: bool = False
 ) -> None:
-    config, resolved = load_config(config_file_path, TrainingAppConfig, overrides)
+    registry = make_registry()
+    config, resolved = load_config(config_file_path, TrainingAppConfig, overrides, registry=registry)
     env = init_distributed(config.training.device)
     try:
-        _train(config, resolved, env, resume, allow_config_change)
+        _train(config, resolved, registry, env, resume, allow_config_change, Path(config_file_path))
     finally:
         destroy_distributed()
 
 
-def _resume_differences(checkpoint_dir: Path, resolved: dict, world_size: int) -> tuple[list[str], list[str]]:
-    """How this run would differ from the one that wrote the checkpoint, compared before anything is loaded:
-    the differences that break an exact resume, and the changed hyperparameters."""
-    saved = read_checkpoint_meta(checkpoint_dir)
-    if "resolved_config" not in saved or "world_size" not in saved:
-        return [f"{META_FILE} does not record the config and world size of the run that wrote it"], []
-    return (
-        config_differences(saved["resolved_config"], resolved, saved["world_size"], world_size),
-        hyperparameter_changes(saved["resolved_config"], resolved),
-    )
+def _train(
+    config: TrainingAppConfig,
+    resolved: dict,
+    registry: ResolverRegistry,
+    env: DistributedEnvironment,
+    resume: str,
+    allow_config_change: bool,
+    config_file_path: Path,
+) -> None:
+    """The run in its four phases: plan the resume, build, restore, train."""
+    checkpoints = _checkpoint_manager(config, registry)
+    plan = plan_resume(resume, checkpoints, config_file_path, resolved, env.world_size, allow_config_change)
+    run = build_run(config, registry, env, warm_start=plan.checkpoint_dir is None)
+    resume_step = restore(run, plan, config.experiment.seed, env)
+    train(run, plan, resume_step, checkpoints, config, resolved, registry, env)
 
 
-def _train(config: TrainingAppConfig, resolved: dict, env, resume: str, allow_config_change: bool) -> None:
-    output_dir = Path(config.experiment.output_dir)
+def _checkpoint_manager(config: TrainingAppConfig, registry: ResolverRegistry) -> CheckpointManager:
     settings = config.checkpointing
-    checkpoints = CheckpointManager(
-        output_dir / "checkpoints",
+    return CheckpointManager(
+        Path(config.experiment.output_dir) / "checkpoints",
         settings.every_n_steps,
         settings.keep_last,
-        [get_registry().build_component_by_config(node) for node in settings.strategies],
+        [registry.build_component_by_config(node) for node in settings.strategies],
     )
-    resume_dir = resolve_resume(resume, checkpoints.checkpoint_root)
-    if resume_dir is None and (checkpoints.checkpoint_root / LATEST_FILE).exists():
-        raise ConfigError(
-            f"{checkpoints.checkpoint_root} already holds checkpoints of an earlier run: continue it with "
-            "--resume auto, or set another experiment.output_dir"
+
+
+@dataclass(frozen=True)
+class ResumePlan:
+    """Where the run starts, decided before anything is built: from scratch, or from a checkpoint."""
+
+    checkpoint_dir: Path | None
+    """None for a fresh start."""
+    differences: list[str] = field(default_factory=list)
+    """How the config differs from the checkpoint's in ways that break an exact resume (allowed by the user)."""
+    changed_hyperparameters: list[str] = field(default_factory=list)
+    """Settings the resumed run takes from its config rather than from the checkpoint, where they differ."""
+
+
+def plan_resume(
+    resume: str,
+    checkpoints: CheckpointManager,
+    config_file_path: Path,
+    resolved: dict,
+    world_size: int,
+    allow_config_change: bool,
+) -> ResumePlan:
+    """Phase 1: which checkpoint ``--resume`` names, and whether this config may continue it (resume_policy)."""
+    checkpoint_root = checkpoints.checkpoint_root
+    checkpoint_dir = resolve_resume(resume, checkpoint_root)
+    if checkpoint_dir is None:
+        # A fresh run would prune checkpoints it did not write. Without `latest`, --resume auto starts from
+        # scratch over what a run killed inside its first save left, which is its own.
+        earlier_run = (checkpoint_root / LATEST_FILE).exists() or (
+            resume == "none" and checkpoint_root.is_dir() and checkpoints.step_dirs()
         )
-    differences, changed_hyperparameters = (
-        ([], []) if resume_dir is None else _resume_differences(resume_dir, resolved, env.world_size)
-    )
-    if differences and not allow_config_change:
+        if earlier_run:
+            raise ConfigError(
+                f"{checkpoint_root} already holds checkpoints of an earlier run: continue it with "
+                "--resume auto, or set another experiment.output_dir"
+            )
+        # A resumed run updates its own config.yaml, which it may have been started from; a fresh one must not
+        # replace the file it was given.
+        refuse_writing_over_inputs([checkpoint_root.parent / CONFIG_FILE], [config_file_path], "experiment.output_dir")
+        return ResumePlan(None)
+    saved = read_checkpoint_meta(checkpoint_dir)
+    if "resolved_config" not in saved or "world_size" not in saved:
+        plan = ResumePlan(
+            checkpoint_dir, [f"{META_FILE} does not record the config and world size of the run that wrote it"]
+        )
+    else:
+        plan = ResumePlan(
+            checkpoint_dir,
+            config_differences(saved["resolved_config"], resolved, saved["world_size"], world_size),
+            hyperparameter_changes(saved["resolved_config"], resolved),
+        )
+    if plan.differences and not allow_config_change:
         raise ConfigError(
-            f"the config differs from the checkpoint's in ways that break an exact resume ({resume_dir}):\n  "
-            + "\n  ".join(differences)
+            f"the config differs from the checkpoint's in ways that break an exact resume ({checkpoint_dir}):\n  "
+            + "\n  ".join(plan.differences)
             + "\npass --allow_config_change to resume anyway"
         )
-    parallelism = build_parallelism(config, env)
-    built = build_model(config, parallelism)
+    return plan
+
+
+@dataclass
+class BuiltRun:
+    """Every component of the run, wired; ``state`` is what a checkpoint saves and restores."""
+
+    parallelism: ParallelismStrategy
+    model: BuiltModel
+    tokenizer_line: str
+    optimizer: torch.optim.Optimizer
+    lr_scheduler: torch.optim.lr_scheduler.LRScheduler
+    data: BuiltData
+    progress: TrainingProgress
+    state: dict
+    evaluators: list[Evaluator]
+
+
+def build_run(
+    config: TrainingAppConfig, registry: ResolverRegistry, env: DistributedEnvironment, warm_start: bool
+) -> BuiltRun:
+    """Phase 2: parallelism, model (with its initial or warm-start weights), optimization, data and evaluators."""
+    parallelism = build_parallelism(config, env, registry)
+    built = build_model(config, parallelism, registry)
     tokenizer_line = check_tokenizer(config, built.inner)
-    if settings.warm_start_from is not None and resume_dir is None:
-        load_model_weights(built.model, settings.warm_start_from)
-    optimizer, lr_scheduler = build_optimization(config, built.model)
-    data = build_data(config, parallelism)
-    evaluators = build_evaluators(config, built.inner)
+    if warm_start and config.checkpointing.warm_start_from is not None:
+        load_model_weights(built.model, config.checkpointing.warm_start_from)
+    optimizer, lr_scheduler = build_optimization(config, built.model, registry)
+    data = build_data(config, parallelism, registry)
+    evaluators = build_evaluators(config, built.inner, registry)
     progress = TrainingProgress()
     state = training_state(built.model, optimizer, lr_scheduler, data.train_loader, progress)
+    return BuiltRun(parallelism, built, tokenizer_line, optimizer, lr_scheduler, data, progress, state, evaluators)
+
+
+def restore(run: BuiltRun, plan: ResumePlan, seed: int, env: DistributedEnvironment) -> int | None:
+    """Phase 3: seed this rank's generators, then, when resuming, load the checkpoint's state over everything
+    (generators included). Returns the step resumed at, or None for a fresh start."""
     # Per-rank seed for dropout and sampling; a resumed run restores these generators instead.
-    torch.manual_seed(config.experiment.seed + env.rank)
-    metadata = {"resolved_config": resolved, "world_size": env.world_size}
-    resume_step = None
-    if resume_dir is not None:
-        load_checkpoint(resume_dir, state)
-        resume_step = progress.step
-        if changed_hyperparameters and env.is_main_process:
-            logger.warning(
-                "resuming with the config's hyperparameters, which differ from the checkpoint's "
-                "(the checkpoint restores weights, optimizer moments, counters and the data position):\n  "
-                + "\n  ".join(changed_hyperparameters)
-            )
+    torch.manual_seed(seed + env.rank)
+    if plan.checkpoint_dir is None:
+        return None
+    load_checkpoint(plan.checkpoint_dir, run.state)
+    if plan.changed_hyperparameters and env.is_main_process:
+        logger.warning(
+            "resuming with the config's hyperparameters, which differ from the checkpoint's "
+            "(the checkpoint restores weights, optimizer moments, counters and the data position):\n  "
+            + "\n  ".join(plan.changed_hyperparameters)
+        )
+    return run.progress.step
+
+
+def train(
+    run: BuiltRun,
+    plan: ResumePlan,
+    resume_step: int | None,
+    checkpoints: CheckpointManager,
+    config: TrainingAppConfig,
+    resolved: dict,
+    registry: ResolverRegistry,
+    env: DistributedEnvironment,
+) -> None:
+    """Phase 4: write the resolved config, start the loggers, and run the loop to ``training.max_steps``."""
+    output_dir = Path(config.experiment.output_dir)
     if env.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
-    broker = build_broker(config, resolved, env.is_main_process, resume_step)
+        with writing(output_dir / CONFIG_FILE):
+            (output_dir / CONFIG_FILE).write_text(yaml.safe_dump(resolved, sort_keys=False))
+    metadata = {"resolved_config": resolved, "world_size": env.world_size}
+    model, progress = run.model, run.progress
+    broker = build_broker(config, resolved, env.is_main_process, resume_step, registry)
     with broker:
-        broker.publish(TextMessage("\n".join(_run_header(config, env, parallelism, built.inner, tokenizer_line))))
-        if resume_dir is not None:
-            broker.publish(TextMessage(f"resumed from {resume_dir} at step {progress.step}"))
-        if differences:
-            broker.publish(TextMessage("config changes allowed on resume:\n  " + "\n  ".join(differences)))
+        header = _run_header(config, env, run.parallelism, model.inner, run.tokenizer_line)
+        broker.publish(TextMessage("\n".join(header)))
+        if plan.checkpoint_dir is not None:
+            broker.publish(TextMessage(f"resumed from {plan.checkpoint_dir} at step {progress.step}"))
+        if plan.differences:
+            broker.publish(TextMessage("config changes allowed on resume:\n  " + "\n  ".join(plan.differences)))
         trainer = Trainer(
             settings=config.training,
-            model=built.model,
-            parallelism=parallelism,
-            optimizer=optimizer,
-            lr_scheduler=lr_scheduler,
-            train_batches=data.train_loader,
-            eval_splits=data.eval_splits,
+            model=model.model,
+            parallelism=run.parallelism,
+            optimizer=run.optimizer,
+            lr_scheduler=run.lr_scheduler,
+            train_batches=run.data.train_loader,
+            eval_splits=run.data.eval_splits,
             broker=broker,
-            checkpointer=_PeriodicCheckpoints(checkpoints, state, metadata),
+            checkpointer=_PeriodicCheckpoints(checkpoints, run.state, metadata),
             progress=progress,
-            batch_keys=data.batch_keys,
             hardware_metrics=HardwareMetrics(
                 env.device,
-                flops_per_token(built.inner, config.training.sequence_length),
+                flops_per_token(model.inner, config.training.sequence_length),
                 env.world_size,
-                parallelism.compute_dtype,
+                run.parallelism.compute_dtype,
             ),
-            vocab_size=getattr(built.inner, "vocab_size", None),
-            evaluators=evaluators,
+            vocab_size=model.inner.vocab_size,
+            evaluators=run.evaluators,
         )
         trainer.train()
+        skipped = f" ({progress.skipped_steps} skipped: non-finite values)" if progress.skipped_steps else ""
         broker.publish(
             TextMessage(
-                f"done at step {progress.step}: metrics in {output_dir / 'metrics.jsonl'}, "
+                f"done at step {progress.step}{skipped}: metrics in {output_dir / 'metrics.jsonl'}, "
                 f"checkpoints in {checkpoints.checkpoint_root}"
             )
         )
@@ -168,7 +269,7 @@ def _run_header(
     config: TrainingAppConfig,
     env: DistributedEnvironment,
     parallelism: ParallelismStrategy,
-    model: torch.nn.Module,
+    model: LanguageModel,
     tokenizer_line: str,
 ) -> list[str]:
     """What a log should open with: where the run writes, how it is laid out, what it trains."""

@@ -14,14 +14,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from llm_gym.data.collators import IGNORE_INDEX
+from llm_gym.data.collators import IGNORE_INDEX, Batch
 from llm_gym.parallel.strategies import ParallelismStrategy
-
-
-@dataclass(frozen=True)
-class BatchKeys:
-    inputs: str = "input_ids"
-    targets: str = "target_ids"
 
 
 @dataclass(frozen=True)
@@ -37,30 +31,30 @@ def _all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
     return values
 
 
-def _token_loss_sum(model: nn.Module, batch: dict, keys: BatchKeys, device: torch.device) -> torch.Tensor:
-    inputs = batch[keys.inputs].to(device, non_blocking=True)
-    targets = batch[keys.targets].to(device, non_blocking=True)
-    logits = model(inputs)
-    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
+def _token_loss_sum(model: nn.Module, batch: Batch, device: torch.device) -> torch.Tensor:
+    batch = batch.to(device, non_blocking=True)
+    logits = model(batch.inputs)
+    return F.cross_entropy(
+        logits.flatten(0, 1).float(), batch.targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
+    )
 
 
 def train_step(
     model: nn.Module,
     parallelism: ParallelismStrategy,
-    micro_batches: Sequence[dict],
-    keys: BatchKeys,
+    micro_batches: Sequence[Batch],
     max_grad_norm: float | None,
 ) -> StepResult:
     """Forward and backward over the micro batches of one step, then clip. The optimizer is not stepped."""
     device = parallelism.env.device
-    local_tokens = sum(int((batch[keys.targets] != IGNORE_INDEX).sum()) for batch in micro_batches)
+    local_tokens = sum(batch.target_tokens() for batch in micro_batches)
     global_tokens = int(_all_reduce_sum(torch.tensor([local_tokens], dtype=torch.float64, device=device)).item())
     scale = parallelism.data_parallel_size / max(global_tokens, 1)
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     for index, batch in enumerate(micro_batches):
         with parallelism.gradient_sync(model, enabled=index == len(micro_batches) - 1):
             with parallelism.forward_context():
-                token_loss_sum = _token_loss_sum(model, batch, keys, device)
+                token_loss_sum = _token_loss_sum(model, batch, device)
             (token_loss_sum * scale).backward()
         loss_sum += token_loss_sum.detach()
     loss = _all_reduce_sum(loss_sum).item() / max(global_tokens, 1)
@@ -69,7 +63,7 @@ def train_step(
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, parallelism: ParallelismStrategy, batches: Iterable[dict], keys: BatchKeys) -> float:
+def evaluate(model: nn.Module, parallelism: ParallelismStrategy, batches: Iterable[Batch]) -> float:
     """Mean loss per target token over every rank's batches."""
     device = parallelism.env.device
     totals = torch.zeros(2, dtype=torch.float64, device=device)
@@ -77,8 +71,8 @@ def evaluate(model: nn.Module, parallelism: ParallelismStrategy, batches: Iterab
     model.eval()
     for batch in batches:
         with parallelism.forward_context():
-            totals[0] += _token_loss_sum(model, batch, keys, device)
-        totals[1] += int((batch[keys.targets] != IGNORE_INDEX).sum())
+            totals[0] += _token_loss_sum(model, batch, device)
+        totals[1] += batch.target_tokens()
     model.train(was_training)
     loss_sum, tokens = _all_reduce_sum(totals).tolist()
     return loss_sum / tokens if tokens else float("nan")

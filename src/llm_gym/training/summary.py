@@ -8,15 +8,23 @@ each dataset when its files are present here.
 from collections.abc import Iterator
 
 import torch
-from torch import nn
 
 from llm_gym.config.app import ActivationCheckpointing, TrainingAppConfig, TrainingSettings
-from llm_gym.errors import UserError
+from llm_gym.errors import MissingInputError, UserError
+from llm_gym.models.contract import LanguageModel
 from llm_gym.models.flops import describe_model, num_parameters
 from llm_gym.parallel.distributed import DistributedEnvironment
-from llm_gym.parallel.strategies import FSDP2, HSDP, ParallelismStrategy
-from llm_gym.registry import get_registry
-from llm_gym.training.builder import build_evaluators, build_optimization, check_tokenizer
+from llm_gym.parallel.strategies import ParallelismStrategy
+from llm_gym.registry import ResolverRegistry
+from llm_gym.training.builder import (
+    build_evaluators,
+    build_model_on_meta,
+    build_optimization,
+    check_model_fits,
+    check_tokenizer,
+    check_train_dataset_size,
+    shard_degree,
+)
 
 GIB = 2**30
 # Per-layer activations kept for backward, in elements per token of the hidden width, for a pre-norm
@@ -27,10 +35,10 @@ ACTIVATION_ELEMENTS_PER_LAYER = 17
 WEIGHT_AND_GRADIENT_BYTES_PER_PARAMETER = 8
 
 
-def describe_config(config: TrainingAppConfig, world_size: int) -> Iterator[str]:
+def describe_config(config: TrainingAppConfig, world_size: int, registry: ResolverRegistry) -> Iterator[str]:
     training = config.training
     env = DistributedEnvironment(0, 0, world_size, world_size, _planned_device(training.device))
-    parallelism = get_registry().build_component_by_config(config.parallelism, extra_kwargs={"env": env})
+    parallelism = registry.build_component_by_config(config.parallelism, extra_kwargs={"env": env})
     try:
         training.check_batch_sizes(parallelism.data_parallel_size)
     except ValueError as error:
@@ -40,14 +48,14 @@ def describe_config(config: TrainingAppConfig, world_size: int) -> Iterator[str]
         f"{_shard_description(parallelism)}; plan for another device with training.device=cuda|cpu)"
     )
     yield describe_global_batch(training, parallelism.data_parallel_size)
-    with torch.device("meta"):
-        model = get_registry().build_component_by_config(config.model)
-    optimizer, _ = build_optimization(config, model)
+    model = build_model_on_meta(config, registry)
+    check_model_fits(model, config, parallelism)
+    optimizer, _ = build_optimization(config, model, registry)
     yield from describe_model(model, training.sequence_length)
     yield from estimate_memory(model, config, parallelism, optimizer)
     yield check_tokenizer(config, model)
-    yield from _check_datasets(config)
-    yield from _check_evaluators(config, model)
+    yield from _check_datasets(config, parallelism.data_parallel_size, registry)
+    yield from _check_evaluators(config, model, registry)
 
 
 def describe_global_batch(training: TrainingSettings, data_parallel_size: int) -> str:
@@ -64,14 +72,8 @@ def _planned_device(requested: str) -> torch.device:
     return torch.device("cuda" if cuda else "cpu")
 
 
-def _shard_degree(parallelism: ParallelismStrategy) -> int:
-    if isinstance(parallelism, HSDP):
-        return parallelism.shard_degree
-    return parallelism.env.world_size if isinstance(parallelism, FSDP2) else 1
-
-
 def _shard_description(parallelism: ParallelismStrategy) -> str:
-    degree = _shard_degree(parallelism)
+    degree = shard_degree(parallelism)
     return f"parameters sharded over {degree} ranks" if degree > 1 else "parameters replicated"
 
 
@@ -90,14 +92,14 @@ def optimizer_state_tensors(optimizer: torch.optim.Optimizer) -> tuple[int, str]
 
 
 def estimate_memory(
-    model: nn.Module, config: TrainingAppConfig, parallelism: ParallelismStrategy, optimizer: torch.optim.Optimizer
+    model: LanguageModel, config: TrainingAppConfig, parallelism: ParallelismStrategy, optimizer: torch.optim.Optimizer
 ) -> list[str]:
     """A planning figure per rank: sharded training state, activations and logits of one micro batch."""
     training = config.training
     parameters = num_parameters(model)
     state_tensors, optimizer_description = optimizer_state_tensors(optimizer)
     state_bytes_per_parameter = WEIGHT_AND_GRADIENT_BYTES_PER_PARAMETER + 4 * state_tensors
-    state = parameters * state_bytes_per_parameter / _shard_degree(parallelism)
+    state = parameters * state_bytes_per_parameter / shard_degree(parallelism)
     compute_bytes = torch.finfo(parallelism.compute_dtype).bits // 8
     tokens = training.micro_batch_size * training.sequence_length
     per_layer = ACTIVATION_ELEMENTS_PER_LAYER * tokens * model.dim * compute_bytes
@@ -123,22 +125,24 @@ def estimate_memory(
     ]
 
 
-def _check_datasets(config: TrainingAppConfig) -> Iterator[str]:
-    registry = get_registry()
+def _check_datasets(config: TrainingAppConfig, data_parallel_size: int, registry: ResolverRegistry) -> Iterator[str]:
+    """Each dataset whose files are here, built and checked as `run` does; the others said to be absent."""
     nodes = {"train": config.data.train_dataset, **config.data.eval_datasets}
     for split, node in nodes.items():
         try:
             dataset = registry.build_component_by_config(node)
-        except UserError as error:
+        except MissingInputError as error:
             yield f"data {split}: not checked here ({error})"
-        else:
-            yield f"data {split}: {len(dataset):,} samples"
+            continue
+        if split == "train":
+            check_train_dataset_size(len(dataset), config.training, data_parallel_size)
+        yield f"data {split}: {len(dataset):,} samples"
 
 
-def _check_evaluators(config: TrainingAppConfig, model: torch.nn.Module) -> Iterator[str]:
+def _check_evaluators(config: TrainingAppConfig, model: LanguageModel, registry: ResolverRegistry) -> Iterator[str]:
     try:
-        evaluators = build_evaluators(config, model)
-    except UserError as error:
+        evaluators = build_evaluators(config, model, registry)
+    except MissingInputError as error:
         yield f"evaluation: not checked here ({error})"
         return
     for evaluator in evaluators:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import yaml
 
+from llm_gym.assembly import make_registry
 from llm_gym.config.app import TrainingAppConfig
 from llm_gym.config.loading import load_config
 from llm_gym.errors import ConfigError, UserError
@@ -157,12 +158,14 @@ def plan_sweep(
         output_dir,
     )
     resolved_configs = []
+    registry = make_registry()
     for point in plan.points:
         try:
             _, resolved = load_config(
                 plan.config_file_path,
                 TrainingAppConfig,
                 [*plan.overrides, *point.overrides, f"{OUTPUT_DIR_KEY}={point.output_dir}"],
+                registry=registry,
             )
         except ConfigError as error:
             raise ConfigError(f"sweep point {point.name}: {error}") from None

@@ -5,12 +5,15 @@ tokens, recomputed without the cache (as nanoGPT does); up to then cached and un
 same tokens.
 """
 
+import math
 from collections.abc import Iterator
 
 import torch
-from torch import nn
 
 from llm_gym.errors import UserError
+from llm_gym.models.contract import LanguageModel
+
+MAX_SEED = 2**64 - 1
 
 
 def sample_next_token(
@@ -41,25 +44,34 @@ def sample_next_token(
     return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(-1)
 
 
+def check_sampling_settings(
+    max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None, seed: int | None = None
+) -> None:
+    """``UserError`` for a setting no sampling can use; the comparisons are written so that nan fails them."""
+    if max_new_tokens < 0:
+        raise UserError(f"max_new_tokens must be at least 0, got {max_new_tokens}")
+    if not 0 <= temperature < math.inf:
+        raise UserError(f"temperature must be at least 0 (0 = greedy) and finite, got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise UserError(f"top_k must be at least 1, got {top_k}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise UserError(f"top_p must be in (0, 1], got {top_p}")
+    if seed is not None and not 0 <= seed <= MAX_SEED:
+        raise UserError(f"the seed must be between 0 and 2^64 - 1 (what a torch.Generator takes), got {seed}")
+
+
 def _check_sampling_arguments(
     input_ids: torch.Tensor, max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None
 ) -> None:
     if input_ids.ndim != 2 or input_ids.shape[1] == 0:
         raise UserError(f"the prompt must be a non-empty [batch, tokens] tensor, got shape {tuple(input_ids.shape)}")
-    if max_new_tokens < 0:
-        raise UserError(f"max_new_tokens must be at least 0, got {max_new_tokens}")
-    if temperature < 0:
-        raise UserError(f"temperature must be at least 0 (0 = greedy), got {temperature}")
-    if top_k is not None and top_k < 1:
-        raise UserError(f"top_k must be at least 1, got {top_k}")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise UserError(f"top_p must be in (0, 1], got {top_p}")
+    check_sampling_settings(max_new_tokens, temperature, top_k, top_p)
 
 
 # As a decorator on a generator, no_grad applies to each resumption only, not to the caller between yields.
 @torch.no_grad()
 def stream_tokens(
-    model: nn.Module,
+    model: LanguageModel,
     input_ids: torch.Tensor,
     max_new_tokens: int,
     temperature: float = 1.0,
@@ -102,7 +114,7 @@ def stream_tokens(
 
 
 def generate(
-    model: nn.Module,
+    model: LanguageModel,
     input_ids: torch.Tensor,
     max_new_tokens: int,
     temperature: float = 1.0,

@@ -15,8 +15,7 @@ from typing import Any
 import torch
 from pydantic import BaseModel, ValidationError
 
-from llm_gym.checkpointing.inference import TrainedModel, load_trained_model
-from llm_gym.config.component import Component
+from llm_gym.assembly import make_registry
 from llm_gym.config.loading import format_validation_error
 from llm_gym.data.collators import CausalLMCollator
 from llm_gym.data.datasets import PackedDataset
@@ -27,8 +26,9 @@ from llm_gym.evaluation.language_modeling import LanguageModelingTotals, languag
 from llm_gym.evaluation.multiple_choice import MultipleChoiceResult, score_multiple_choice
 from llm_gym.evaluation.task_formats import TASK_FORMATS, load_task
 from llm_gym.evaluation.text_bytes import token_byte_lengths
+from llm_gym.inference.trained_model import TrainedModel, load_trained_model
 from llm_gym.parallel.distributed import DistributedEnvironment
-from llm_gym.registry import get_registry
+from llm_gym.registry import Component, ResolverRegistry
 
 REPORT_FORMAT = "llm_gym.evaluation/1"
 EVALUATIONS_DIR = "evaluations"
@@ -147,21 +147,23 @@ class _DatasetNode(BaseModel):
     dataset: Component("dataset")
 
 
-def _corpus(trained: TrainedModel, prefix: str, sequence_length: int) -> tuple[str, torch.utils.data.Dataset]:
+def _corpus(
+    trained: TrainedModel, prefix: str, sequence_length: int, registry: ResolverRegistry
+) -> tuple[str, torch.utils.data.Dataset]:
     """``(what is read, dataset)`` for a split name of the run or a corpus path prefix."""
     splits = trained.resolved_config.get("data", {}).get("eval_datasets") or {}
     if prefix in splits:
         section = {"dataset": splits[prefix]}
         try:
-            node = _DatasetNode.model_validate(section).dataset
+            node = registry.validate(_DatasetNode, section).dataset
         except ValidationError as error:
             raise UserError(
                 f"the run's data.eval_datasets.{prefix} cannot be built here: "
-                f"{format_validation_error(error, _DatasetNode, section)}"
+                f"{format_validation_error(error, _DatasetNode, section, registry)}"
             ) from None
         path_prefix = getattr(node.config, "path_prefix", None)
         source = f"data.eval_datasets.{prefix}" + (f" ({path_prefix})" if path_prefix else "")
-        return source, get_registry().build_component_by_config(node)
+        return source, registry.build_component_by_config(node)
     if not idx_path(prefix).is_file():
         known = ", ".join(splits) or "none"
         raise UserError(
@@ -182,15 +184,18 @@ def evaluate_checkpoint(
     env: DistributedEnvironment,
     output_path: Path | None = None,
     harness: Callable[..., dict[str, dict[str, float]]] | None = None,
+    user_modules: Sequence[str] = (),
 ) -> EvaluationReport:
     """Every rank calls this; every rank returns the same report. ``output_path`` (default
-    ``default_report_path``) is only recorded in the report: ``report.write_report`` writes it. ``harness`` is
-    ``harness.run_harness_tasks`` when lm-evaluation-harness is installed."""
+    ``default_report_path``) is only recorded in the report: ``evaluation_report.write_report`` writes it.
+    ``harness`` is ``harness.run_harness_tasks`` when lm-evaluation-harness is installed. ``user_modules``: see
+    ``load_trained_model``; they also register the run's datasets of the user's own."""
     if request.harness_tasks and harness is None:
         raise UserError("--harness_tasks needs lm-evaluation-harness: pip install 'llm_gym[harness]'")
     if request.harness_tasks and env.world_size > 1:
         raise UserError("--harness_tasks runs on one process: launch it without torchrun")
-    trained = load_trained_model(checkpoint_path, env.device)
+    trained = load_trained_model(checkpoint_path, env.device, user_modules)
+    registry = make_registry()  # with what user_modules declared
     path = output_path or default_report_path(trained.checkpoint_dir, trained.step, request)
     resolved = trained.resolved_config
     tokenizer = trained.load_tokenizer()
@@ -202,7 +207,7 @@ def evaluate_checkpoint(
         prefixes = list(resolved.get("data", {}).get("eval_datasets") or {})
         if not prefixes:
             raise UserError("the run has no data.eval_datasets: name what to evaluate with --prefix or --tasks")
-    corpora = {prefix: _corpus(trained, prefix, sequence_length) for prefix in prefixes}
+    corpora = {prefix: _corpus(trained, prefix, sequence_length, registry) for prefix in prefixes}
     names = {prefix: Path(prefix).name if source == prefix else prefix for prefix, (source, _) in corpora.items()}
     _unique_names(list(names.values()), "--prefix")
     _unique_names([task.name for task in request.tasks], "--tasks")
@@ -219,11 +224,8 @@ def evaluate_checkpoint(
     token_bytes = token_byte_lengths(tokenizer, trained.model.vocab_size)
     collator = CausalLMCollator()
     for prefix, (source, dataset) in corpora.items():
-        batches = eval_batches(
-            dataset, collator, collator.target_key, micro_batch_size, env.rank, env.world_size, request.max_samples
-        )
-        pairs = ((batch[collator.input_key], batch[collator.target_key]) for batch in batches)
-        totals = language_modeling_totals(trained.model, pairs, token_bytes, env.device)
+        batches = eval_batches(dataset, collator, micro_batch_size, env.rank, env.world_size, request.max_samples)
+        totals = language_modeling_totals(trained.model, batches, token_bytes, env.device)
         samples = len(dataset) if request.max_samples is None else min(len(dataset), request.max_samples)
         report.corpora[names[prefix]] = (source, samples, totals)
     for spec, examples in tasks:

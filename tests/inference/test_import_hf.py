@@ -13,9 +13,8 @@ from safetensors.torch import load_file, save_file
 from experiment_runs import TINY_CONFIG, llm_gym, read_metrics, tiny_overrides, write_byte_corpus
 from llm_gym.checkpointing.warm_start import load_model_weights
 from llm_gym.cli import main
-from llm_gym.models.hf_conversion import to_hf
-from llm_gym.registry import get_registry
-from models.model_builders import GPT2_STYLE, LLAMA_STYLE, build, model_node, random_tokens
+from llm_gym.inference.hf_conversion import to_hf
+from models.model_builders import GPT2_STYLE, LLAMA_STYLE, REGISTRY, build, model_node, random_tokens
 
 transformers = pytest.importorskip("transformers")
 
@@ -53,7 +52,7 @@ def _import(model_dir, output_dir, *extra) -> None:
 
 def _load_imported(output_dir):
     section = yaml.safe_load((output_dir / "model.yaml").read_text())["model"]
-    model = get_registry().build_component_by_config(model_node(**section["config"]))
+    model = REGISTRY.build_component_by_config(model_node(**section["config"]))
     load_model_weights(model, output_dir)
     return model.eval()
 
@@ -101,12 +100,14 @@ def test_the_output_directory_warm_starts_a_run(tmp_path):
     corpus = write_byte_corpus(tmp_path / "corpus")
     hf = _hf_model("llama", vocab_size=257)
     _import(_save(hf, tmp_path / "hf"), tmp_path / "imported")
-    section = yaml.safe_load((tmp_path / "imported" / "model.yaml").read_text())["model"]
+    # The model section composes over a shipped config's own, as its header says: defaults: [..., model.yaml].
+    config = tmp_path / "continued.yaml"
+    config.write_text(yaml.safe_dump({"defaults": [str(TINY_CONFIG), str(tmp_path / "imported" / "model.yaml")]}))
     experiment = tmp_path / "experiment"
     overrides = tiny_overrides(corpus, experiment, **{"training.max_steps": 1, "training.eval_at_start": "true",
                                "lr_scheduler.config.warmup_steps": 0,
                                "checkpointing.warm_start_from": tmp_path / "imported"})  # fmt: skip
-    llm_gym("run", "--config_file_path", str(TINY_CONFIG), *overrides, "~model", f"model={json.dumps(section)}")
+    llm_gym("run", "--config_file_path", str(config), *overrides)
     step_0 = next(line for line in read_metrics(experiment / "metrics.jsonl") if line["split"] == "val")
     tokens = torch.from_numpy(
         __import__("numpy").fromfile(corpus / "val_byte.bin", dtype="uint16")[: 8 * 32 + 1].astype("int64")

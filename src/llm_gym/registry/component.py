@@ -3,6 +3,8 @@
 A field annotated ``Component("optimizer")`` accepts any component registered under the key
 ``optimizer``. Its ``config`` is validated against the model registered for *that* type_hint, so a
 mistake produces one precise error at ``optimizer.config.<field>`` rather than one per union member.
+The registry comes with each validation, in pydantic's validation context (``ResolverRegistry.validate``):
+nothing here reads a global.
 """
 
 import difflib
@@ -11,13 +13,16 @@ from dataclasses import dataclass
 from types import UnionType
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, PlainSerializer, PlainValidator
+from pydantic import BaseModel, ConfigDict, PlainSerializer, PlainValidator, ValidationInfo
 from pydantic_core import PydanticCustomError
 
-from llm_gym.config.lookup_enum import LookupEnum
+from llm_gym.registry.lookup_enum import LookupEnum
 
 if TYPE_CHECKING:
-    from llm_gym.registry import ComponentEntry
+    from llm_gym.registry.registry import ComponentEntry, ResolverRegistry
+
+REGISTRY_CONTEXT_KEY = "registry"
+"""The key of pydantic's validation context that holds the registry nodes are validated against."""
 
 
 class ComponentNode(BaseModel):
@@ -47,13 +52,21 @@ def unknown_type_hint_message(register_key: str, type_hint: str, names: Sequence
     )
 
 
-def _validate_node(register_key: str, value: Any) -> ComponentNode:
+def registry_of(info: ValidationInfo) -> "ResolverRegistry":
+    """The registry a validation runs against, from its context (``ResolverRegistry.validate`` puts it there)."""
+    registry = (info.context or {}).get(REGISTRY_CONTEXT_KEY)
+    if registry is None:
+        raise RuntimeError(
+            "component nodes are validated against a registry: registry.validate(Model, data), or "
+            f"Model.model_validate(data, context={{'{REGISTRY_CONTEXT_KEY}': registry}})"
+        )
+    return registry
+
+
+def _validate_node(register_key: str, value: Any, info: ValidationInfo) -> ComponentNode:
     if isinstance(value, ComponentNode):
         return value
-    # Imported here: the registry imports this module, and the built-in components import the registry.
-    from llm_gym.registry import get_registry
-
-    registry = get_registry()
+    registry = registry_of(info)
     names = registry.type_hint_names(register_key)
     valid = ", ".join(names) or "none registered"
     if not isinstance(value, Mapping):
@@ -72,7 +85,7 @@ def _validate_node(register_key: str, value: Any) -> ComponentNode:
     if entry is None:
         message = unknown_type_hint_message(register_key, str(value["type_hint"]), names)
         raise PydanticCustomError("unknown_type_hint", "{message}", {"message": message})
-    return entry.node_model.model_validate({**value, "type_hint": entry.type_hint})
+    return entry.node_model.model_validate({**value, "type_hint": entry.type_hint}, context=info.context)
 
 
 @dataclass(frozen=True)
@@ -87,7 +100,7 @@ def Component(register_key: str) -> Any:
     return Annotated[
         ComponentNode,
         ComponentSlot(register_key),
-        PlainValidator(lambda value: _validate_node(register_key, value)),
+        PlainValidator(lambda value, info: _validate_node(register_key, value, info)),
         PlainSerializer(lambda node: node.to_yaml_dict()),
     ]
 
@@ -118,7 +131,7 @@ def value_at(config: Any, path: Sequence[str]) -> Any:
 
 
 def _annotation_at(
-    schema: type[BaseModel], path: Sequence[str], config: Mapping[str, Any]
+    schema: type[BaseModel], path: Sequence[str], config: Mapping[str, Any], registry: "ResolverRegistry"
 ) -> tuple[Any, Sequence[Any]]:
     """The annotation (and its field metadata) that validates the value at ``path`` of ``config``.
 
@@ -132,7 +145,7 @@ def _annotation_at(
         slot = _slot_of(annotation, metadata)
         annotation = get_args(annotation)[0] if get_origin(annotation) is Annotated else annotation
         if slot is not None:
-            entry = _entry_of_node(slot, value_at(config, path[:depth])) if part == "config" else None
+            entry = _entry_of_node(slot, value_at(config, path[:depth]), registry) if part == "config" else None
             if entry is None:
                 return None, ()
             annotation, metadata = entry.config_model, ()
@@ -149,30 +162,30 @@ def _annotation_at(
 
 
 def find_component_entry(
-    schema: type[BaseModel], path: Sequence[str], config: Mapping[str, Any]
+    schema: type[BaseModel], path: Sequence[str], config: Mapping[str, Any], registry: "ResolverRegistry"
 ) -> "ComponentEntry | None":
     """The registry entry of the component node at ``path`` in ``config``, a resolved dict for ``schema``.
 
     None when ``path`` is no component node, or names an unknown type_hint.
     """
-    slot = _slot_of(*_annotation_at(schema, path, config))
-    return None if slot is None else _entry_of_node(slot, value_at(config, path))
+    slot = _slot_of(*_annotation_at(schema, path, config, registry))
+    return None if slot is None else _entry_of_node(slot, value_at(config, path), registry)
 
 
-def model_at(schema: type[BaseModel], path: Sequence[str], config: Mapping[str, Any]) -> type[BaseModel] | None:
+def model_at(
+    schema: type[BaseModel], path: Sequence[str], config: Mapping[str, Any], registry: "ResolverRegistry"
+) -> type[BaseModel] | None:
     """The pydantic model that validates the mapping at ``path`` in ``config`` (a component node's own model
     for a node), or None where the schema does not say."""
-    annotation, metadata = _annotation_at(schema, path, config)
+    annotation, metadata = _annotation_at(schema, path, config, registry)
     slot = _slot_of(annotation, metadata)
     if slot is not None:
-        entry = _entry_of_node(slot, value_at(config, path))
+        entry = _entry_of_node(slot, value_at(config, path), registry)
         return None if entry is None else entry.node_model
     return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
 
 
-def _entry_of_node(slot: ComponentSlot, node: Any) -> "ComponentEntry | None":
-    from llm_gym.registry import get_registry  # see _validate_node
-
+def _entry_of_node(slot: ComponentSlot, node: Any, registry: "ResolverRegistry") -> "ComponentEntry | None":
     if not isinstance(node, Mapping) or not isinstance(node.get("type_hint"), str):
         return None
-    return get_registry().find_entry(slot.register_key, node["type_hint"])
+    return registry.find_entry(slot.register_key, node["type_hint"])

@@ -70,12 +70,9 @@ class LinearWarmupCosineDecayConfig(_SchedulerConfig):
 class LinearWarmupCosineDecay(LambdaLR):
     """Linear warmup from ~0 to the peak lr, then cosine decay to ``min_lr_ratio`` × peak, then flat."""
 
-    def __init__(
-        self, optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.1
-    ):
-        if warmup_steps > total_steps:
-            raise ValueError(f"warmup_steps ({warmup_steps}) exceeds total_steps ({total_steps})")
-        self.warmup_steps, self.total_steps, self.min_lr_ratio = warmup_steps, total_steps, min_lr_ratio
+    def __init__(self, config: LinearWarmupCosineDecayConfig, optimizer: torch.optim.Optimizer):
+        self.warmup_steps, self.total_steps = config.warmup_steps, config.total_steps
+        self.min_lr_ratio = config.min_lr_ratio
         super().__init__(optimizer, self.lr_factor)
 
     def lr_factor(self, step: int) -> float:

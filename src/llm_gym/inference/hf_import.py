@@ -20,26 +20,25 @@ from typing import Any
 
 import torch
 import yaml
-from pydantic import TypeAdapter, ValidationError
+from pydantic import ValidationError
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from llm_gym.checkpointing.hf_export import check_output_dir, publish_directory
+from llm_gym.assembly import make_registry
 from llm_gym.checkpointing.loading import model_differences, tensor_shapes
 from llm_gym.checkpointing.warm_start import IMPORTED_WEIGHTS_FILE
-from llm_gym.config.component import Component
 from llm_gym.config.loading import format_validation_error
 from llm_gym.data.tokenizers import load_tokenizer
 from llm_gym.errors import UserError
-from llm_gym.models.hf_import import from_hf_config
-from llm_gym.registry import get_registry
+from llm_gym.inference.hf_export import check_output_dir, publish_directory, refuse_overlap, temporary_dir
+from llm_gym.inference.hf_import_conversion import from_hf_config
+from llm_gym.inference.trained_model import ModelSection
 
 MODEL_SECTION_FILE = "model.yaml"
 TOKENIZER_FILE = "tokenizer.json"
 _WEIGHTS_FILE = "model.safetensors"
 _INDEX_FILE = "model.safetensors.index.json"
 _PICKLED_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "model.bin")
-_PARTIAL_PREFIX = ".tmp_import_"
 
 
 @dataclass
@@ -121,17 +120,20 @@ def import_from_hf(model_dir: Path, output_dir: Path, force: bool = False) -> HF
     model_dir, output_dir = Path(model_dir), Path(output_dir)
     if not model_dir.is_dir():
         raise UserError(f"model directory {model_dir} does not exist")
+    refuse_overlap(output_dir, model_dir, "the model directory")
     check_output_dir(output_dir, force)
     imported = from_hf_config(_read_json(model_dir / "config.json"), str(model_dir / "config.json"))
-    node_data = {"type_hint": "DecoderLM", "config": imported.model_config}
+    registry = make_registry()
+    section = {"model": {"type_hint": "DecoderLM", "config": imported.model_config}}
     try:
-        node = TypeAdapter(Component("model")).validate_python(node_data)
+        node = registry.validate(ModelSection, section).model
     except ValidationError as error:
         raise UserError(
-            f"{model_dir / 'config.json'} maps to an invalid model: {format_validation_error(error)}"
+            f"{model_dir / 'config.json'} maps to an invalid model: "
+            f"{format_validation_error(error, ModelSection, section, registry)}"
         ) from None
     with torch.device("meta"):
-        model = get_registry().build_component_by_config(node)
+        model = registry.build_component_by_config(node)
     weights = imported.convert_weights(read_hf_weights(model_dir))
     if differences := model_differences(tensor_shapes(model.state_dict()), tensor_shapes(weights)):
         raise UserError(f"the weights in {model_dir} do not fit its config.json: " + "; ".join(differences))
@@ -139,10 +141,9 @@ def import_from_hf(model_dir: Path, output_dir: Path, force: bool = False) -> HF
     if tokenizer_path.is_file():
         load_tokenizer(tokenizer_path, imported.model_config["vocab_size"])  # refuses a file llm_gym cannot use
     target = output_dir.resolve()
-    partial = target.with_name(f"{_PARTIAL_PREFIX}{target.name}")
-    shutil.rmtree(partial, ignore_errors=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = temporary_dir(target, "")
     try:
-        partial.mkdir(parents=True)
         (partial / MODEL_SECTION_FILE).write_text(
             _model_section(imported.model_config, model_dir, imported.architecture)
         )

@@ -21,10 +21,10 @@ from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 from lm_eval.tasks import TaskManager
 
-from llm_gym.checkpointing.inference import TrainedModel, load_trained_model
 from llm_gym.errors import UserError
 from llm_gym.evaluation.multiple_choice import continuation_log_likelihoods, encode_pair
-from llm_gym.models.generation import stream_tokens
+from llm_gym.inference.generation import stream_tokens
+from llm_gym.inference.trained_model import TrainedModel, load_trained_model
 
 DEFAULT_MAX_GEN_TOKS = 256
 

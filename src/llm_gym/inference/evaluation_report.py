@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from llm_gym.evaluation.checkpoint import EvaluationReport
+from llm_gym.inference.evaluation import EvaluationReport
 from llm_gym.logging_broker.text_table import text_table
 
 

@@ -1,0 +1,81 @@
+"""The model contract: what llm_gym needs of any model it trains, shards, checkpoints, samples and exports.
+
+``LanguageModel`` states it. ``as_language_model`` checks a model once, when it is built (for a run, for
+``llm_gym validate``, when a checkpoint is loaded for sampling or export), and names what is missing;
+from then on llm_gym relies on the contract and probes nothing.
+
+Parallelism hooks belong here too. When a strategy needs more of a model, such as a tensor-parallel plan
+(which layers of a block are split across ranks, and how) or pipeline stage cuts (where the blocks may be
+divided into stages), that member is added to ``LanguageModel`` with its docstring, ``as_language_model``
+checks it like the others (it reads the protocol's own annotations and methods), ``DecoderLM`` provides it,
+and the strategy reads it from the contract.
+"""
+
+from typing import Protocol, get_type_hints
+
+import torch
+from torch import nn
+
+from llm_gym.errors import ConfigError
+from llm_gym.models.kv_cache import KVCache
+
+CONTRACT_DOCS = "docs/configuration.md, The model contract"
+
+
+class LanguageModel(Protocol):
+    """A causal language model, also a ``torch.nn.Module``: ``DecoderLM``, or a model of your own."""
+
+    vocab_size: int
+    """Token ids are ``0 .. vocab_size - 1``; the logits have as many columns. Batches and tokenizers are
+    checked against it."""
+    sequence_length: int
+    """The longest input in tokens: the longest training sequence, and the context of sampling."""
+    blocks: nn.ModuleList
+    """The repeated blocks, in order: what FSDP2 shards one by one, activation checkpointing recomputes and
+    ``torch.compile`` compiles. Those wrap blocks in place, so a block is reached through this list."""
+    n_layer: int
+    n_head: int
+    head_dim: int
+    dim: int
+    """Layers, query heads, head dimension and width of the residual stream: with the parameter count, what
+    the FLOPs per token (MFU) and the memory estimate of ``llm_gym validate`` are computed from."""
+
+    def forward(self, input_ids: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
+        """Logits ``[B, T, vocab_size]`` for ``input_ids [B, T]``; with a cache, the positions after those it
+        holds, which it then holds too."""
+        ...
+
+    def init_weights(self) -> None:
+        """Fill every parameter and buffer in place from the global RNG. llm_gym builds the model on the meta
+        device, allocates it with ``to_empty`` and calls this under ``torch.no_grad()`` after seeding (with
+        ``training.meta_device_init``, on each rank's shard after sharding)."""
+        ...
+
+    def new_kv_cache(self) -> KVCache:
+        """An empty cache with room for ``sequence_length`` positions, for sampling one token at a time."""
+        ...
+
+
+_ATTRIBUTES = get_type_hints(LanguageModel)
+_METHODS = tuple(name for name, member in vars(LanguageModel).items() if callable(member) and name[0] != "_")
+
+
+def _provides(value: object, kind: type) -> bool:
+    return isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+
+
+def as_language_model(model: object) -> LanguageModel:
+    """``model`` itself, once it provides the whole contract; else a ``ConfigError`` naming what it lacks."""
+    lacking = [] if isinstance(model, nn.Module) else ["to be a torch.nn.Module"]
+    lacking += [
+        f"{name} ({kind.__name__})"
+        for name, kind in _ATTRIBUTES.items()
+        if not _provides(getattr(model, name, None), kind)
+    ]
+    lacking += [f"{name}()" for name in _METHODS if not callable(getattr(model, name, None))]
+    if lacking:
+        raise ConfigError(
+            f"model: {type(model).__name__} does not provide what llm_gym needs of a model; it lacks "
+            f"{', '.join(lacking)} ({CONTRACT_DOCS})"
+        )
+    return model
