@@ -6,6 +6,7 @@ import pytest
 from click.testing import CliRunner
 
 from experiment_runs import TINY_CONFIG, llm_gym, read_metrics, tiny_overrides
+from llm_gym.assembly import make_registry
 from llm_gym.cli import main
 from llm_gym.config.app import TrainingAppConfig
 from llm_gym.config.loading import load_config
@@ -58,7 +59,7 @@ def test_evaluators_log_accuracy_and_bits_per_byte_and_leave_training_unchanged(
 )
 def test_bad_evaluators_are_config_errors(evaluators, message):
     with pytest.raises(ConfigError, match=message):
-        load_config(TINY_CONFIG, TrainingAppConfig, [f"evaluation.evaluators={evaluators}"])
+        load_config(TINY_CONFIG, TrainingAppConfig, [f"evaluation.evaluators={evaluators}"], registry=make_registry())
 
 
 def test_validate_builds_the_evaluators(tmp_path):

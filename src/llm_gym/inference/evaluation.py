@@ -18,7 +18,7 @@ from pydantic import BaseModel, ValidationError
 from llm_gym.assembly import make_registry
 from llm_gym.config.loading import format_validation_error
 from llm_gym.data.collators import CausalLMCollator
-from llm_gym.data.datasets import PackedDataset
+from llm_gym.data.datasets import PackedDataset, PackedDatasetConfig
 from llm_gym.data.indexed import idx_path
 from llm_gym.data.loaders import eval_batches
 from llm_gym.errors import UserError
@@ -170,7 +170,7 @@ def _corpus(
             f"--prefix {prefix}: not a split of the run (its data.eval_datasets: {known}) "
             f"and no tokenized corpus {idx_path(prefix)}"
         )
-    return prefix, PackedDataset(prefix, sequence_length)
+    return prefix, PackedDataset(PackedDatasetConfig(path_prefix=prefix, sequence_length=sequence_length))
 
 
 def _unique_names(names: Sequence[str], what: str) -> None:
