@@ -182,6 +182,19 @@ CASES: list[BadInput] = [
         ],
         r"pytorch_model\.bin, a pickle, which can run code when loaded: import_hf reads safetensors only",
     ),
+    BadInput(
+        "import-hf-forced-over-the-model-directory",
+        lambda ws: [
+            "import_hf",
+            "--model_dir",
+            _text_written(ws.dir / "hf" / "config.json", '{"architectures": ["GPT2LMHeadModel"]}').parent,
+            "--output_dir",
+            ws.dir / "hf" / ".." / "hf",
+            "--force",
+        ],
+        r"output directory .*hf is, contains or lies inside the model directory .*hf: choose an --output_dir",
+        lambda ws: [ws.dir / "hf"],
+    ),
     # sweep, compare (issue 17)
     BadInput(
         "sweep-sets-the-output-dir-of-its-points",
