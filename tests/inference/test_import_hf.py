@@ -24,6 +24,11 @@ LLAMA = {"vocab_size": 61, "hidden_size": 32, "intermediate_size": 48, "num_hidd
          "rope_theta": 50_000.0}  # fmt: skip
 
 
+# Llama 3.1/3.2's scaling, shrunk so that the tiny model's head dimension has slowed, blended and kept frequencies.
+LLAMA3_SCALING = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                  "original_max_position_embeddings": 256}  # fmt: skip
+
+
 def _hf_model(architecture: str, seed: int = 0, **config):
     torch.manual_seed(seed)
     if architecture == "gpt2":
@@ -64,8 +69,9 @@ def _load_imported(output_dir):
         ("gpt2", {"activation_function": "gelu", "tie_word_embeddings": False}, "20KB"),
         ("llama", {}, None),
         ("llama", {"tie_word_embeddings": True, "attention_bias": True, "mlp_bias": True}, "20KB"),
+        ("llama", {"rope_scaling": LLAMA3_SCALING, "max_position_embeddings": 512}, None),
     ],
-    ids=["gpt2", "gpt2-untied-exact-gelu-sharded", "llama-gqa", "llama-tied-bias-sharded"],
+    ids=["gpt2", "gpt2-untied-exact-gelu-sharded", "llama-gqa", "llama-tied-bias-sharded", "llama3-rope-scaling"],
 )
 def test_imported_logits_equal_the_hf_models(architecture, config, shard, tmp_path):
     hf = _hf_model(architecture, **config)
@@ -73,12 +79,18 @@ def test_imported_logits_equal_the_hf_models(architecture, config, shard, tmp_pa
     assert (model_dir / "model.safetensors.index.json").is_file() == bool(shard)
     _import(model_dir, tmp_path / "imported")
     model = _load_imported(tmp_path / "imported")
-    tokens = random_tokens(model, batch=3, length=16)
+    tokens = random_tokens(model, batch=3, length=16 if architecture == "gpt2" else 64)
     with torch.no_grad():
         torch.testing.assert_close(model(tokens), hf(tokens).logits, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("style", [GPT2_STYLE, LLAMA_STYLE], ids=["gpt2", "llama"])
+LLAMA3_STYLE = {
+    **LLAMA_STYLE,
+    "rope_scaling": {key: value for key, value in LLAMA3_SCALING.items() if key != "rope_type"},
+}
+
+
+@pytest.mark.parametrize("style", [GPT2_STYLE, LLAMA_STYLE, LLAMA3_STYLE], ids=["gpt2", "llama", "llama3-rope"])
 def test_export_import_export_is_the_identity(style, tmp_path):
     original = build(style, tie_embeddings=False, seed=5)
     hf_config, state_dict = to_hf(original)
@@ -141,8 +153,10 @@ def _refused(model_dir, output_dir, message):
     ("config", "message"),
     [
         ({"architectures": ["MistralForCausalLM"], "model_type": "mistral"}, "this model is ['MistralForCausalLM']"),
+        ({**LLAMA, "architectures": ["LlamaForCausalLM"], "rope_scaling": {"rope_type": "yarn", "factor": 8.0}},
+         "RoPE scaling 'yarn'"),
         ({**LLAMA, "architectures": ["LlamaForCausalLM"], "rope_scaling": {"rope_type": "llama3", "factor": 8.0}},
-         "RoPE scaling 'llama3'"),
+         "rope_scaling: 'original_max_position_embeddings' must be a positive integer"),
         ({**LLAMA, "architectures": ["LlamaForCausalLM"], "hidden_act": "gelu"}, "'hidden_act' is 'gelu'"),
         ({**LLAMA, "architectures": ["LlamaForCausalLM"], "head_dim": 16}, "'head_dim' is 16"),
         ({**LLAMA, "architectures": ["LlamaForCausalLM"], "mlp_bias": True}, "'mlp_bias' is True"),
@@ -152,8 +166,8 @@ def _refused(model_dir, output_dir, message):
         ({**GPT2, "architectures": ["GPT2LMHeadModel"], "n_head": 5}, "not divisible by 'n_head'"),
         ([1, 2], "expected a JSON object"),
     ],
-    ids=["mistral", "llama3-rope", "gelu-llama", "head-dim", "mlp-bias", "string-layers", "layer-scaled-attention",
-         "heads", "list"],
+    ids=["mistral", "yarn-rope", "llama3-rope-incomplete", "gelu-llama", "head-dim", "mlp-bias", "string-layers",
+         "layer-scaled-attention", "heads", "list"],
 )  # fmt: skip
 def test_unsupported_configs_are_refused(config, message, tmp_path):
     model_dir = tmp_path / "hf"

@@ -110,6 +110,11 @@ def _model_section(model_config: dict[str, Any], model_dir: Path, architecture: 
         f"# {architecture} imported from {model_dir} by llm_gym import_hf. Compose it into a training config\n"
         f"# (defaults: [this file]) and warm-start from its weights: checkpointing.warm_start_from: <this directory>.\n"
         "# sequence_length is the longest input the model takes; a shorter training.sequence_length is fine.\n"
+        + (
+            "# With rope it sizes nothing but generate's KV cache: lowering it to the length you use is safe.\n"
+            if architecture == "LlamaForCausalLM"
+            else ""
+        )
     )
     body = yaml.safe_dump({"model": {"type_hint": "DecoderLM", "config": model_config}}, sort_keys=False)
     return header + body

@@ -136,19 +136,29 @@ def _init_std(fields: _Fields) -> float:
     return fields.number("initializer_range", 0.02, low=1e-12)
 
 
-def _rope_theta(fields: _Fields) -> float:
-    """transformers 4 writes ``rope_theta`` and ``rope_scaling``; 5 writes both in ``rope_parameters``."""
+def _rope(fields: _Fields) -> tuple[float, dict[str, Any] | None]:
+    """``rope_theta`` and the ``rope_scaling`` of the model config: transformers 4 writes ``rope_theta`` and
+    ``rope_scaling``, 5 writes both in ``rope_parameters``. Plain and ``llama3`` frequencies are supported."""
     parameters = fields.config.get("rope_parameters") or fields.config.get("rope_scaling") or {}
     if not isinstance(parameters, Mapping):
         raise UserError(f"{fields.where}: 'rope_parameters' must be an object, got {parameters!r}")
     rope_type = parameters.get("rope_type", parameters.get("type", "default"))
-    if rope_type != "default":
+    if rope_type not in ("default", "llama3"):
         raise UserError(
             f"{fields.where}: RoPE scaling '{rope_type}' (rope_scaling / rope_parameters) is not supported: "
-            "llm_gym's rotary embedding has plain frequencies"
+            "llm_gym's rotary embedding has plain frequencies or Llama 3.1's (llama3)"
         )
     theta = parameters.get("rope_theta", fields.config.get("rope_theta", 10_000.0))
-    return _Fields({"rope_theta": theta}, fields.where).number("rope_theta", 10_000.0, low=1e-12)
+    theta = _Fields({"rope_theta": theta}, fields.where).number("rope_theta", 10_000.0, low=1e-12)
+    if rope_type == "default":
+        return theta, None
+    scaling = _Fields(parameters, f"{fields.where}: rope_scaling")
+    return theta, {
+        "factor": scaling.number("factor", 0.0, low=1e-12),
+        "low_freq_factor": scaling.number("low_freq_factor", 1.0, low=1e-12),
+        "high_freq_factor": scaling.number("high_freq_factor", 4.0, low=1e-12),
+        "original_max_position_embeddings": scaling.integer("original_max_position_embeddings"),
+    }
 
 
 def _llama_model_config(fields: _Fields) -> dict[str, Any]:
@@ -161,6 +171,7 @@ def _llama_model_config(fields: _Fields) -> dict[str, Any]:
     fields.require("hidden_act", ("silu",), "silu", "SwiGLU")
     attention_bias = fields.flag("attention_bias", False)
     fields.require("mlp_bias", (attention_bias,), False, "one bias setting for attention and MLP, here attention_bias")
+    rope_theta, rope_scaling = _rope(fields)
     return {
         "vocab_size": fields.integer("vocab_size"),
         "sequence_length": fields.integer("max_position_embeddings"),
@@ -169,7 +180,8 @@ def _llama_model_config(fields: _Fields) -> dict[str, Any]:
         "n_head": n_head,
         "n_head_kv": n_head_kv,
         "positional": "rope",
-        "rope_theta": _rope_theta(fields),
+        "rope_theta": rope_theta,
+        **({"rope_scaling": rope_scaling} if rope_scaling else {}),
         "bias": attention_bias,
         "dropout": fields.number("attention_dropout", 0.0, high=1.0),
         "tie_embeddings": fields.flag("tie_word_embeddings", False),
