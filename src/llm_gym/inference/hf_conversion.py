@@ -17,6 +17,7 @@ from llm_gym.models.attention import ReferenceAttention, SDPAttention
 from llm_gym.models.decoder import DecoderLM
 from llm_gym.models.mlp import GELUMLP, SwiGLUMLP
 from llm_gym.models.norms import LayerNorm, RMSNorm
+from llm_gym.models.positional import Llama3RopeScaling
 
 
 def to_hf(model: DecoderLM, eos_token_id: int | None = None) -> tuple[Any, dict[str, torch.Tensor]]:
@@ -153,12 +154,17 @@ def _llama_family_settings(model: DecoderLM, eos_token_id: int | None) -> dict[s
         max_position_embeddings=model.sequence_length,
         rms_norm_eps=model.final_norm.eps,
         rope_theta=block.attention.rotary.theta,
+        rope_scaling=_rope_scaling(block.attention.rotary.scaling),
         # Neither has embedding or residual dropout; only attention dropout carries over.
         attention_dropout=model.embedding_dropout.p,
         tie_word_embeddings=model.tie_embeddings,
         bos_token_id=eos_token_id,
         eos_token_id=eos_token_id,
     )
+
+
+def _rope_scaling(scaling: Llama3RopeScaling | None) -> dict[str, Any] | None:
+    return None if scaling is None else {"rope_type": "llama3", **scaling.model_dump()}
 
 
 def _linear(prefix: str, linear: torch.nn.Linear) -> dict[str, torch.Tensor]:

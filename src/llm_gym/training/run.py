@@ -37,13 +37,14 @@ from llm_gym.training.builder import (
     BuiltModel,
     build_broker,
     build_data,
+    build_evaluators,
     build_model,
     build_optimization,
     build_parallelism,
     check_tokenizer,
 )
 from llm_gym.training.hardware import HardwareMetrics
-from llm_gym.training.loop import LossWindow, Trainer, TrainingProgress
+from llm_gym.training.loop import Evaluator, LossWindow, Trainer, TrainingProgress
 from llm_gym.training.resume_policy import config_differences, hyperparameter_changes
 from llm_gym.training.summary import describe_global_batch
 
@@ -213,12 +214,13 @@ class BuiltRun:
     progress: TrainingProgress
     loss_window: LossWindow
     state: dict
+    evaluators: list[Evaluator]
 
 
 def build_run(
     config: TrainingAppConfig, registry: ResolverRegistry, env: DistributedEnvironment, warm_start: bool
 ) -> BuiltRun:
-    """Phase 2: parallelism, model (with its initial or warm-start weights), optimization and data."""
+    """Phase 2: parallelism, model (with its initial or warm-start weights), optimization, data and evaluators."""
     parallelism = build_parallelism(config, env, registry)
     built = build_model(config, parallelism, registry)
     tokenizer_line = check_tokenizer(config, built.inner)
@@ -226,9 +228,12 @@ def build_run(
         load_model_weights(built.model, config.checkpointing.warm_start_from)
     optimizer, lr_scheduler = build_optimization(config, built.model, registry)
     data = build_data(config, parallelism, registry)
+    evaluators = build_evaluators(config, built.inner, registry)
     progress, loss_window = TrainingProgress(), LossWindow()
     state = training_state(built.model, optimizer, lr_scheduler, data.train_loader, progress, loss_window)
-    return BuiltRun(parallelism, built, tokenizer_line, optimizer, lr_scheduler, data, progress, loss_window, state)
+    return BuiltRun(
+        parallelism, built, tokenizer_line, optimizer, lr_scheduler, data, progress, loss_window, state, evaluators
+    )
 
 
 def restore(run: BuiltRun, plan: ResumePlan, seed: int, env: DistributedEnvironment) -> int | None:
@@ -298,6 +303,7 @@ def train(
                 run.parallelism.compute_dtype,
             ),
             vocab_size=model.inner.vocab_size,
+            evaluators=run.evaluators,
         )
         trainer.train()
         skipped = f" ({progress.skipped_steps} skipped: non-finite values)" if progress.skipped_steps else ""
