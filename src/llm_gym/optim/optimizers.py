@@ -105,7 +105,7 @@ class MuonAdamWSettings(_AdamMomentsConfig):
 class MuonConfig(_OptimizerConfig):
     lr: PositiveFloat = Field(description="peak learning rate of the hidden matrices")
     weight_decay: NonNegativeFloat = Field(0.1, description="decoupled, of the hidden matrices")
-    momentum: float = Field(0.95, ge=0, lt=1)
+    momentum: Beta = 0.95
     nesterov: bool = True
     ns_steps: int = Field(NEWTON_SCHULZ_STEPS, ge=1, le=99, description="Newton–Schulz iterations")
     ns_coefficients: tuple[float, float, float] = NEWTON_SCHULZ_COEFFICIENTS
