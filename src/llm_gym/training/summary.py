@@ -22,6 +22,7 @@ from llm_gym.training.builder import (
     check_model_fits,
     check_tokenizer,
     check_train_dataset_size,
+    end_of_document_id,
     shard_degree,
 )
 
@@ -53,6 +54,9 @@ def describe_config(config: TrainingAppConfig, world_size: int, registry: Resolv
     yield from describe_model(model, training.sequence_length)
     yield from estimate_memory(model, config, parallelism, optimizer)
     yield check_tokenizer(config, model)
+    end_of_document = end_of_document_id(config, model)
+    if end_of_document is not None:
+        yield f"documents: the model reads the documents of packed samples, which end at token id {end_of_document}"
     yield from _check_datasets(config, parallelism.data_parallel_size, registry)
 
 
