@@ -134,6 +134,21 @@ def test_warm_start_loads_weights_and_starts_a_fresh_schedule(single_process_run
 
 
 @pytest.mark.slow
+def test_document_masking_off_trains_exactly_as_without_the_keys_and_on_it_trains(
+    single_process_run, byte_corpus, tmp_path
+):
+    off = {"model.config.document_masking": "false", "model.config.document_positions": "continue"}
+    llm_gym("run", "--config_file_path", str(TINY_CONFIG), *tiny_overrides(byte_corpus, tmp_path / "off", **off))
+    expected = losses(read_metrics(single_process_run / "metrics.jsonl"))
+    assert losses(read_metrics(tmp_path / "off" / "metrics.jsonl")) == expected
+    on = {"model.config.document_masking": "true", "model.config.document_positions": "restart"}
+    llm_gym("run", "--config_file_path", str(TINY_CONFIG), *tiny_overrides(byte_corpus, tmp_path / "on", **on))
+    masked = losses(read_metrics(tmp_path / "on" / "metrics.jsonl"))
+    assert [(step, split) for step, split, _ in masked] == [(step, split) for step, split, _ in expected]
+    assert masked != expected  # the samples hold document ends, so attention and positions differ
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["full", "every_k"])
 def test_activation_checkpointing_recomputes_without_changing_the_losses(
     single_process_run, byte_corpus, tmp_path, mode
