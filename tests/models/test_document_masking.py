@@ -195,6 +195,11 @@ def test_auto_uses_the_boolean_mask_on_cpu_and_with_attention_dropout():
     assert isinstance(SDPAttention(dropout=0.1, document_kernel="sdpa").document_mask(document_ids), torch.Tensor)
 
 
+def test_flex_refuses_to_train_on_cpu_where_it_has_no_backward():
+    with pytest.raises(ConfigError, match=r"document_kernel: flex cannot train on CPU, where torch's FlexAttention"):
+        SDPAttention(document_kernel="flex").document_mask(torch.zeros(1, 4, dtype=torch.int32))
+
+
 def test_flex_with_attention_dropout_is_refused():
     with pytest.raises(ConfigError, match=r"document_kernel: flex has no attention dropout.*dropout is 0\.1"):
         build(GPT2_STYLE, dropout=0.1, attention={"type_hint": "SDPAttention", "config": {"document_kernel": "flex"}})

@@ -64,8 +64,9 @@ def document_block_mask(document_ids: torch.Tensor) -> BlockMask:
 @functools.cache
 def _compiled_flex_attention():
     # Uncompiled, flex_attention computes every score and masks them; compiled, it skips the masked blocks.
-    # Compiled on first use, so that importing the models costs no compiler start.
-    return torch.compile(flex_attention)
+    # Compiled on first use, so that importing the models costs no compiler start. Static shapes: a training
+    # run has one shape, and inductor's CPU kernel for dynamic shapes fails to compile (torch 2.13).
+    return torch.compile(flex_attention, dynamic=False)
 
 
 class DocumentKernel(str, Enum):
@@ -75,8 +76,8 @@ class DocumentKernel(str, Enum):
 
 
 def flex_attention_works(device: torch.device) -> bool:
-    """Where ``auto`` picks FlexAttention: CUDA with triton, which compiles its kernels. On CPU it needs a C++
-    compiler and compiles for every new shape, so it is used there only when asked for."""
+    """Where ``auto`` picks FlexAttention: CUDA with triton, which compiles its kernels. On CPU it has no
+    backward (torch 2.13), so it serves there only evaluation, when asked for."""
     return device.type == "cuda" and importlib.util.find_spec("triton") is not None
 
 
@@ -86,7 +87,8 @@ class SDPAttentionConfig(BaseModel):
     document_kernel: DocumentKernel = Field(
         DocumentKernel.AUTO,
         description="with model.config.document_masking: sdpa (a boolean mask, any device), flex (FlexAttention "
-        "block masks, compiled) or auto (flex on CUDA with triton and no attention dropout, else sdpa)",
+        "block masks, compiled; trains on CUDA only) or auto (flex on CUDA with triton and no attention dropout, "
+        "else sdpa)",
     )
 
 
@@ -107,7 +109,14 @@ class SDPAttention(nn.Module):
             and not self.dropout
             and flex_attention_works(document_ids.device)
         )
-        return document_block_mask(document_ids) if flex else document_causal_mask(document_ids)
+        if not flex:
+            return document_causal_mask(document_ids)
+        if document_ids.device.type == "cpu" and torch.is_grad_enabled():
+            raise ConfigError(
+                "model.config.attention.config.document_kernel: flex cannot train on CPU, where torch's FlexAttention "
+                "has no backward; use sdpa (auto picks it on CPU)"
+            )
+        return document_block_mask(document_ids)
 
     def forward(
         self,
