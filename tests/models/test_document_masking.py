@@ -13,6 +13,7 @@ from llm_gym.errors import ConfigError
 from llm_gym.models.attention import (
     AttentionKernelConfig,
     SDPAttention,
+    SDPAttentionConfig,
     document_block_mask,
     document_causal_mask,
 )
@@ -22,6 +23,7 @@ from llm_gym.registry.component import Component
 
 END = 60  # the tiny models' last id stands for the end-of-document token
 STYLES = {"gpt2": GPT2_STYLE, "llama": LLAMA_STYLE}
+FLEX = SDPAttentionConfig(document_kernel="flex")
 
 
 @functools.cache
@@ -29,7 +31,7 @@ def flex_compiles_here() -> bool:
     """Compiled FlexAttention on CPU needs inductor's C++ backend (a compiler)."""
     try:
         query = torch.randn(1, 1, 16, 16)
-        SDPAttention(document_kernel="flex")(query, query, query, document_block_mask(torch.zeros(1, 16)))
+        SDPAttention(config=FLEX)(query, query, query, document_block_mask(torch.zeros(1, 16)))
     except Exception:
         return False
     return True
@@ -151,7 +153,7 @@ def test_flex_attention_attends_as_the_boolean_mask_does():
     query = torch.randn(2, 4, 24, 8, generator=generator)
     key, value = torch.randn(2, 2, 24, 8, generator=generator), torch.randn(2, 2, 24, 8, generator=generator)
     document_ids = torch.tensor([[0] * 10 + [1] * 14, [0] * 3 + [1] + [2] * 20])
-    kernel = SDPAttention(document_kernel="flex")
+    kernel = SDPAttention(config=FLEX)
     flex = kernel(query, key, value, document_block_mask(document_ids))
     sdpa = kernel(query, key, value, document_causal_mask(document_ids))
     torch.testing.assert_close(flex, sdpa, atol=1e-5, rtol=0)
@@ -192,12 +194,13 @@ def test_masking_changes_nothing_without_document_ids(style):
 def test_auto_uses_the_boolean_mask_on_cpu_and_with_attention_dropout():
     document_ids = torch.zeros(1, 4, dtype=torch.int32)
     assert isinstance(SDPAttention().document_mask(document_ids), torch.Tensor)
-    assert isinstance(SDPAttention(dropout=0.1, document_kernel="sdpa").document_mask(document_ids), torch.Tensor)
+    with_dropout = SDPAttention(0.1, SDPAttentionConfig(document_kernel="sdpa"))
+    assert isinstance(with_dropout.document_mask(document_ids), torch.Tensor)
 
 
 def test_flex_refuses_to_train_on_cpu_where_it_has_no_backward():
     with pytest.raises(ConfigError, match=r"document_kernel: flex cannot train on CPU, where torch's FlexAttention"):
-        SDPAttention(document_kernel="flex").document_mask(torch.zeros(1, 4, dtype=torch.int32))
+        SDPAttention(config=FLEX).document_mask(torch.zeros(1, 4, dtype=torch.int32))
 
 
 def test_flex_with_attention_dropout_is_refused():

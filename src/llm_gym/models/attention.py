@@ -92,11 +92,14 @@ class SDPAttentionConfig(BaseModel):
     )
 
 
+_SDPA_DEFAULTS = SDPAttentionConfig()
+
+
 class SDPAttention(nn.Module):
-    def __init__(self, dropout: float = 0.0, document_kernel: DocumentKernel = DocumentKernel.AUTO):
+    def __init__(self, dropout: float = 0.0, config: SDPAttentionConfig = _SDPA_DEFAULTS):
         super().__init__()
         self.dropout = dropout
-        self.document_kernel = DocumentKernel(document_kernel)
+        self.document_kernel = config.document_kernel
         if self.document_kernel == DocumentKernel.FLEX and dropout:
             raise ConfigError(
                 f"model.config.attention.config.document_kernel: flex has no attention dropout, but model.config."
