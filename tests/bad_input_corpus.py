@@ -266,15 +266,10 @@ CASES: list[BadInput] = [
         r"document_mask\(document_ids\)\)",
     ),
     BadInput(
-        "validate-document-masking-without-its-tokenizer",
-        lambda ws: [
-            "validate",
-            "--config_file_path",
-            TINY_CONFIG,
-            "model.config.document_masking=true",
-            f"data.tokenizer={ws.dir / 'absent.json'}",
-        ],
+        "run-document-masking-without-its-tokenizer",
+        lambda ws: _run(ws, **{"model.config.document_masking": "true", "data.tokenizer": ws.dir / "absent.json"}),
         r"data\.tokenizer: .*absent\.json is not here, and the model reads the documents of packed samples",
+        subprocess=True,
     ),
     BadInput(
         "tokenize-output-prefix-ending-in-a-directory",
