@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The demo behind `make demo`: corpus → tokenizer → tokenized splits → 2-process FSDP2 training → plot → sample.
+# The demo behind `make demo`: corpus → tokenizer → tokenized splits → 2-process FSDP2 training → plot → sample →
+# evaluate (loss and bits per byte on the held-out test split, accuracy on the code-line task).
 # It also byte-tokenizes train and val, the inputs of config_files/tiny_cpu.yaml (the commands atop that file).
 # Each data step is skipped when its output exists; delete data/demo to start over.
 set -euo pipefail
@@ -28,3 +29,5 @@ llm_gym plot --metrics_path "$EXPERIMENT/metrics.jsonl" --output_path "$EXPERIME
 echo "loss curves: $EXPERIMENT/curves.png"
 llm_gym generate --checkpoint_path "$EXPERIMENT/checkpoints" --prompt "def " --max_new_tokens 200 \
   --temperature 0.8 --top_k 50 --seed 0
+llm_gym evaluate --checkpoint_path "$EXPERIMENT" --prefix val --prefix "$DATA/test_bpe" \
+  --tasks "code_lines:$DATA/test.jsonl"

@@ -8,6 +8,7 @@ New commands add their rows here.
 """
 
 import json
+import pickle
 import random
 import shutil
 from collections.abc import Callable, Sequence
@@ -107,6 +108,117 @@ CASES: list[BadInput] = [
         lambda ws: ["data", "inspect", "--prefix", ws.dir / "absent"],
         r"absent",
     ),
+    # evaluate (issue 17)
+    BadInput(
+        "evaluate-unknown-prefix",
+        lambda ws: ["evaluate", "--checkpoint_path", ws.experiment(), "--prefix", "absent_split"],
+        r"--prefix absent_split: not a split of the run \(its data.eval_datasets: val\)",
+    ),
+    BadInput(
+        "evaluate-unknown-task-format",
+        lambda ws: ["evaluate", "--checkpoint_path", ws.experiment(), "--tasks", "mmlu:questions.jsonl"],
+        r"unknown task format 'mmlu'; known: jsonl, hellaswag",
+    ),
+    BadInput(
+        "evaluate-missing-task-file",
+        lambda ws: ["evaluate", "--checkpoint_path", ws.experiment(), "--tasks", ws.dir / "absent.jsonl"],
+        r"task file .*absent\.jsonl does not exist",
+    ),
+    BadInput(
+        "evaluate-malformed-task-line",
+        lambda ws: [
+            "evaluate",
+            "--checkpoint_path",
+            ws.experiment(),
+            "--tasks",
+            _text_written(ws.dir / "task.jsonl", '{"context": "a", "choices": ["b", "c"], "gold": 0}\n{oops\n'),
+        ],
+        r"task\.jsonl:2: not valid JSON",
+    ),
+    BadInput(
+        "evaluate-same-task-name-twice",
+        lambda ws: [
+            "evaluate",
+            "--checkpoint_path",
+            ws.experiment(),
+            "--tasks",
+            "arc:a/test.jsonl",
+            "--tasks",
+            "arc:b/test.jsonl",
+        ],
+        r"two --tasks are both named arc",
+    ),
+    BadInput(
+        "evaluate-checkpoint-outside-an-experiment",
+        lambda ws: [
+            "evaluate",
+            "--checkpoint_path",
+            _moved(ws.checkpoint(), ws.dir / "loose_checkpoint"),
+            "--prefix",
+            "val",
+        ],
+        r"not inside an experiment's checkpoints/ directory: .*--output_path",
+    ),
+    # import_hf (issue 17)
+    BadInput(
+        "import-hf-unsupported-architecture",
+        lambda ws: [
+            "import_hf",
+            "--model_dir",
+            _text_written(ws.dir / "hf" / "config.json", '{"architectures": ["BertModel"]}').parent,
+            "--output_dir",
+            ws.dir / "out",
+        ],
+        r"llm_gym imports GPT2LMHeadModel and LlamaForCausalLM; this model is \['BertModel'\]",
+    ),
+    BadInput(
+        "import-hf-pickled-weights-only",
+        lambda ws: [
+            "import_hf",
+            "--model_dir",
+            _pickled_hf_dir(ws),
+            "--output_dir",
+            ws.dir / "out",
+        ],
+        r"pytorch_model\.bin, a pickle, which can run code when loaded: import_hf reads safetensors only",
+    ),
+    BadInput(
+        "import-hf-forced-over-the-model-directory",
+        lambda ws: [
+            "import_hf",
+            "--model_dir",
+            _text_written(ws.dir / "hf" / "config.json", '{"architectures": ["GPT2LMHeadModel"]}').parent,
+            "--output_dir",
+            ws.dir / "hf" / ".." / "hf",
+            "--force",
+        ],
+        r"output directory .*hf is, contains or lies inside the model directory .*hf: choose an --output_dir",
+        lambda ws: [ws.dir / "hf"],
+    ),
+    # sweep, compare (issue 17)
+    BadInput(
+        "sweep-sets-the-output-dir-of-its-points",
+        lambda ws: [
+            "sweep",
+            "--config_file_path",
+            TINY_CONFIG,
+            "--grid",
+            "experiment.seed=1,2",
+            "--output_dir",
+            ws.dir / "sweep",
+            "experiment.output_dir=elsewhere",
+        ],
+        r"the sweep sets experiment\.output_dir of each point",
+    ),
+    BadInput(
+        "compare-without-the-split",
+        lambda ws: [
+            "compare",
+            "--metrics_path",
+            _text_written(ws.dir / "run" / "metrics.jsonl", '{"step": 1, "split": "train"}\n'),
+        ],
+        r"no run has a 'val' line with a loss: name the evaluation split with --split",
+    ),
     # ---- the middle layer (issue 13): typed batches, the model contract ---------------------------------------
     BadInput(
         "validate-collator-batch-keys",
@@ -120,7 +232,7 @@ CASES: list[BadInput] = [
             lambda ws, command=command, craft=craft: _crafted_checkpoint_command(ws, command, craft),
             message,
         )
-        for command in ("generate", "export_hf", "resume", "warm_start")
+        for command in ("generate", "export_hf", "evaluate", "resume", "warm_start")
         for craft, message in (
             ("metadata-running-code", r"\.metadata is corrupted: it refers to .*os\.system.*refused"),
             ("metadata-hiding-code", r"\.metadata is corrupted: it refers to .*os\.system.*refused"),
@@ -136,6 +248,7 @@ CASES: list[BadInput] = [
         for command, message in (
             ("generate", rf"needs a component that is not registered: .*pass --user_modules {PLANTED_MODULE}"),
             ("export_hf", rf"needs a component that is not registered: .*pass --user_modules {PLANTED_MODULE}"),
+            ("evaluate", rf"needs a component that is not registered: .*pass --user_modules {PLANTED_MODULE}"),
             ("resume", r"differs from the checkpoint's .*\n  model\.type_hint"),
         )
     ],
@@ -316,7 +429,7 @@ def _generate_with_recorded_tokenizer(ws: Workspace, tokenizer: Path) -> list:
 
 
 def _crafted_checkpoint_command(ws: Workspace, command: str, craft: str) -> list:
-    """``command`` (generate, export_hf, a resume or a warm start) on a copy of the tiny run whose checkpoint
+    """``command`` (generate, export_hf, evaluate, a resume or a warm start) on a copy of the tiny run whose checkpoint
     was crafted to run code (``craft``)."""
     experiment = ws.experiment()
     checkpoint = experiment / "checkpoints" / "step_2"
@@ -335,6 +448,8 @@ def _crafted_checkpoint_command(ws: Workspace, command: str, craft: str) -> list
         return ["generate", "--checkpoint_path", experiment, "--prompt", "x", "--max_new_tokens", "1"]
     if command == "export_hf":
         return ["export_hf", "--checkpoint_path", experiment, "--output_dir", ws.dir / "hf"]
+    if command == "evaluate":
+        return ["evaluate", "--checkpoint_path", experiment, "--prefix", "val", "--max_samples", "1"]
     if command == "resume":
         return ["run", "--config_file_path", experiment / "config.yaml", f"experiment.output_dir={experiment}",
                 "--resume", "auto"]  # fmt: skip
@@ -899,3 +1014,33 @@ CASES += [
         _NOTHING_WRITTEN,
     ),
 ]
+
+
+def _pickled_hf_dir(ws: Workspace) -> Path:
+    """A GPT-2 config.json beside a pytorch_model.bin whose unpickling would write the marker."""
+    config = {"architectures": ["GPT2LMHeadModel"], "vocab_size": 8, "n_positions": 4, "n_embd": 8, "n_layer": 1,
+              "n_head": 2}  # fmt: skip
+    directory = _text_written(ws.dir / "hf" / "config.json", json.dumps(config)).parent
+    (directory / "pytorch_model.bin").write_bytes(pickle.dumps(_WritesMarker(ws.marker)))
+    return directory
+
+
+class _WritesMarker:
+    """Unpickling it creates the marker file: proof that a pickle was loaded."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def _text_written(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def _moved(source: Path, target: Path) -> Path:
+    shutil.move(source, target)
+    return target

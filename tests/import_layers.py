@@ -23,14 +23,16 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("cli",),
     ("training", "inference"),
     ("assembly",),
-    ("checkpointing",),
+    ("checkpointing", "evaluation"),
     ("data", "models", "parallel", "logging_broker", "optim", "config"),
     ("registry",),
     ("outputs", "seeds"),
     ("errors", "__init__"),
 )
 """Top to bottom: ``training`` runs what ``assembly`` lists; the leaves (data, models, parallel, logging_broker,
-optim) and ``config`` (loading, the run's schema) know only the registry mechanism below them."""
+optim) and ``config`` (loading, the run's schema) know only the registry mechanism below them. ``evaluation``
+(scoring on corpora and tasks, and the in-loop evaluators) reads data and parallel and is listed by ``assembly``;
+``inference.evaluation`` runs it on a checkpoint."""
 
 SIDEWAYS = {("parallel", "models")}
 """Arrows inside one layer: parallelism strategies read the model contract (``llm_gym.models.contract``)."""

@@ -10,6 +10,7 @@ from llm_gym.data.collators import COLLATORS
 from llm_gym.data.datasets import DATASETS
 from llm_gym.data.loaders import DATALOADERS
 from llm_gym.data.samplers import SAMPLERS
+from llm_gym.evaluation.in_loop import EVALUATORS
 from llm_gym.logging_broker.loggers import LOGGERS
 from llm_gym.models.attention import ATTENTION_KERNELS
 from llm_gym.models.decoder import MODELS
@@ -36,6 +37,7 @@ BUILTIN_COMPONENTS = {
     "sampler": SAMPLERS,
     "collator": COLLATORS,
     "dataloader": DATALOADERS,
+    "evaluator": EVALUATORS,
 }
 
 

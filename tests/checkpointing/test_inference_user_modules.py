@@ -1,5 +1,5 @@
-"""`generate` and `export_hf` import only the modules the person running them names (``--user_modules``), never
-those a checkpoint's saved config lists."""
+"""`generate`, `export_hf` and `evaluate` import only the modules the person running them names
+(``--user_modules``), never those a checkpoint's saved config lists."""
 
 import json
 import shutil
@@ -36,11 +36,14 @@ def experiment(llama_checkpoints, tmp_path, monkeypatch):
 
 
 def _invoke(command: str, experiment, *options: str):
-    output = ["--output_dir", "hf"] if command == "export_hf" else ["--prompt", "x", "--max_new_tokens", "2"]
+    output = {
+        "export_hf": ["--output_dir", "hf"],
+        "evaluate": ["--prefix", "val", "--max_samples", "2"],
+    }.get(command, ["--prompt", "x", "--max_new_tokens", "2"])
     return CliRunner().invoke(main, [command, "--checkpoint_path", str(experiment), *output, *options])
 
 
-@pytest.mark.parametrize("command", ["generate", "export_hf"])
+@pytest.mark.parametrize("command", ["generate", "export_hf", "evaluate"])
 def test_the_modules_a_checkpoint_lists_are_not_imported(experiment, tmp_path, command):
     marker = tmp_path / "PWNED"
     record_planted_module(experiment / "checkpoints" / "step_2", marker)
@@ -70,7 +73,7 @@ def user_component_experiment(experiment, forget_my_norms):
     return experiment
 
 
-@pytest.mark.parametrize("command", ["generate", "export_hf"])
+@pytest.mark.parametrize("command", ["generate", "export_hf", "evaluate"])
 def test_a_model_of_user_components_loads_with_the_modules_named(user_component_experiment, tmp_path, command):
     refused = _invoke(command, user_component_experiment)
     assert refused.exit_code == 2

@@ -65,3 +65,40 @@ def test_bad_input_exits_2_naming_the_problem_and_writes_nothing(tmp_path, conte
     assert result.stderr.startswith("error: ") and message.format(path=metrics_path) in result.stderr
     assert "Traceback" not in result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_several_runs_overlay_with_evaluator_panels(tmp_path):
+    for name in ("run_a", "run_b"):
+        (tmp_path / name).mkdir()
+        write_metrics(tmp_path / name / "metrics.jsonl")
+    with (tmp_path / "run_b" / "metrics.jsonl").open("a") as file:
+        file.write(json.dumps({"step": 20, "split": "code_lines", "accuracy": 0.4, "accuracy_norm": 0.35}) + "\n")
+        file.write(json.dumps({"step": 20, "split": "val", "loss": 1.0, "bits_per_byte": 1.4}) + "\n")
+    args = [
+        "plot",
+        "--metrics_path",
+        str(tmp_path / "run_a"),
+        "--metrics_path",
+        str(tmp_path / "run_b" / "metrics.jsonl"),
+    ]
+    result = CliRunner().invoke(main, [*args, "--smoothing", "0.9", "--output_path", str(tmp_path / "overlay.png")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "overlay.png").read_bytes().startswith(PNG_MAGIC)
+
+
+def test_smoothing_is_a_debiased_moving_average_that_keeps_gaps():
+    from llm_gym.logging_broker.plot import smoothed
+
+    assert smoothed([2.0, float("nan"), 4.0], 0.5)[0] == 2.0
+    assert smoothed([2.0, float("nan"), 4.0], 0.5)[2] == pytest.approx((0.25 * 2 + 0.5 * 4) / 0.75)
+    assert smoothed([1.0, 2.0], 0.0) == [1.0, 2.0]
+
+
+def test_overlay_labels_are_experiment_names_or_paths_when_they_clash(tmp_path):
+    from llm_gym.logging_broker.plot import run_labels
+
+    assert run_labels([tmp_path / "a" / "metrics.jsonl", tmp_path / "b" / "metrics.jsonl"]) == ["a", "b"]
+    clash = [tmp_path / "x" / "run", tmp_path / "y" / "run"]
+    for path in clash:
+        path.mkdir(parents=True)
+    assert run_labels(clash) == [str(path) for path in clash]

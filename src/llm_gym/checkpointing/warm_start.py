@@ -20,6 +20,8 @@ from llm_gym.checkpointing.state import ModelState
 from llm_gym.errors import UserError
 
 TORCH_SAVE_SUFFIXES = (".pt", ".pth", ".bin")
+IMPORTED_WEIGHTS_FILE = "model.safetensors"
+"""A directory holding this file (what ``llm_gym import_hf`` writes) warm-starts from it."""
 
 
 def _read_weights_file(path: Path) -> dict[str, torch.Tensor]:
@@ -45,14 +47,21 @@ def _read_weights_file(path: Path) -> dict[str, torch.Tensor]:
 
 def load_model_weights(model: nn.Module, source: Path) -> None:
     """Load ``model``'s weights (plain, DDP or FSDP2) from ``source``: a checkpoint directory, a ``checkpoints/``
-    or experiment directory (the checkpoint ``latest`` names), or a weights file."""
+    or experiment directory (the checkpoint ``latest`` names), an ``import_hf`` output directory, or a weights file."""
     source = Path(source)
-    if source.is_dir():
+    if source.is_dir() and (source / IMPORTED_WEIGHTS_FILE).is_file():
+        source = source / IMPORTED_WEIGHTS_FILE
+    elif source.is_dir():
         load_checkpoint(find_checkpoint(source), {"model": ModelState(model)})
         return
     if not source.is_file():
         raise UserError(f"warm start source {source} does not exist")
     weights = _read_weights_file(source)
     if differences := model_differences(tensor_shapes(ModelState(model).state_dict()), tensor_shapes(weights)):
-        raise UserError(f"{source} holds the weights of an incompatible model: " + "; ".join(differences))
+        hint = (
+            " (a Hugging Face model directory: convert it with llm_gym import_hf)"
+            if (source.parent / "config.json").is_file()
+            else ""
+        )
+        raise UserError(f"{source} holds the weights of an incompatible model{hint}: " + "; ".join(differences))
     set_model_state_dict(model, weights, options=StateDictOptions(full_state_dict=True))

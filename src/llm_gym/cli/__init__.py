@@ -19,12 +19,16 @@ def main(debug: bool) -> None:
 
 
 def _register_commands() -> None:
+    from llm_gym.cli.compare import compare
     from llm_gym.cli.config_commands import validate
     from llm_gym.cli.data import data
+    from llm_gym.cli.evaluate import evaluate
     from llm_gym.cli.export import export_hf
     from llm_gym.cli.generate import generate
+    from llm_gym.cli.import_hf import import_hf
     from llm_gym.cli.plot import plot
     from llm_gym.cli.run import run
+    from llm_gym.cli.sweep import sweep
 
     main.add_command(run, name="run")
     main.add_command(validate, name="validate")
@@ -32,6 +36,10 @@ def _register_commands() -> None:
     main.add_command(data, name="data")
     main.add_command(generate, name="generate")
     main.add_command(export_hf, name="export_hf")
+    main.add_command(evaluate, name="evaluate")
+    main.add_command(import_hf, name="import_hf")
+    main.add_command(compare, name="compare")
+    main.add_command(sweep, name="sweep")
 
 
 _register_commands()

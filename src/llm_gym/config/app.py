@@ -136,6 +136,13 @@ class DataSettings(_Section):
     dataloader: Component("dataloader")
 
 
+class EvaluationSettings(_Section):
+    evaluators: list[Component("evaluator")] = Field(
+        default_factory=list,
+        description="run every eval_interval beside the eval splits: MultipleChoice tasks, BitsPerByte of a split",
+    )
+
+
 class TrainingAppConfig(_Section):
     # What almost every run leaves as it is, written as a YAML file would write it: the first layer of every
     # composed config (config/composition.py), under every file. So ${experiment.seed} resolves in any file,
@@ -161,6 +168,7 @@ class TrainingAppConfig(_Section):
     optimizer: Component("optimizer")
     lr_scheduler: Component("lr_scheduler")
     data: DataSettings
+    evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
     loggers: list[Component("logger")] = Field(default_factory=list)
 
     @model_validator(mode="after")
@@ -171,6 +179,27 @@ class TrainingAppConfig(_Section):
                 f"training.sequence_length ({self.training.sequence_length}) exceeds model.config.sequence_length "
                 f"({model_length}), the longest sequence the model takes; shorten the one or lengthen the other"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _evaluators_name_their_splits_once(self) -> "TrainingAppConfig":
+        # An evaluator with a `split` reports that eval split (its line replaces the plain one); one with a `name`
+        # reports a split of its own, which must not pass for another.
+        splits, seen = set(self.data.eval_datasets), set()
+        for index, node in enumerate(self.evaluation.evaluators):
+            where = f"evaluation.evaluators[{index}]"
+            split, name = getattr(node.config, "split", None), getattr(node.config, "name", None)
+            if split is not None and split not in splits:
+                raise ValueError(
+                    f"{where}.config.split: '{split}' is not a split of data.eval_datasets "
+                    f"({', '.join(sorted(splits)) or 'none'})"
+                )
+            if name is not None and (name in splits or name == "train"):
+                raise ValueError(f"{where}.config.name: '{name}' is already the name of a split; choose another")
+            if (label := split or name) is not None:
+                if label in seen:
+                    raise ValueError(f"{where}: two evaluators report the split '{label}'")
+                seen.add(label)
         return self
 
     @model_validator(mode="after")

@@ -15,6 +15,7 @@ from llm_gym.models.attention import ReferenceAttention, SDPAttention
 from llm_gym.models.decoder import DecoderLM
 from llm_gym.models.mlp import GELUMLP, SwiGLUMLP
 from llm_gym.models.norms import LayerNorm, RMSNorm
+from llm_gym.models.positional import Llama3RopeScaling
 
 
 def to_hf(model: DecoderLM, eos_token_id: int | None = None) -> tuple[Any, dict[str, torch.Tensor]]:
@@ -136,6 +137,7 @@ def _llama_config(transformers: Any, model: DecoderLM, eos_token_id: int | None)
         max_position_embeddings=model.sequence_length,
         rms_norm_eps=model.final_norm.eps,
         rope_theta=block.attention.rotary.theta,
+        rope_scaling=_rope_scaling(block.attention.rotary.scaling),
         attention_bias=has_bias,
         mlp_bias=has_bias,
         # Llama has no embedding or residual dropout; only attention dropout carries over.
@@ -145,6 +147,10 @@ def _llama_config(transformers: Any, model: DecoderLM, eos_token_id: int | None)
         eos_token_id=eos_token_id,
         architectures=["LlamaForCausalLM"],
     )
+
+
+def _rope_scaling(scaling: Llama3RopeScaling | None) -> dict[str, Any] | None:
+    return None if scaling is None else {"rope_type": "llama3", **scaling.model_dump()}
 
 
 def _linear(prefix: str, linear: torch.nn.Linear) -> dict[str, torch.Tensor]:

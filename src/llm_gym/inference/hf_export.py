@@ -32,14 +32,14 @@ class HFExport:
     """False for the byte tokenizer, which transformers has no class for."""
 
 
-def _check_output_dir(output_dir: Path, force: bool) -> None:
+def check_output_dir(output_dir: Path, force: bool) -> None:
     if output_dir.exists() and not output_dir.is_dir():
         raise UserError(f"output directory {output_dir} exists and is not a directory")
     if output_dir.is_dir() and any(output_dir.iterdir()) and not force:
         raise UserError(f"output directory {output_dir} exists and is not empty; pass --force to replace it")
 
 
-def _refuse_overlap(output_dir: Path, kept: Path, what: str) -> None:
+def refuse_overlap(output_dir: Path, kept: Path, what: str) -> None:
     """The export replaces ``output_dir`` whole (--force) or writes into it: neither may touch what it reads from
     nor the run's experiment directory."""
     if overlap(output_dir, kept):
@@ -50,11 +50,11 @@ def _refuse_overlap(output_dir: Path, kept: Path, what: str) -> None:
 
 
 def _check_not_over_the_experiment(output_dir: Path, checkpoint_path: Path, checkpoint_dir: Path) -> None:
-    _refuse_overlap(output_dir, checkpoint_dir, "the checkpoint")
-    _refuse_overlap(output_dir, Path(checkpoint_path), "the checkpoint path")
+    refuse_overlap(output_dir, checkpoint_dir, "the checkpoint")
+    refuse_overlap(output_dir, Path(checkpoint_path), "the checkpoint path")
     checkpoint_root = checkpoint_dir.resolve().parent
     if checkpoint_root.name == "checkpoints":  # the layout of `llm_gym run`: <experiment>/checkpoints/step_<N>
-        _refuse_overlap(output_dir, checkpoint_root.parent, "the checkpoint's experiment directory")
+        refuse_overlap(output_dir, checkpoint_root.parent, "the checkpoint's experiment directory")
 
 
 def _save_tokenizer(transformers: Any, tokenizer: HuggingFaceTokenizer, model_max_length: int, directory: Path) -> None:
@@ -65,17 +65,17 @@ def _save_tokenizer(transformers: Any, tokenizer: HuggingFaceTokenizer, model_ma
     fast.save_pretrained(directory)
 
 
-def _temporary_dir(beside: Path, role: str) -> Path:
+def temporary_dir(beside: Path, role: str) -> Path:
     # A fresh name: a fixed one could be a directory of the user's, which clearing it would delete.
     return Path(tempfile.mkdtemp(prefix=f"{_PARTIAL_PREFIX}{role}{beside.name}.", dir=beside.parent))
 
 
-def _publish(partial: Path, output_dir: Path) -> None:
+def publish_directory(partial: Path, output_dir: Path) -> None:
     """Move the finished export into place; an existing ``output_dir`` (already cleared to go) is replaced."""
     if not output_dir.exists():
         os.replace(partial, output_dir)
         return
-    replaced = _temporary_dir(output_dir, "replaced_")  # empty: rename(2) may move a directory over it
+    replaced = temporary_dir(output_dir, "replaced_")  # empty: rename(2) may move a directory over it
     os.replace(output_dir, replaced)
     os.replace(partial, output_dir)
     shutil.rmtree(replaced, ignore_errors=True)
@@ -90,11 +90,11 @@ def export_to_hf(
     output_dir = Path(output_dir)
     checkpoint_dir = find_checkpoint(checkpoint_path)
     _check_not_over_the_experiment(output_dir, checkpoint_path, checkpoint_dir)
-    _check_output_dir(output_dir, force)
+    check_output_dir(output_dir, force)
     trained = load_trained_model(checkpoint_dir, device="cpu", user_modules=user_modules)
     tokenizer = trained.load_tokenizer()
     if isinstance(tokenizer, HuggingFaceTokenizer):
-        _refuse_overlap(output_dir, tokenizer.path, "the run's tokenizer")
+        refuse_overlap(output_dir, tokenizer.path, "the run's tokenizer")
     hf_config, state_dict = to_hf(trained.model, eos_token_id=tokenizer.eos_id)
     import transformers  # to_hf has checked that it is installed
 
@@ -102,13 +102,13 @@ def export_to_hf(
     hf_model.load_state_dict(state_dict, strict=True)
     target = output_dir.resolve()  # has a name even when given as "."
     target.parent.mkdir(parents=True, exist_ok=True)
-    partial = _temporary_dir(target, "")
+    partial = temporary_dir(target, "")
     try:
         hf_model.save_pretrained(partial, safe_serialization=True)
         is_hf_tokenizer = isinstance(tokenizer, HuggingFaceTokenizer)
         if is_hf_tokenizer:
             _save_tokenizer(transformers, tokenizer, trained.model.sequence_length, partial)
-        _publish(partial, target)
+        publish_directory(partial, target)
     finally:
         shutil.rmtree(partial, ignore_errors=True)
     return HFExport(output_dir, type(hf_model).__name__, trained.checkpoint_dir, is_hf_tokenizer)

@@ -46,7 +46,9 @@ class TrainedModel:
         return load_tokenizer(spec, self.model.vocab_size)
 
 
-class _ModelSection(BaseModel):
+class ModelSection(BaseModel):
+    """A config's model section alone, validated without the rest of a run's config."""
+
     model: Component("model")
 
 
@@ -63,9 +65,9 @@ def _model_config(
         )
     section = {"model": resolved["model"]}
     try:
-        return resolved, registry.validate(_ModelSection, section).model
+        return resolved, registry.validate(ModelSection, section).model
     except ValidationError as error:
-        problem = format_validation_error(error, _ModelSection, section, registry)
+        problem = format_validation_error(error, ModelSection, section, registry)
         if any(detail["type"] == "unknown_type_hint" for detail in error.errors()):
             raise UserError(
                 f"the model saved in {meta_path} needs a component that is not registered: "

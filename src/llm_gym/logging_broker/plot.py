@@ -1,10 +1,12 @@
-"""Training curves from ``metrics.jsonl``: loss per split, learning rate and throughput against the step."""
+"""Training curves from ``metrics.jsonl``: loss per split, learning rate and throughput against the step; bits per
+byte and task accuracy when evaluators logged them; several runs overlaid, one colour each."""
 
 import json
 import math
 import os
 import sys
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 
 # The Agg canvas directly, not pyplot: no global figure state, no display needed.
@@ -17,6 +19,9 @@ from llm_gym.outputs import refuse_writing_over_inputs, writing
 
 PANELS = {"loss": "loss (nats/token)", "lr": "learning rate", "tokens_per_s": "tokens/s"}
 """Plotted keys and their axis labels; loss for every split, the others from the train lines."""
+EVALUATION_PANELS = {"bits_per_byte": "bits per byte", "accuracy": "accuracy"}
+"""Plotted for every split that logs them (``evaluation.evaluators``), when any run does."""
+METRICS_FILE = "metrics.jsonl"
 MAX_STEP = 2**63 - 1
 """Steps are plotted as floats; the trainer's counters are 64-bit."""
 
@@ -52,7 +57,7 @@ def _parse_record(line: str, where: str) -> dict:
         raise UserError(f"{where}: a metrics record needs an integer 'step' and a string 'split'")
     if not 0 <= record["step"] <= MAX_STEP:
         raise UserError(f"{where}: 'step' must be between 0 and 2^63 - 1")
-    for key in PANELS:
+    for key in (*PANELS, *EVALUATION_PANELS):
         # null stands for a non-finite value and is drawn as a gap.
         if key not in record or record[key] is None:
             continue
@@ -72,26 +77,73 @@ def _series(records: list[dict], key: str, splits: set[str] | None) -> dict[str,
     return series
 
 
-def plot_metrics(metrics_path: Path, output_path: Path) -> None:
-    """Render the curves to a PNG; the image appears at ``output_path`` only when complete."""
-    refuse_writing_over_inputs([output_path], [metrics_path], "--output_path")
-    records = read_metrics(metrics_path)
-    figure = Figure(figsize=(8, 9), layout="constrained")
+def metrics_file(path: Path) -> Path:
+    """``path`` itself, or the metrics.jsonl of the experiment directory ``path``."""
+    return path / METRICS_FILE if path.is_dir() else path
+
+
+def run_labels(paths: Sequence[Path]) -> list[str]:
+    """A short name per run: its experiment directory's name, or the whole path where two names agree."""
+    names = [metrics_file(path).resolve().parent.name for path in paths]
+    return [name if names.count(name) == 1 else str(path) for name, path in zip(names, paths, strict=True)]
+
+
+def smoothed(values: Sequence[float], weight: float) -> list[float]:
+    """Exponential moving average with TensorBoard's debiasing; a gap (NaN) stays a gap and is skipped."""
+    average, seen, result = 0.0, 0, []
+    for value in values:
+        if math.isnan(value):
+            result.append(value)
+            continue
+        average, seen = weight * average + (1 - weight) * value, seen + 1
+        result.append(average / (1 - weight**seen))
+    return result
+
+
+def plot_metrics(metrics_paths: Sequence[Path], output_path: Path, smoothing: float = 0.0) -> None:
+    """Render the curves of one run, or of several overlaid, to a PNG; it appears at ``output_path`` only when
+    complete. ``smoothing`` (0 to < 1) smooths the train curves; evaluation points are drawn as logged."""
+    paths = list(metrics_paths)
+    refuse_writing_over_inputs([output_path], [metrics_file(path) for path in paths], "--output_path")
+    runs = {label: read_metrics(metrics_file(path)) for label, path in zip(run_labels(paths), paths, strict=True)}
+    panels = dict(PANELS)
+    panels.update(
+        (key, label)
+        for key, label in EVALUATION_PANELS.items()
+        if any(key in record for records in runs.values() for record in records)
+    )
+    figure = Figure(figsize=(8, 3 * len(panels)), layout="constrained")
     FigureCanvasAgg(figure)
-    axes = figure.subplots(len(PANELS), 1, sharex=True)
-    for axis, (key, label) in zip(axes, PANELS.items(), strict=True):
-        series = _series(records, key, splits=None if key == "loss" else {"train"})
-        for split, points in sorted(series.items(), key=lambda item: (item[0] != "train", item[0])):
-            steps, values = zip(*points, strict=True)
-            axis.plot(steps, values, label=split, marker=None if split == "train" else "o", markersize=4)
-        if not series:
+    axes = figure.subplots(len(panels), 1, sharex=True)
+    for axis, (key, label) in zip(axes, panels.items(), strict=True):
+        drawn = False
+        for run_index, (run, records) in enumerate(runs.items()):
+            series = _series(records, key, splits={"train"} if key in ("lr", "tokens_per_s") else None)
+            for split, points in sorted(series.items(), key=lambda item: (item[0] != "train", item[0])):
+                steps, values = zip(*points, strict=True)
+                if split == "train" and smoothing:
+                    values = smoothed(values, smoothing)
+                axis.plot(
+                    steps,
+                    values,
+                    label=split if len(runs) == 1 else f"{run} {split}",
+                    color=f"C{run_index}" if len(runs) > 1 else None,
+                    linestyle="-" if split == "train" else "--",
+                    marker=None if split == "train" else "o",
+                    markersize=4,
+                )
+                drawn = True
+        if not drawn:
             axis.text(0.5, 0.5, "no data", ha="center", va="center", transform=axis.transAxes, color="gray")
+        elif key in ("loss", *EVALUATION_PANELS):
+            axis.legend(title="split" if len(runs) == 1 else "run, split", fontsize="small")
         if key == "lr":
             axis.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
         axis.set_ylabel(label)
         axis.grid(alpha=0.3)
-    axes[0].legend(title="split")
-    axes[0].set_title(f"{metrics_path} (last step {max(record['step'] for record in records)})")
+    last_step = max(record["step"] for records in runs.values() for record in records)
+    title = str(metrics_file(paths[0])) if len(runs) == 1 else f"{len(runs)} runs"
+    axes[0].set_title(f"{title} (last step {last_step}" + (f", train smoothed {smoothing}" if smoothing else "") + ")")
     axes[-1].set_xlabel("step")
     axes[-1].xaxis.set_major_locator(MaxNLocator(integer=True))
     output_path.parent.mkdir(parents=True, exist_ok=True)

@@ -17,6 +17,7 @@ from llm_gym.models.kv_cache import KVCache, LayerKVCache
 from llm_gym.models.positional import (
     DocumentPositions,
     LearnedPositionEmbedding,
+    Llama3RopeScaling,
     PositionalEncoding,
     RotaryEmbedding,
     positions_within_documents,
@@ -35,6 +36,7 @@ class DecoderLMConfig(BaseModel):
     n_head_kv: PositiveInt | None = Field(None, description="key/value heads (grouped-query attention); null = n_head")
     positional: PositionalEncoding = Field(description="learned (GPT-2) or rope (Llama)")
     rope_theta: PositiveFloat = Field(10_000.0, description="RoPE base; used with positional: rope")
+    rope_scaling: Llama3RopeScaling | None = Field(None, description="Llama 3.1 frequency scaling; with rope")
     bias: bool = Field(False, description="biases in every linear layer of attention and MLP")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="on embeddings, attention weights and residual branches")
     tie_embeddings: bool = Field(True, description="the output projection is the token embedding matrix")
@@ -70,6 +72,8 @@ class DecoderLMConfig(BaseModel):
                 f"rope_theta ({self.rope_theta}) is only used with positional: rope, but positional is learned; "
                 "remove rope_theta or set positional: rope"
             )
+        if self.positional == PositionalEncoding.LEARNED and self.rope_scaling is not None:
+            raise ValueError("rope_scaling is only used with positional: rope, but positional is learned")
         return self
 
 
@@ -171,7 +175,11 @@ class DecoderLM(nn.Module):
         self.position_embedding = (
             LearnedPositionEmbedding(sequence_length, dim) if positional == PositionalEncoding.LEARNED else None
         )
-        rotary = RotaryEmbedding(self.head_dim, config.rope_theta) if positional == PositionalEncoding.ROPE else None
+        rotary = (
+            RotaryEmbedding(self.head_dim, config.rope_theta, config.rope_scaling)
+            if positional == PositionalEncoding.ROPE
+            else None
+        )
         self.embedding_dropout = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(
             DecoderBlock(

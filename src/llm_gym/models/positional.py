@@ -6,9 +6,11 @@ FSDP's input casting to touch. The cost (one outer product and a cos/sin per lay
 attention it feeds.
 """
 
+import math
 from enum import Enum
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
 from torch import nn
 
 
@@ -44,6 +46,36 @@ class LearnedPositionEmbedding(nn.Embedding):
         return hidden + super().forward(positions)
 
 
+class Llama3RopeScaling(BaseModel):
+    """Llama 3.1's frequency scaling for a longer context: long wavelengths slowed by ``factor``, short ones kept,
+    those between blended (Hugging Face ``rope_type: llama3``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    factor: PositiveFloat
+    low_freq_factor: PositiveFloat = 1.0
+    high_freq_factor: PositiveFloat = 4.0
+    original_max_position_embeddings: PositiveInt = Field(description="the context length trained before scaling")
+
+    @model_validator(mode="after")
+    def _high_above_low(self) -> "Llama3RopeScaling":
+        if self.high_freq_factor <= self.low_freq_factor:
+            raise ValueError(
+                f"high_freq_factor ({self.high_freq_factor}) must exceed low_freq_factor ({self.low_freq_factor})"
+            )
+        return self
+
+    def scale(self, inverse_frequencies: torch.Tensor) -> torch.Tensor:
+        wavelengths = 2 * math.pi / inverse_frequencies
+        context = self.original_max_position_embeddings
+        slowed = torch.where(wavelengths > context / self.low_freq_factor, inverse_frequencies / self.factor,
+                             inverse_frequencies)  # fmt: skip
+        smooth = (context / wavelengths - self.low_freq_factor) / (self.high_freq_factor - self.low_freq_factor)
+        blended = (1 - smooth) * slowed / self.factor + smooth * slowed
+        between = (wavelengths >= context / self.high_freq_factor) & (wavelengths <= context / self.low_freq_factor)
+        return torch.where(between, blended, slowed)
+
+
 class RotaryEmbedding(nn.Module):
     """Rotates query and key heads by position-dependent angles (RoPE).
 
@@ -51,13 +83,14 @@ class RotaryEmbedding(nn.Module):
     ``i + head_dim / 2``), so Llama weights map to and from ``transformers`` without permutation.
     """
 
-    def __init__(self, head_dim: int, theta: float):
+    def __init__(self, head_dim: int, theta: float, scaling: Llama3RopeScaling | None = None):
         super().__init__()
         self.head_dim = head_dim
         self.theta = theta
+        self.scaling = scaling
 
     def extra_repr(self) -> str:
-        return f"head_dim={self.head_dim}, theta={self.theta}"
+        return f"head_dim={self.head_dim}, theta={self.theta}" + (f", scaling={self.scaling}" if self.scaling else "")
 
     def angles(
         self, start: int, length: int, device: torch.device, positions: torch.Tensor | None = None
@@ -66,6 +99,8 @@ class RotaryEmbedding(nn.Module):
         ``positions [B, length]``, ``[B, 1, length, head_dim / 2]`` (one per row, broadcast over heads)."""
         exponents = torch.arange(0, self.head_dim, 2, dtype=torch.int64, device=device).float() / self.head_dim
         inverse_frequencies = 1.0 / (self.theta**exponents)
+        if self.scaling is not None:
+            inverse_frequencies = self.scaling.scale(inverse_frequencies)
         if positions is not None:
             return positions[:, None, :, None].float() * inverse_frequencies
         positions = torch.arange(start, start + length, device=device, dtype=torch.float32)

@@ -11,7 +11,8 @@ from torch import nn
 from llm_gym.config.app import TrainingAppConfig, TrainingSettings
 from llm_gym.data.loaders import eval_batches
 from llm_gym.data.tokenizers import load_tokenizer, tokenizer_exists
-from llm_gym.errors import ConfigError
+from llm_gym.errors import ConfigError, MissingInputError
+from llm_gym.evaluation.in_loop import EvaluationContext
 from llm_gym.logging_broker import MessageBroker
 from llm_gym.models.contract import LanguageModel, as_language_model, reads_document_ids
 from llm_gym.optim.optimizers import weight_decay_parameter_groups
@@ -140,6 +141,22 @@ def end_of_document_id(config: TrainingAppConfig, model: LanguageModel) -> int |
             "token; give the tokenizer the corpus was tokenized with"
         )
     return load_tokenizer(spec, model.vocab_size).eos_id
+
+
+def build_evaluators(config: TrainingAppConfig, model: LanguageModel, registry: ResolverRegistry) -> list[Any]:
+    """``evaluation.evaluators``, built with the run's tokenizer (which they need, so it must be here)."""
+    if not config.evaluation.evaluators:
+        return []
+    spec = config.data.tokenizer
+    if not tokenizer_exists(spec):
+        raise MissingInputError(f"evaluation.evaluators need data.tokenizer to score text, and {spec} does not exist")
+    context = EvaluationContext(
+        tokenizer=load_tokenizer(spec, model.vocab_size),
+        vocab_size=model.vocab_size,
+        sequence_length=model.sequence_length,
+        micro_batch_size=config.training.micro_batch_size,
+    )
+    return [registry.build_component_by_config(node, {"context": context}) for node in config.evaluation.evaluators]
 
 
 def build_optimization(

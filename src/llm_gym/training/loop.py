@@ -84,6 +84,19 @@ class CheckpointSaver(Protocol):
     def maybe_save(self, step: int, is_final: bool) -> None: ...
 
 
+class Evaluator(Protocol):
+    """Run with every evaluation (``evaluation.evaluators``); its metrics go out under the split ``name``."""
+
+    name: str
+
+    def __call__(
+        self,
+        model: nn.Module,
+        parallelism: ParallelismStrategy,
+        split_batches: Callable[[str], Iterable[Batch]],
+    ) -> dict[str, float]: ...
+
+
 @dataclass
 class Trainer:
     settings: TrainingSettings
@@ -100,6 +113,8 @@ class Trainer:
     """Figures derived from tokens/s on an accelerator (mfu, peak memory)."""
     vocab_size: int | None = None
     """The model's vocabulary; a batch with a token id beyond it is refused before it reaches the embedding."""
+    evaluators: list[Evaluator] = field(default_factory=list)
+    """An evaluator named after an eval split reports that split in place of its plain loss line."""
     _last_lr: float = field(default=0.0, init=False)
 
     def train(self) -> None:
@@ -166,10 +181,18 @@ class Trainer:
         }
 
     def _evaluate_all(self) -> None:
-        for split, make_batches in self.eval_splits.items():
-            batches = (self._in_vocabulary(batch, split) for batch in make_batches())
-            loss = evaluate(self.model, self.parallelism, batches)
+        reported_by_evaluators = {evaluator.name for evaluator in self.evaluators}
+        for split in self.eval_splits:
+            if split in reported_by_evaluators:
+                continue
+            loss = evaluate(self.model, self.parallelism, self._split_batches(split))
             self.broker.publish(MetricsRecord(self.progress.step, split, {"loss": loss}))
+        for evaluator in self.evaluators:
+            metrics = evaluator(self.model, self.parallelism, self._split_batches)
+            self.broker.publish(MetricsRecord(self.progress.step, evaluator.name, metrics))
+
+    def _split_batches(self, split: str) -> Iterator[Batch]:
+        return (self._in_vocabulary(batch, split) for batch in self.eval_splits[split]())
 
     def _in_vocabulary(self, batch: Batch, split: str) -> Batch:
         # An id past the embedding table is an IndexError traceback on CPU and a device-side assert on a GPU.

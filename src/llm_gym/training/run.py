@@ -35,6 +35,7 @@ from llm_gym.training.builder import (
     BuiltModel,
     build_broker,
     build_data,
+    build_evaluators,
     build_model,
     build_optimization,
     build_parallelism,
@@ -42,7 +43,7 @@ from llm_gym.training.builder import (
     end_of_document_id,
 )
 from llm_gym.training.hardware import HardwareMetrics
-from llm_gym.training.loop import Trainer, TrainingProgress
+from llm_gym.training.loop import Evaluator, Trainer, TrainingProgress
 from llm_gym.training.resume_policy import config_differences, hyperparameter_changes
 from llm_gym.training.summary import describe_global_batch
 
@@ -172,12 +173,13 @@ class BuiltRun:
     data: BuiltData
     progress: TrainingProgress
     state: dict
+    evaluators: list[Evaluator]
 
 
 def build_run(
     config: TrainingAppConfig, registry: ResolverRegistry, env: DistributedEnvironment, warm_start: bool
 ) -> BuiltRun:
-    """Phase 2: parallelism, model (with its initial or warm-start weights), optimization and data."""
+    """Phase 2: parallelism, model (with its initial or warm-start weights), optimization, data and evaluators."""
     parallelism = build_parallelism(config, env, registry)
     built = build_model(config, parallelism, registry)
     tokenizer_line = check_tokenizer(config, built.inner)
@@ -185,9 +187,10 @@ def build_run(
         load_model_weights(built.model, config.checkpointing.warm_start_from)
     optimizer, lr_scheduler = build_optimization(config, built.model, registry)
     data = build_data(config, parallelism, registry, end_of_document_id(config, built.inner))
+    evaluators = build_evaluators(config, built.inner, registry)
     progress = TrainingProgress()
     state = training_state(built.model, optimizer, lr_scheduler, data.train_loader, progress)
-    return BuiltRun(parallelism, built, tokenizer_line, optimizer, lr_scheduler, data, progress, state)
+    return BuiltRun(parallelism, built, tokenizer_line, optimizer, lr_scheduler, data, progress, state, evaluators)
 
 
 def restore(run: BuiltRun, plan: ResumePlan, seed: int, env: DistributedEnvironment) -> int | None:
@@ -251,6 +254,7 @@ def train(
                 run.parallelism.compute_dtype,
             ),
             vocab_size=model.inner.vocab_size,
+            evaluators=run.evaluators,
         )
         trainer.train()
         skipped = f" ({progress.skipped_steps} skipped: non-finite values)" if progress.skipped_steps else ""

@@ -18,6 +18,7 @@ from llm_gym.parallel.distributed import DistributedEnvironment
 from llm_gym.parallel.strategies import ParallelismStrategy
 from llm_gym.registry import ResolverRegistry
 from llm_gym.training.builder import (
+    build_evaluators,
     build_model_on_meta,
     build_optimization,
     check_model_fits,
@@ -58,6 +59,7 @@ def describe_config(config: TrainingAppConfig, world_size: int, registry: Resolv
     if reads_document_ids(model):
         yield _describe_documents(config, model)
     yield from _check_datasets(config, parallelism.data_parallel_size, registry)
+    yield from _check_evaluators(config, model, registry)
 
 
 def _describe_documents(config: TrainingAppConfig, model: LanguageModel) -> str:
@@ -150,3 +152,16 @@ def _check_datasets(config: TrainingAppConfig, data_parallel_size: int, registry
         if split == "train":
             check_train_dataset_size(len(dataset), config.training, data_parallel_size)
         yield f"data {split}: {len(dataset):,} samples"
+
+
+def _check_evaluators(config: TrainingAppConfig, model: LanguageModel, registry: ResolverRegistry) -> Iterator[str]:
+    try:
+        evaluators = build_evaluators(config, model, registry)
+    except MissingInputError as error:
+        yield f"evaluation: not checked here ({error})"
+        return
+    for evaluator in evaluators:
+        examples = getattr(evaluator, "examples", None)
+        yield f"evaluation {evaluator.name}: {type(evaluator).__name__}" + (
+            f", {len(examples):,} examples" if examples is not None else ""
+        )
