@@ -10,6 +10,7 @@ from model_builders import GPT2_STYLE, LLAMA_STYLE, TINY, build
 from llm_gym.assembly import make_registry
 from llm_gym.data.collators import CausalLMCollator
 from llm_gym.errors import ConfigError
+from llm_gym.evaluation.language_modeling import language_modeling_totals
 from llm_gym.models.attention import (
     AttentionKernelConfig,
     SDPAttention,
@@ -249,3 +250,13 @@ def test_decoder_lm_reads_documents_exactly_when_an_option_needs_them():
     assert not build(GPT2_STYLE).uses_document_ids
     assert build(GPT2_STYLE, document_masking=True).uses_document_ids
     assert build(LLAMA_STYLE, document_positions="restart").uses_document_ids
+
+
+def test_corpus_evaluation_masks_documents_as_the_run_does():
+    """``language_modeling_totals`` (``llm_gym evaluate``, in-loop evaluators) passes a batch's documents."""
+    model = masked_model("llama", "sdpa", "restart")
+    batch = CausalLMCollator(end_of_document_id=END)(list(packed_sample()))
+    totals = language_modeling_totals(model, [batch], torch.ones(END + 1, dtype=torch.long), torch.device("cpu"))
+    with torch.no_grad():
+        logits = model(batch.inputs, document_ids=batch.document_ids)
+    assert totals.loss == pytest.approx(F.cross_entropy(logits.flatten(0, 1), batch.targets.flatten()).item())
