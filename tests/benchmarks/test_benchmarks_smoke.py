@@ -46,3 +46,10 @@ def test_gpu_throughput_smoke(tmp_path):
         assert "error" not in row and row["tokens_per_s"] > 0 and row["tokens_per_step"] == 2 * 32
         assert row["mfu"] is None  # no GPU peak to measure against on a CPU
     assert "logged tok/s" in output
+
+
+@pytest.mark.slow
+def test_document_masking_smoke():
+    output = run_benchmark("document_masking.py", "--smoke").stdout
+    assert "causal" in output and "1.000" in output
+    assert any(line.startswith("sdpa ") for line in output.splitlines())

@@ -40,6 +40,7 @@ from llm_gym.training.builder import (
     build_optimization,
     build_parallelism,
     check_tokenizer,
+    end_of_document_id,
 )
 from llm_gym.training.hardware import HardwareMetrics
 from llm_gym.training.loop import Evaluator, Trainer, TrainingProgress
@@ -185,7 +186,7 @@ def build_run(
     if warm_start and config.checkpointing.warm_start_from is not None:
         load_model_weights(built.model, config.checkpointing.warm_start_from)
     optimizer, lr_scheduler = build_optimization(config, built.model, registry)
-    data = build_data(config, parallelism, registry)
+    data = build_data(config, parallelism, registry, end_of_document_id(config, built.inner))
     evaluators = build_evaluators(config, built.inner, registry)
     progress = TrainingProgress()
     state = training_state(built.model, optimizer, lr_scheduler, data.train_loader, progress)

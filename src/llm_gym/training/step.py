@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from llm_gym.data.collators import IGNORE_INDEX, Batch
+from llm_gym.models.contract import DOCUMENT_IDS
 from llm_gym.parallel.strategies import ParallelismStrategy
 
 
@@ -33,7 +34,8 @@ def _all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
 
 def _token_loss_sum(model: nn.Module, batch: Batch, device: torch.device) -> torch.Tensor:
     batch = batch.to(device, non_blocking=True)
-    logits = model(batch.inputs)
+    documents = {} if batch.document_ids is None else {DOCUMENT_IDS: batch.document_ids}
+    logits = model(batch.inputs, **documents)
     return F.cross_entropy(
         logits.flatten(0, 1).float(), batch.targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
     )
