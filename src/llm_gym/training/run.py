@@ -44,7 +44,7 @@ from llm_gym.training.builder import (
 )
 from llm_gym.training.hardware import HardwareMetrics
 from llm_gym.training.loop import Evaluator, Trainer, TrainingProgress
-from llm_gym.training.resume_policy import config_differences, hyperparameter_changes
+from llm_gym.training.resume_policy import config_differences, hyperparameter_changes, with_defaults
 from llm_gym.training.summary import describe_global_batch
 
 logger = logging.getLogger(__name__)
@@ -87,7 +87,7 @@ def _train(
 ) -> None:
     """The run in its four phases: plan the resume, build, restore, train."""
     checkpoints = _checkpoint_manager(config, registry)
-    plan = plan_resume(resume, checkpoints, config_file_path, resolved, env.world_size, allow_config_change)
+    plan = plan_resume(resume, checkpoints, config_file_path, resolved, registry, env.world_size, allow_config_change)
     run = build_run(config, registry, env, warm_start=plan.checkpoint_dir is None)
     resume_step = restore(run, plan, config.experiment.seed, env)
     train(run, plan, resume_step, checkpoints, config, resolved, registry, env)
@@ -120,6 +120,7 @@ def plan_resume(
     checkpoints: CheckpointManager,
     config_file_path: Path,
     resolved: dict,
+    registry: ResolverRegistry,
     world_size: int,
     allow_config_change: bool,
 ) -> ResumePlan:
@@ -147,10 +148,11 @@ def plan_resume(
             checkpoint_dir, [f"{META_FILE} does not record the config and world size of the run that wrote it"]
         )
     else:
+        saved_config, current_config = with_defaults(saved["resolved_config"], resolved, TrainingAppConfig, registry)
         plan = ResumePlan(
             checkpoint_dir,
-            config_differences(saved["resolved_config"], resolved, saved["world_size"], world_size),
-            hyperparameter_changes(saved["resolved_config"], resolved),
+            config_differences(saved_config, current_config, saved["world_size"], world_size),
+            hyperparameter_changes(saved_config, current_config),
         )
     if plan.differences and not allow_config_change:
         raise ConfigError(
