@@ -340,6 +340,50 @@ CASES: list[BadInput] = [
         lambda ws: ["data", "inspect", "--prefix", f"{ws.corpus()}/"],
         r"prefix '.*corpus/' is refused: it names a directory, and a prefix is the start of two file names",
     ),
+    # ---- document masking (issue 15) --------------------------------------------------------------------------
+    BadInput(
+        "validate-document-positions-unknown",
+        lambda ws: ["validate", "--config_file_path", TINY_CONFIG, "model.config.document_positions=sometimes"],
+        r"model\.config\.document_positions: Input should be 'continue' or 'restart'",
+    ),
+    BadInput(
+        "validate-document-masking-not-a-bool",
+        lambda ws: ["validate", "--config_file_path", TINY_CONFIG, "model.config.document_masking=sometimes"],
+        r"model\.config\.document_masking: Input should be a valid boolean",
+    ),
+    BadInput(
+        "validate-document-kernel-unknown",
+        lambda ws: [
+            "validate",
+            "--config_file_path",
+            TINY_CONFIG,
+            "model.config.attention.config={document_kernel: fast}",
+        ],
+        r"model\.config\.attention\.config\.document_kernel: Input should be 'auto', 'sdpa' or 'flex'",
+    ),
+    BadInput(
+        "validate-flex-document-kernel-with-attention-dropout",
+        lambda ws: [
+            "validate",
+            "--config_file_path",
+            TINY_CONFIG,
+            "model.config.dropout=0.1",
+            "model.config.attention.config={document_kernel: flex}",
+        ],
+        r"document_kernel: flex has no attention dropout, but model\.config\.dropout is 0\.1",
+    ),
+    BadInput(
+        "validate-document-masking-with-a-kernel-that-cannot-mask",
+        lambda ws: _validate_with_user_kernel(ws, "model.config.document_masking=true"),
+        r"model\.config\.document_masking: the attention kernel PlainKernel cannot mask documents \(it has no "
+        r"document_mask\(document_ids\)\)",
+    ),
+    BadInput(
+        "run-document-masking-without-its-tokenizer",
+        lambda ws: _run(ws, **{"model.config.document_masking": "true", "data.tokenizer": ws.dir / "absent.json"}),
+        r"data\.tokenizer: .*absent\.json is not here, and the model reads the documents of packed samples",
+        subprocess=True,
+    ),
     BadInput(
         "tokenize-output-prefix-ending-in-a-directory",
         lambda ws: _tokenize_into_out_slash(ws),
@@ -769,6 +813,31 @@ def _run_with_user_mlp(ws: Workspace, mlp: str, *overrides: str) -> list:
                 "model.config.mlp": f"{{type_hint: {mlp}, config: {{hidden_dim: 64}}}}"}  # fmt: skip
     return ["run", "--config_file_path", config, *tiny_overrides(ws.corpus(), ws.dir / "experiment", **settings),
             *overrides]  # fmt: skip
+
+
+USER_KERNELS = """
+import torch.nn.functional as F
+from torch import nn
+
+from llm_gym.models.attention import AttentionKernelConfig
+from llm_gym.registry import register_component
+
+
+@register_component("attention", "PlainKernel", config_model=AttentionKernelConfig)
+class PlainKernel(nn.Module):
+    def __init__(self, dropout: float = 0.0):
+        super().__init__()
+
+    def forward(self, query, key, value):
+        return F.scaled_dot_product_attention(query, key, value, is_causal=True)
+"""
+
+
+def _validate_with_user_kernel(ws: Workspace, *overrides: str) -> list:
+    """``llm_gym validate`` of the tiny config whose attention kernel is a user module's, knowing no documents."""
+    (ws.dir / "user_kernels.py").write_text(USER_KERNELS)
+    config = _write_text(ws.dir / "tiny.yaml", f"defaults: [{TINY_CONFIG}]\nuser_modules: [user_kernels]\n")
+    return ["validate", "--config_file_path", config, "model.config.attention={type_hint: PlainKernel}", *overrides]
 
 
 # Values and files that crashed

@@ -54,3 +54,9 @@ def test_recipe_comparison_smoke():
     for recipe in ("AdamW + cosine (demo)", "Muon + WSD"):
         assert f"\n{recipe} " in output
     assert "val@3" in output and "ratio" in output
+
+
+def test_document_masking_smoke():
+    output = run_benchmark("document_masking.py", "--smoke").stdout
+    assert "causal" in output and "1.000" in output
+    assert any(line.startswith("sdpa ") for line in output.splitlines())

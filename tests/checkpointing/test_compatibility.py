@@ -4,7 +4,11 @@ import copy
 
 import pytest
 
-from llm_gym.training.resume_policy import config_differences, hyperparameter_changes
+from experiment_runs import TINY_CONFIG
+from llm_gym.assembly import make_registry
+from llm_gym.config.app import TrainingAppConfig
+from llm_gym.training.resume_policy import config_differences, hyperparameter_changes, with_defaults
+from toy_config import load_config
 
 CONFIG = {
     "experiment": {"seed": 42, "output_dir": "experiments/a"},
@@ -94,3 +98,23 @@ def test_changed_hyperparameters_are_listed_apart_from_differences():
     ]
     assert hyperparameter_changes(CONFIG, changed(experiment__seed=1)) == []
     assert hyperparameter_changes(CONFIG, changed(optimizer__type_hint="Adam")) == []  # refused, not retuned
+
+
+def test_a_key_written_with_its_default_is_no_difference():
+    _, saved = load_config(TINY_CONFIG, TrainingAppConfig)
+    _, current = load_config(
+        TINY_CONFIG, TrainingAppConfig, ["model.config.document_masking=false", "model.config.rope_theta=10000.0"]
+    )
+    assert "document_masking" not in saved["model"]["config"]
+    assert config_differences(saved, current, 1, 1) != []  # as written, the added keys differ
+
+    assert config_differences(*with_defaults(saved, current, TrainingAppConfig, make_registry()), 1, 1) == []
+
+
+def test_a_saved_config_the_schema_no_longer_reads_is_compared_as_written():
+    _, current = load_config(TINY_CONFIG, TrainingAppConfig)
+    saved = copy.deepcopy(current)
+    saved["model"]["config"]["retired_option"] = True
+
+    assert with_defaults(saved, current, TrainingAppConfig, make_registry()) == (saved, current)
+    assert config_differences(saved, current, 1, 1) == ["model.config.retired_option: checkpoint True, now '<absent>'"]

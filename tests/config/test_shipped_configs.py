@@ -28,6 +28,7 @@ SPEC_OVERRIDES = {
     "optimizer.config.lr": 0.0001,
     "model.type_hint": "DecoderLM",
     "model.config.n_layer": 2,
+    "model.config.document_masking": True,
 }
 
 

@@ -72,10 +72,39 @@ def test_the_batch_keys_of_earlier_versions_are_refused_with_what_to_do(keys):
         REGISTRY.validate(Component("collator"), {"type_hint": "CausalLMCollator", "config": keys})
 
 
+END = 9  # the end-of-document token of the collator tests
+
+
+@pytest.mark.parametrize(
+    ("sample", "expected"),
+    [
+        pytest.param([1, 2, END, 3, 4, END, 5], [0, 0, 0, 1, 1, 1], id="the-token-after-an-end-starts-a-document"),
+        pytest.param([1, 2, 3, 4, 5, END], [0, 0, 0, 0, 0], id="a-document-ending-at-the-sample-end"),
+        pytest.param([1, 2, 3, 4, END, 5], [0, 0, 0, 0, 0], id="a-document-ending-on-the-last-input"),
+        pytest.param([1, 2, 3, 4, 5, 6], [0, 0, 0, 0, 0], id="no-end-token"),
+        pytest.param([1, END, END, END, 2, 3], [0, 0, 1, 2, 3], id="consecutive-end-tokens"),
+        pytest.param([END, 1, 2, 3, 4, 5], [0, 1, 1, 1, 1], id="an-end-token-first"),
+    ],
+)
+def test_the_collator_derives_document_ids_from_the_end_token(sample, expected):
+    batch = CausalLMCollator(end_of_document_id=END)([torch.tensor(sample), torch.tensor(sample)])
+    assert batch.document_ids.tolist() == [expected, expected]
+    assert batch.document_ids.dtype == torch.int32
+    assert batch.inputs.tolist() == [sample[:-1]] * 2 and batch.targets.tolist() == [sample[1:]] * 2
+
+
+def test_the_collator_without_an_end_token_carries_no_documents():
+    assert CausalLMCollator()([torch.tensor([1, END, 2])]).document_ids is None
+
+
 def test_a_batch_moves_and_pins_every_tensor_field():
-    batch = Batch(inputs=torch.zeros(2, 3, dtype=torch.long), targets=torch.ones(2, 3, dtype=torch.long))
+    batch = Batch(
+        inputs=torch.zeros(2, 3, dtype=torch.long),
+        targets=torch.ones(2, 3, dtype=torch.long),
+        document_ids=torch.zeros(2, 3, dtype=torch.int32),
+    )
     moved = batch.to(torch.device("meta"))
-    assert (moved.inputs.device.type, moved.targets.device.type) == ("meta", "meta")
+    assert {moved.inputs.device.type, moved.targets.device.type, moved.document_ids.device.type} == {"meta"}
     assert torch.equal(batch.targets, torch.ones(2, 3, dtype=torch.long))  # a new Batch; the old one is unchanged
 
 

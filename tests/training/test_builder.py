@@ -1,6 +1,8 @@
 """The model build that ``llm_gym run`` uses: eager and meta-device builds give the same initial weights,
 on one rank and sharded over two."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from torch.distributed.tensor import DTensor
@@ -10,6 +12,8 @@ from experiment_runs import TINY_CONFIG
 from llm_gym.assembly import make_registry
 from llm_gym.config.app import TrainingAppConfig
 from llm_gym.config.loading import load_config
+from llm_gym.data.collators import document_ids
+from llm_gym.data.tokenizers import ByteTokenizer
 from llm_gym.errors import ConfigError
 from llm_gym.models.attention import AttentionKernelConfig, SDPAttention
 from llm_gym.models.mlp import GELUMLP, GELUMLPConfig
@@ -220,3 +224,19 @@ def test_weights_beyond_the_memory_of_the_device_are_refused(monkeypatch, meta_d
     monkeypatch.setattr(builder, "available_memory", lambda device: needed - 1)
     with pytest.raises(ConfigError, match=r"^model: its weights alone need [\d.]+ GiB × 2 ranks on cpu, more than"):
         check_model_fits(model, config, parallelism)
+
+
+@pytest.mark.parametrize("masking", [False, True])
+def test_batches_carry_document_ids_exactly_when_the_model_reads_them(byte_corpus, masking):
+    overrides = [*SMALL, f"model.config.document_masking={masking}",
+                 f"data.train_dataset.config.path_prefix={byte_corpus / 'train_byte'}",
+                 f"data.eval_datasets.val.config.path_prefix={byte_corpus / 'val_byte'}"]  # fmt: skip
+    config = load_config(TINY_CONFIG, TrainingAppConfig, overrides, registry=REGISTRY)[0]
+    end = builder.end_of_document_id(config, build_model_on_meta(config, REGISTRY))
+    assert end == (ByteTokenizer.eos_id if masking else None)
+    parallelism = SimpleNamespace(data_parallel_rank=0, data_parallel_size=1)
+    data = builder.build_data(config, parallelism, REGISTRY, end)
+    batches = [next(iter(data.train_loader)), next(data.eval_splits["val"]())]
+    for batch in batches:
+        expected = document_ids(batch.inputs, ByteTokenizer.eos_id) if masking else None
+        assert batch.document_ids is None if expected is None else torch.equal(batch.document_ids, expected)

@@ -147,3 +147,28 @@ def test_sharding_over_gloo_is_refused_on_torch_releases_that_get_it_wrong(monke
 def test_no_parallelism_refuses_several_ranks():
     with pytest.raises(UserError, match="runs on one process"):
         NoParallelism(NoParallelismConfig(), env(2))
+
+
+class DocumentRecordingLM(ToyLM):
+    def __init__(self) -> None:
+        super().__init__()
+        self.received: list[object] = []
+
+    def forward(self, input_ids: torch.Tensor, **documents: torch.Tensor) -> torch.Tensor:
+        self.received.append({name: value.tolist() for name, value in documents.items()})
+        return super().forward(input_ids)
+
+
+def _documents_received() -> list:
+    strategy = NoParallelism(NoParallelismConfig(), init_distributed("cpu"))
+    model = DocumentRecordingLM()
+    batch = global_batch(2)
+    document_ids = torch.tensor([[0] * 4 + [1] * 4, [0] * 8], dtype=torch.int32)
+    with_documents = Batch(batch.inputs, batch.targets, document_ids=document_ids)
+    train_step(model, strategy, [batch, with_documents], max_grad_norm=None)
+    return model.received
+
+
+def test_the_step_passes_document_ids_only_when_the_batch_has_them():
+    received = run_on_ranks(_documents_received, 1)[0]
+    assert received == [{}, {"document_ids": [[0, 0, 0, 0, 1, 1, 1, 1], [0] * 8]}]

@@ -14,13 +14,15 @@ class Batch:
     """What a step reads: ``inputs`` and their next-token ``targets``, ``[B, T]`` each; a target of
     ``IGNORE_INDEX`` counts no token and adds no loss.
 
-    Room to grow: what a later collator knows about its rows (document ids and positions, for attention
-    that stays within a document) becomes a field here, ``None`` by default so that collators that do not
-    know it need no change; ``to`` and ``pin_memory`` carry every tensor field along.
+    What a collator knows about its rows beyond that is a field here, ``None`` by default so that collators
+    that do not know it need no change; ``to`` and ``pin_memory`` carry every tensor field along.
     """
 
     inputs: torch.Tensor
     targets: torch.Tensor
+    document_ids: torch.Tensor | None = None
+    """``[B, T]`` int32: which document of its packed sample each input token is in, counted from 0 in each
+    row (a model's ``forward(..., document_ids=...)``); the step passes it only when present."""
 
     def _tensors(self) -> dict[str, torch.Tensor]:
         fields = ((field.name, getattr(self, field.name)) for field in dataclasses.fields(self))
@@ -39,12 +41,28 @@ class Batch:
         return int((self.targets != IGNORE_INDEX).sum())
 
 
+def document_ids(inputs: torch.Tensor, end_of_document_id: int) -> torch.Tensor:
+    """``[B, T]`` int32 document index of each token of ``inputs [B, T]``: an end-of-document token belongs to
+    the document it ends, and the token after it starts the next one."""
+    ends = inputs == end_of_document_id
+    return ends.cumsum(dim=1, dtype=torch.int32) - ends.int()
+
+
 class CausalLMCollator:
-    """Samples of ``T + 1`` tokens become inputs ``tokens[:-1]`` and next-token targets ``tokens[1:]``, ``[B, T]``."""
+    """Samples of ``T + 1`` tokens become inputs ``tokens[:-1]`` and next-token targets ``tokens[1:]``, ``[B, T]``.
+
+    Given ``end_of_document_id`` (the run passes the tokenizer's when the model reads documents), the batch
+    also carries the ``document_ids`` of the inputs.
+    """
+
+    def __init__(self, end_of_document_id: int | None = None):
+        self.end_of_document_id = end_of_document_id
 
     def __call__(self, samples: list[torch.Tensor]) -> Batch:
         tokens = torch.stack(samples)
-        return Batch(inputs=tokens[:, :-1].contiguous(), targets=tokens[:, 1:].contiguous())
+        inputs = tokens[:, :-1].contiguous()
+        documents = None if self.end_of_document_id is None else document_ids(inputs, self.end_of_document_id)
+        return Batch(inputs=inputs, targets=tokens[:, 1:].contiguous(), document_ids=documents)
 
 
 class CausalLMCollatorConfig(BaseModel):

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from llm_gym.data.collators import IGNORE_INDEX, Batch
+from llm_gym.models.contract import DOCUMENT_IDS
 
 
 @dataclass(frozen=True)
@@ -64,8 +65,9 @@ def language_modeling_totals(
     try:
         for batch in batches:
             inputs, targets = batch.inputs.to(device), batch.targets.to(device)
+            documents = {} if batch.document_ids is None else {DOCUMENT_IDS: batch.document_ids.to(device)}
             with forward_context():
-                logits = model(inputs)
+                logits = model(inputs, **documents)
             token_nats = F.cross_entropy(
                 logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="none"
             )

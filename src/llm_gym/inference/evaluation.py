@@ -27,6 +27,7 @@ from llm_gym.evaluation.multiple_choice import MultipleChoiceResult, score_multi
 from llm_gym.evaluation.task_formats import TASK_FORMATS, load_task
 from llm_gym.evaluation.text_bytes import token_byte_lengths
 from llm_gym.inference.trained_model import TrainedModel, load_trained_model
+from llm_gym.models.contract import reads_document_ids
 from llm_gym.parallel.distributed import DistributedEnvironment
 from llm_gym.registry import Component, ResolverRegistry
 
@@ -222,7 +223,8 @@ def evaluate_checkpoint(
         path=path,
     )
     token_bytes = token_byte_lengths(tokenizer, trained.model.vocab_size)
-    collator = CausalLMCollator()
+    # A model that trained on the documents of its samples is evaluated on them too, as its run's validation was.
+    collator = CausalLMCollator(tokenizer.eos_id if reads_document_ids(trained.model) else None)
     for prefix, (source, dataset) in corpora.items():
         batches = eval_batches(dataset, collator, micro_batch_size, env.rank, env.world_size, request.max_samples)
         totals = language_modeling_totals(trained.model, batches, token_bytes, env.device)

@@ -11,6 +11,7 @@ checks it like the others (it reads the protocol's own annotations and methods),
 and the strategy reads it from the contract.
 """
 
+import inspect
 from typing import Protocol, get_type_hints
 
 import torch
@@ -42,7 +43,11 @@ class LanguageModel(Protocol):
 
     def forward(self, input_ids: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
         """Logits ``[B, T, vocab_size]`` for ``input_ids [B, T]``; with a cache, the positions after those it
-        holds, which it then holds too."""
+        holds, which it then holds too.
+
+        A model with ``uses_document_ids`` (see ``reads_document_ids``) also takes ``document_ids [B, T]``, a
+        keyword argument, in training and evaluation: which document of the packed sample each input token
+        belongs to (0, 1, ... along a row). Sampling never passes it: a prompt is one document."""
         ...
 
     def init_weights(self) -> None:
@@ -54,6 +59,16 @@ class LanguageModel(Protocol):
     def new_kv_cache(self) -> KVCache:
         """An empty cache with room for ``sequence_length`` positions, for sampling one token at a time."""
         ...
+
+
+DOCUMENT_IDS = "document_ids"
+"""The keyword argument of ``forward`` that carries the documents of a packed sample."""
+
+
+def reads_document_ids(model: LanguageModel) -> bool:
+    """Whether batches for ``model`` carry ``document_ids`` (an optional member of the contract,
+    ``uses_document_ids: bool``, False when absent, so models that know nothing of documents need no change)."""
+    return getattr(model, "uses_document_ids", False) is True
 
 
 _ATTRIBUTES = get_type_hints(LanguageModel)
@@ -73,6 +88,9 @@ def as_language_model(model: object) -> LanguageModel:
         if not _provides(getattr(model, name, None), kind)
     ]
     lacking += [f"{name}()" for name in _METHODS if not callable(getattr(model, name, None))]
+    forward = getattr(model, "forward", None)
+    if reads_document_ids(model) and not (callable(forward) and DOCUMENT_IDS in inspect.signature(forward).parameters):
+        lacking.append(f"a forward() taking {DOCUMENT_IDS} (it has uses_document_ids = True)")
     if lacking:
         raise ConfigError(
             f"model: {type(model).__name__} does not provide what llm_gym needs of a model; it lacks "

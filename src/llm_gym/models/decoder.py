@@ -10,10 +10,18 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
 from torch import nn
 
+from llm_gym.errors import ConfigError
 from llm_gym.models.attention import CausalSelfAttention
 from llm_gym.models.initialization import WeightInit
 from llm_gym.models.kv_cache import KVCache, LayerKVCache
-from llm_gym.models.positional import LearnedPositionEmbedding, Llama3RopeScaling, PositionalEncoding, RotaryEmbedding
+from llm_gym.models.positional import (
+    DocumentPositions,
+    LearnedPositionEmbedding,
+    Llama3RopeScaling,
+    PositionalEncoding,
+    RotaryEmbedding,
+    positions_within_documents,
+)
 from llm_gym.registry import Component, ComponentFactory
 
 
@@ -34,6 +42,13 @@ class DecoderLMConfig(BaseModel):
     tie_embeddings: bool = Field(True, description="the output projection is the token embedding matrix")
     qk_norm: bool = Field(
         False, description="normalise each query and key head (the model's norm over head_dim) before rotary"
+    )
+    document_masking: bool = Field(
+        False, description="in a packed sample, a token attends only to earlier tokens of its own document"
+    )
+    document_positions: DocumentPositions = Field(
+        DocumentPositions.CONTINUE,
+        description="positions in a packed sample: continue across documents, or restart at 0 at each document",
     )
     norm: Component("norm")
     attention: Component("attention")
@@ -91,8 +106,16 @@ class DecoderBlock(nn.Module):
         self.mlp = mlp(dim=dim, bias=bias)
         self.residual_dropout = nn.Dropout(dropout)
 
-    def forward(self, hidden: torch.Tensor, start: int = 0, kv_cache: LayerKVCache | None = None) -> torch.Tensor:
-        hidden = hidden + self.residual_dropout(self.attention(self.attention_norm(hidden), start, kv_cache))
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        start: int = 0,
+        kv_cache: LayerKVCache | None = None,
+        positions: torch.Tensor | None = None,
+        document_mask: object | None = None,
+    ) -> torch.Tensor:
+        attended = self.attention(self.attention_norm(hidden), start, kv_cache, positions, document_mask)
+        hidden = hidden + self.residual_dropout(attended)
         return hidden + self.residual_dropout(self.mlp(self.mlp_norm(hidden)))
 
     def init_weights(self, weight_init: WeightInit) -> None:
@@ -125,7 +148,11 @@ def _holds_state(module: nn.Module) -> bool:
 
 
 class DecoderLM(nn.Module):
-    """``forward(input_ids [B, T]) -> logits [B, T, vocab_size]``; ``blocks`` may be wrapped one by one."""
+    """``forward(input_ids [B, T]) -> logits [B, T, vocab_size]``; ``blocks`` may be wrapped one by one.
+
+    With ``document_masking`` or ``document_positions: restart`` it reads the documents of a packed sample,
+    ``forward(input_ids, document_ids=...)`` (``uses_document_ids`` in the model contract).
+    """
 
     def __init__(
         self,
@@ -179,6 +206,17 @@ class DecoderLM(nn.Module):
         )
         self.final_norm = norm(dim=dim)
         self.output = None if config.tie_embeddings else nn.Linear(dim, vocab_size, bias=False)
+        self.document_masking, self.document_positions = config.document_masking, config.document_positions
+        # Every block's kernel is built from one node, so the first one's mask serves every layer; taken
+        # before the blocks are wrapped.
+        kernel = self.blocks[0].attention.kernel
+        self._document_mask = getattr(kernel, "document_mask", None)
+        if self.document_masking and not callable(self._document_mask):
+            raise ConfigError(
+                f"model.config.document_masking: the attention kernel {type(kernel).__name__} cannot mask documents "
+                "(it has no document_mask(document_ids)); use SDPAttention, or set document_masking: false "
+                "(docs/configuration.md, The model contract)"
+            )
         # A model constructed directly starts from its scheme; the training build constructs on the meta
         # device, where this draws nothing, and initialises once after materialising.
         with torch.no_grad():
@@ -188,18 +226,35 @@ class DecoderLM(nn.Module):
     def tie_embeddings(self) -> bool:
         return self.output is None
 
-    def forward(self, input_ids: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
+    @property
+    def uses_document_ids(self) -> bool:
+        return self.document_masking or self.document_positions == DocumentPositions.RESTART
+
+    def forward(
+        self, input_ids: torch.Tensor, kv_cache: KVCache | None = None, document_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``document_ids [B, T]`` (which document of a packed sample each input token is in, not decreasing
+        along a row) apply ``document_masking`` and ``document_positions``; without them, one document."""
         start = kv_cache.length if kv_cache is not None else 0
         if start + input_ids.shape[1] > self.sequence_length:
             raise ValueError(
                 f"{start + input_ids.shape[1]} positions exceed the model's sequence_length {self.sequence_length}"
             )
+        positions = document_mask = None
+        if document_ids is not None:
+            if kv_cache is not None:
+                raise ValueError("document_ids are for packed training samples; a KV cache holds one document")
+            if self.document_positions == DocumentPositions.RESTART:
+                positions = positions_within_documents(document_ids)
+            if self.document_masking:
+                document_mask = self._document_mask(document_ids)
         hidden = self.token_embedding(input_ids)
         if self.position_embedding is not None:
-            hidden = self.position_embedding(hidden, start)
+            hidden = self.position_embedding(hidden, start, positions)
         hidden = self.embedding_dropout(hidden)
         for index, block in enumerate(self.blocks):
-            hidden = block(hidden, start, kv_cache.layers[index] if kv_cache is not None else None)
+            layer_cache = kv_cache.layers[index] if kv_cache is not None else None
+            hidden = block(hidden, start, layer_cache, positions, document_mask)
         hidden = self.final_norm(hidden)
         if kv_cache is not None:
             kv_cache.length = start + input_ids.shape[1]

@@ -19,11 +19,30 @@ class PositionalEncoding(str, Enum):
     ROPE = "rope"
 
 
+class DocumentPositions(str, Enum):
+    """Where the positions of a packed sample count from: ``continue`` across documents, or ``restart`` at 0 at
+    the first token of each document."""
+
+    CONTINUE = "continue"
+    RESTART = "restart"
+
+
+def positions_within_documents(document_ids: torch.Tensor) -> torch.Tensor:
+    """``[B, T]`` positions counted from each document's first token, for ``document_ids [B, T]`` that do not
+    decrease along a row (a new document begins where the id changes)."""
+    indices = torch.arange(document_ids.shape[1], device=document_ids.device).expand_as(document_ids)
+    starts = torch.ones_like(document_ids, dtype=torch.bool)
+    starts[:, 1:] = document_ids[:, 1:] != document_ids[:, :-1]
+    return indices - torch.where(starts, indices, 0).cummax(dim=1).values
+
+
 class LearnedPositionEmbedding(nn.Embedding):
     """One learned vector per position, added to the token embeddings."""
 
-    def forward(self, hidden: torch.Tensor, start: int = 0) -> torch.Tensor:
-        positions = torch.arange(start, start + hidden.shape[1], device=hidden.device)
+    def forward(self, hidden: torch.Tensor, start: int = 0, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """``positions [B, T]``, when given, replace ``start, start + 1, ...``."""
+        if positions is None:
+            positions = torch.arange(start, start + hidden.shape[1], device=hidden.device)
         return hidden + super().forward(positions)
 
 
@@ -73,18 +92,26 @@ class RotaryEmbedding(nn.Module):
     def extra_repr(self) -> str:
         return f"head_dim={self.head_dim}, theta={self.theta}" + (f", scaling={self.scaling}" if self.scaling else "")
 
-    def angles(self, start: int, length: int, device: torch.device) -> torch.Tensor:
-        """Angles ``[length, head_dim / 2]`` for positions ``start .. start + length - 1``, in float32."""
+    def angles(
+        self, start: int, length: int, device: torch.device, positions: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Angles ``[length, head_dim / 2]`` for positions ``start .. start + length - 1``, in float32; for
+        ``positions [B, length]``, ``[B, 1, length, head_dim / 2]`` (one per row, broadcast over heads)."""
         exponents = torch.arange(0, self.head_dim, 2, dtype=torch.int64, device=device).float() / self.head_dim
         inverse_frequencies = 1.0 / (self.theta**exponents)
         if self.scaling is not None:
             inverse_frequencies = self.scaling.scale(inverse_frequencies)
+        if positions is not None:
+            return positions[:, None, :, None].float() * inverse_frequencies
         positions = torch.arange(start, start + length, device=device, dtype=torch.float32)
         return positions[:, None] * inverse_frequencies[None, :]
 
-    def forward(self, query: torch.Tensor, key: torch.Tensor, start: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rotate ``[batch, heads, time, head_dim]`` queries and keys whose first position is ``start``."""
-        angles = self.angles(start, query.shape[2], query.device)
+    def forward(
+        self, query: torch.Tensor, key: torch.Tensor, start: int = 0, positions: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rotate ``[batch, heads, time, head_dim]`` queries and keys whose first position is ``start``, or whose
+        positions are ``positions [batch, time]``."""
+        angles = self.angles(start, query.shape[2], query.device, positions)
         cos, sin = angles.cos(), angles.sin()
         return _rotate(query, cos, sin), _rotate(key, cos, sin)
 

@@ -14,7 +14,7 @@ from llm_gym.data.tokenizers import load_tokenizer, tokenizer_exists
 from llm_gym.errors import ConfigError, MissingInputError
 from llm_gym.evaluation.in_loop import EvaluationContext
 from llm_gym.logging_broker import MessageBroker
-from llm_gym.models.contract import LanguageModel, as_language_model
+from llm_gym.models.contract import LanguageModel, as_language_model, reads_document_ids
 from llm_gym.optim.optimizers import apply_lr_multipliers, parameter_groups
 from llm_gym.parallel.block_wrappers import apply_activation_checkpointing, compile_blocks
 from llm_gym.parallel.distributed import DistributedEnvironment
@@ -128,6 +128,21 @@ def check_tokenizer(config: TrainingAppConfig, model: LanguageModel) -> str:
     return f"data.tokenizer: {spec}, {tokenizer.vocab_size:,} ids"
 
 
+def end_of_document_id(config: TrainingAppConfig, model: LanguageModel) -> int | None:
+    """The token that ends each document of the packed corpus, ``data.tokenizer``'s, when ``model`` reads the
+    documents of its samples (document masking, positions restarting per document); else None."""
+    if not reads_document_ids(model):
+        return None
+    spec = config.data.tokenizer
+    if not tokenizer_exists(spec):
+        raise ConfigError(
+            f"data.tokenizer: {spec} is not here, and the model reads the documents of packed samples "
+            "(model.config.document_masking or document_positions: restart), which end at its end-of-document "
+            "token; give the tokenizer the corpus was tokenized with"
+        )
+    return load_tokenizer(spec, model.vocab_size).eos_id
+
+
 def build_evaluators(config: TrainingAppConfig, model: LanguageModel, registry: ResolverRegistry) -> list[Any]:
     """``evaluation.evaluators``, built with the run's tokenizer (which they need, so it must be here)."""
     if not config.evaluation.evaluators:
@@ -172,7 +187,14 @@ class BuiltData:
     eval_splits: dict[str, Any]
 
 
-def build_data(config: TrainingAppConfig, parallelism: ParallelismStrategy, registry: ResolverRegistry) -> BuiltData:
+def build_data(
+    config: TrainingAppConfig,
+    parallelism: ParallelismStrategy,
+    registry: ResolverRegistry,
+    end_of_document: int | None = None,
+) -> BuiltData:
+    """With ``end_of_document`` (see ``end_of_document_id``), the collator is given it as ``end_of_document_id``
+    and its batches carry ``document_ids``."""
     data = config.data
     dp_rank, dp_size = parallelism.data_parallel_rank, parallelism.data_parallel_size
     micro_batch_size = config.training.micro_batch_size
@@ -182,7 +204,8 @@ def build_data(config: TrainingAppConfig, parallelism: ParallelismStrategy, regi
         data.sampler,
         extra_kwargs={"dataset_length": len(train_dataset), "dp_rank": dp_rank, "dp_world_size": dp_size},
     )
-    collator = registry.build_component_by_config(data.collator)
+    documents = {} if end_of_document is None else {"end_of_document_id": end_of_document}
+    collator = registry.build_component_by_config(data.collator, extra_kwargs=documents)
     train_loader = registry.build_component_by_config(
         data.dataloader,
         extra_kwargs={

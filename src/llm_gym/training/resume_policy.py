@@ -4,6 +4,10 @@ which change hyperparameters, so a resume can say that the config's values apply
 import json
 from typing import Any
 
+from pydantic import BaseModel, ValidationError
+
+from llm_gym.registry import ResolverRegistry
+
 _ABSENT = "<absent>"
 
 # Sections and keys whose change makes a resumed run differ from an uninterrupted one.
@@ -60,6 +64,24 @@ def _global_batch(config: dict[str, Any], world_size: int) -> tuple[int | None, 
     if not (isinstance(micro, int) and isinstance(accumulation, int)):
         return None, terms
     return micro * accumulation * world_size, terms
+
+
+def with_defaults(
+    saved_resolved: dict[str, Any],
+    current_resolved: dict[str, Any],
+    schema: type[BaseModel],
+    registry: ResolverRegistry,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Both configs as ``schema`` reads them, every default written out, so that a key set to its default and
+    the same key left out compare equal (a config that adds ``document_masking: false`` continues a run whose
+    config predates the key). A saved config the schema no longer accepts is compared as written, and so is
+    the current one then, lest every default count as a difference."""
+    try:
+        return tuple(
+            registry.validate(schema, config).model_dump(mode="json") for config in (saved_resolved, current_resolved)
+        )
+    except ValidationError:
+        return saved_resolved, current_resolved
 
 
 def config_differences(

@@ -42,10 +42,11 @@ from llm_gym.training.builder import (
     build_optimization,
     build_parallelism,
     check_tokenizer,
+    end_of_document_id,
 )
 from llm_gym.training.hardware import HardwareMetrics
 from llm_gym.training.loop import Evaluator, LossWindow, Trainer, TrainingProgress
-from llm_gym.training.resume_policy import config_differences, hyperparameter_changes
+from llm_gym.training.resume_policy import config_differences, hyperparameter_changes, with_defaults
 from llm_gym.training.summary import describe_global_batch
 
 logger = logging.getLogger(__name__)
@@ -93,6 +94,7 @@ def _train(
         checkpoints,
         config_file_path,
         resolved,
+        registry,
         env.world_size,
         allow_config_change,
         config.checkpointing.branch_from,
@@ -140,6 +142,7 @@ def plan_resume(
     checkpoints: CheckpointManager,
     config_file_path: Path,
     resolved: dict,
+    registry: ResolverRegistry,
     world_size: int,
     allow_config_change: bool,
     branch_from: Path | None,
@@ -175,8 +178,9 @@ def plan_resume(
         differences = [f"{META_FILE} does not record the config and world size of the run that wrote it"]
         changed_hyperparameters = []
     else:
-        differences = config_differences(saved["resolved_config"], resolved, saved["world_size"], world_size)
-        changed_hyperparameters = hyperparameter_changes(saved["resolved_config"], resolved)
+        saved_config, current_config = with_defaults(saved["resolved_config"], resolved, TrainingAppConfig, registry)
+        differences = config_differences(saved_config, current_config, saved["world_size"], world_size)
+        changed_hyperparameters = hyperparameter_changes(saved_config, current_config)
     plan = ResumePlan(checkpoint_dir, differences, changed_hyperparameters, branch, branched_from)
     if plan.differences and not allow_config_change:
         raise ConfigError(
@@ -227,7 +231,7 @@ def build_run(
     if warm_start and config.checkpointing.warm_start_from is not None:
         load_model_weights(built.model, config.checkpointing.warm_start_from)
     optimizer, lr_scheduler = build_optimization(config, built.model, registry)
-    data = build_data(config, parallelism, registry)
+    data = build_data(config, parallelism, registry, end_of_document_id(config, built.inner))
     evaluators = build_evaluators(config, built.inner, registry)
     progress, loss_window = TrainingProgress(), LossWindow()
     state = training_state(built.model, optimizer, lr_scheduler, data.train_loader, progress, loss_window)

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from llm_gym.data.collators import IGNORE_INDEX, Batch
+from llm_gym.models.contract import DOCUMENT_IDS
 from llm_gym.parallel.strategies import ParallelismStrategy
 
 
@@ -41,8 +42,9 @@ def _token_losses(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Cross-entropy and z-loss penalty, each summed over the batch's target tokens."""
     batch = batch.to(device, non_blocking=True)
+    documents = {} if batch.document_ids is None else {DOCUMENT_IDS: batch.document_ids}
     targets = batch.targets.flatten()
-    logits = model(batch.inputs).flatten(0, 1).float()
+    logits = model(batch.inputs, **documents).flatten(0, 1).float()
     cross_entropy = F.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX, reduction="sum")
     if not z_loss_weight:
         return cross_entropy, torch.zeros((), device=device)

@@ -10,8 +10,9 @@ from collections.abc import Iterator
 import torch
 
 from llm_gym.config.app import ActivationCheckpointing, TrainingAppConfig, TrainingSettings
+from llm_gym.data.tokenizers import tokenizer_exists
 from llm_gym.errors import MissingInputError, UserError
-from llm_gym.models.contract import LanguageModel
+from llm_gym.models.contract import LanguageModel, reads_document_ids
 from llm_gym.models.flops import describe_model, num_parameters
 from llm_gym.optim.optimizers import Muon
 from llm_gym.parallel.distributed import DistributedEnvironment
@@ -24,6 +25,7 @@ from llm_gym.training.builder import (
     check_model_fits,
     check_tokenizer,
     check_train_dataset_size,
+    end_of_document_id,
     shard_degree,
 )
 
@@ -55,8 +57,21 @@ def describe_config(config: TrainingAppConfig, world_size: int, registry: Resolv
     yield from describe_model(model, training.sequence_length)
     yield from estimate_memory(model, config, parallelism, optimizer)
     yield check_tokenizer(config, model)
+    if reads_document_ids(model):
+        yield _describe_documents(config, model)
     yield from _check_datasets(config, parallelism.data_parallel_size, registry)
     yield from _check_evaluators(config, model, registry)
+
+
+def _describe_documents(config: TrainingAppConfig, model: LanguageModel) -> str:
+    # Planning on another machine needs no tokenizer file; run does (end_of_document_id refuses its absence).
+    if not tokenizer_exists(config.data.tokenizer):
+        return (
+            "documents: the model reads the documents of packed samples; data.tokenizer is not here to say which "
+            "token ends them, and run will need it"
+        )
+    end_of_document = end_of_document_id(config, model)
+    return f"documents: the model reads the documents of packed samples, which end at token id {end_of_document}"
 
 
 def describe_global_batch(training: TrainingSettings, data_parallel_size: int) -> str:
