@@ -43,6 +43,13 @@ RECIPES = {
         "lr_scheduler.config.min_lr_ratio=0.0",
     ],
 }
+# Each recipe again with attention kept inside each document of a packed sample.
+RECIPES.update(
+    {
+        f"{name.split(' (')[0]} + masking": [*overrides, "model.config.document_masking=true"]
+        for name, overrides in list(RECIPES.items())
+    }
+)
 
 SMOKE = [
     "model.config.n_layer=1",
