@@ -45,13 +45,22 @@ def test_a_model_must_be_a_module():
 
 
 def test_the_check_reads_the_protocol_so_a_new_member_is_checked_too(monkeypatch):
-    # Where the next hooks go (a tensor-parallel plan, pipeline cuts): a member of LanguageModel is checked.
+    # Where the next hooks go (pipeline cuts): a member of LanguageModel is checked.
     from llm_gym.models import contract
 
-    monkeypatch.setattr(contract, "_METHODS", (*contract._METHODS, "tensor_parallel_plan"))
-    with pytest.raises(ConfigError, match=r"lacks tensor_parallel_plan\(\)"):
+    monkeypatch.setattr(contract, "_METHODS", (*contract._METHODS, "pipeline_split_points"))
+    with pytest.raises(ConfigError, match=r"lacks pipeline_split_points\(\)"):
         as_language_model(build(GPT2_STYLE))
     assert "blocks" in LanguageModel.__annotations__
+
+
+def test_the_tensor_parallel_plan_is_checked_only_when_asked_for(monkeypatch):
+    model = build(GPT2_STYLE)
+    assert as_language_model(model, tensor_parallel=True) is model
+    monkeypatch.setattr(type(model), "tensor_parallel_plan", None)
+    assert as_language_model(model) is model
+    with pytest.raises(ConfigError, match=r"lacks tensor_parallel_plan\(degree\), which parallelism.config.tensor_"):
+        as_language_model(model, tensor_parallel=True)
 
 
 USER_MODEL = """

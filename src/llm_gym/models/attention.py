@@ -205,9 +205,10 @@ class CausalSelfAttention(nn.Module):
         self.rotary = rotary
         self.query_norm, self.key_norm = query_norm, key_norm
 
-    def _heads(self, projected: torch.Tensor, n_head: int) -> torch.Tensor:
+    def _heads(self, projected: torch.Tensor) -> torch.Tensor:
+        # As many heads as the projection holds: under tensor parallelism, this rank's share of them.
         batch, time, _ = projected.shape
-        return projected.view(batch, time, n_head, self.head_dim).transpose(1, 2)
+        return projected.view(batch, time, -1, self.head_dim).transpose(1, 2)
 
     def forward(
         self,
@@ -218,9 +219,9 @@ class CausalSelfAttention(nn.Module):
         document_mask: object | None = None,
     ) -> torch.Tensor:
         """``positions [B, T]`` replace ``start, start + 1, ...`` for rotary; ``document_mask`` is the kernel's own."""
-        query = self._heads(self.query(hidden), self.n_head)
-        key = self._heads(self.key(hidden), self.n_head_kv)
-        value = self._heads(self.value(hidden), self.n_head_kv)
+        query = self._heads(self.query(hidden))
+        key = self._heads(self.key(hidden))
+        value = self._heads(self.value(hidden))
         if self.query_norm is not None:
             query, key = self.query_norm(query), self.key_norm(key)
         if self.rotary is not None:
@@ -231,4 +232,4 @@ class CausalSelfAttention(nn.Module):
             self.kernel(query, key, value) if document_mask is None else self.kernel(query, key, value, document_mask)
         )
         batch, _, time, _ = attended.shape
-        return self.output(attended.transpose(1, 2).reshape(batch, time, self.n_head * self.head_dim))
+        return self.output(attended.transpose(1, 2).reshape(batch, time, -1))

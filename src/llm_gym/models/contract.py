@@ -24,7 +24,17 @@ CONTRACT_DOCS = "docs/configuration.md, The model contract"
 
 
 class LanguageModel(Protocol):
-    """A causal language model, also a ``torch.nn.Module``: ``DecoderLM``, or a model of your own."""
+    """A causal language model, also a ``torch.nn.Module``: ``DecoderLM``, or a model of your own.
+
+    Optional, and checked only where ``parallelism.config.tensor_parallel_degree`` is above 1:
+    ``tensor_parallel_plan(degree: int) -> dict[str, ParallelStyle]``, the plan ``parallelize_module`` applies
+    to the model on the mesh's ``tp`` dim, keyed by the model's own module names (``*`` for any one name,
+    e.g. ``blocks.*.attention.query``), before its blocks are wrapped. It raises ``ConfigError`` where the model
+    cannot be split ``degree`` ways. Every parameter must be placed by it (sharded or replicated), since all
+    of them then live on one mesh; ``forward`` returns the logits as a ``DTensor`` split over the vocabulary
+    (``Shard(-1)``), and the loss is computed on them under ``loss_parallel``. Sequence-sharded activations
+    and the inputs of any other model are the plan's own business (docs/parallelism.md).
+    """
 
     vocab_size: int
     """Token ids are ``0 .. vocab_size - 1``; the logits have as many columns. Batches and tokenizers are
@@ -79,8 +89,13 @@ def _provides(value: object, kind: type) -> bool:
     return isinstance(value, kind) and not (kind is int and isinstance(value, bool))
 
 
-def as_language_model(model: object) -> LanguageModel:
-    """``model`` itself, once it provides the whole contract; else a ``ConfigError`` naming what it lacks."""
+TENSOR_PARALLEL_PLAN = "tensor_parallel_plan"
+"""The optional member of the contract that tensor parallelism reads (see ``LanguageModel``)."""
+
+
+def as_language_model(model: object, tensor_parallel: bool = False) -> LanguageModel:
+    """``model`` itself, once it provides the whole contract (with ``tensor_parallel``, its plan too); else a
+    ``ConfigError`` naming what it lacks."""
     lacking = [] if isinstance(model, nn.Module) else ["to be a torch.nn.Module"]
     lacking += [
         f"{name} ({kind.__name__})"
@@ -91,6 +106,11 @@ def as_language_model(model: object) -> LanguageModel:
     forward = getattr(model, "forward", None)
     if reads_document_ids(model) and not (callable(forward) and DOCUMENT_IDS in inspect.signature(forward).parameters):
         lacking.append(f"a forward() taking {DOCUMENT_IDS} (it has uses_document_ids = True)")
+    if tensor_parallel and not callable(getattr(model, TENSOR_PARALLEL_PLAN, None)):
+        lacking.append(
+            f"{TENSOR_PARALLEL_PLAN}(degree), which parallelism.config.tensor_parallel_degree > 1 needs; give the "
+            "model one, or set tensor_parallel_degree: 1"
+        )
     if lacking:
         raise ConfigError(
             f"model: {type(model).__name__} does not provide what llm_gym needs of a model; it lacks "

@@ -9,6 +9,14 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
 from torch import nn
+from torch.distributed.tensor import Replicate, Shard
+from torch.distributed.tensor.parallel import (
+    ColwiseParallel,
+    ParallelStyle,
+    PrepareModuleInput,
+    RowwiseParallel,
+    SequenceParallel,
+)
 
 from llm_gym.errors import ConfigError
 from llm_gym.models.attention import CausalSelfAttention
@@ -205,6 +213,9 @@ class DecoderLM(nn.Module):
             for index in range(n_layer)
         )
         self.final_norm = norm(dim=dim)
+        # Holds nothing: where a tensor-parallel plan gathers the sequence-sharded activations for the output
+        # projection, which, tied, is no module of its own to hang that on.
+        self.head_input = nn.Identity()
         self.output = None if config.tie_embeddings else nn.Linear(dim, vocab_size, bias=False)
         self.document_masking, self.document_positions = config.document_masking, config.document_positions
         # Every block's kernel is built from one node, so the first one's mask serves every layer; taken
@@ -250,12 +261,13 @@ class DecoderLM(nn.Module):
                 document_mask = self._document_mask(document_ids)
         hidden = self.token_embedding(input_ids)
         if self.position_embedding is not None:
-            hidden = self.position_embedding(hidden, start, positions)
+            position_ids = torch.arange(start, start + input_ids.shape[1], device=input_ids.device)
+            hidden = hidden + self.position_embedding(position_ids if positions is None else positions)
         hidden = self.embedding_dropout(hidden)
         for index, block in enumerate(self.blocks):
             layer_cache = kv_cache.layers[index] if kv_cache is not None else None
             hidden = block(hidden, start, layer_cache, positions, document_mask)
-        hidden = self.final_norm(hidden)
+        hidden = self.head_input(self.final_norm(hidden))
         if kv_cache is not None:
             kv_cache.length = start + input_ids.shape[1]
         if self.output is None:
@@ -280,6 +292,93 @@ class DecoderLM(nn.Module):
     def new_kv_cache(self) -> KVCache:
         """An empty cache for generation, with room for ``sequence_length`` positions."""
         return KVCache(self.n_layer, self.sequence_length)
+
+    def tensor_parallel_plan(self, degree: int) -> dict[str, ParallelStyle]:
+        """How ``parallelize_module`` splits this model over ``degree`` ranks (the model contract's plan).
+
+        Megatron's layout with sequence parallelism: query, key, value and the MLP's inner projections split
+        by output columns (each rank computes its share of the heads), the attention and MLP output
+        projections by input rows, their partial sums reduce-scattered over the sequence; norms, dropout and
+        the residual stream between blocks hold each rank's slice of the sequence. The token embedding (tied:
+        the output projection too) is split by vocabulary rows, and the logits stay split by vocabulary, for a
+        loss under ``loss_parallel``. Raises ``ConfigError`` where the model cannot be split ``degree`` ways.
+        """
+        self._check_splits(degree)
+        # Learned positions are added to the whole sequence, before it is cut into the ranks' slices.
+        embedded = Replicate() if self.position_embedding is not None else Shard(1)
+        plan: dict[str, ParallelStyle] = {
+            "token_embedding": RowwiseParallel(input_layouts=Replicate(), output_layouts=embedded),
+            "embedding_dropout": PrepareModuleInput(
+                input_layouts=(embedded,), desired_input_layouts=(Shard(1),), use_local_output=True
+            ),
+            "final_norm": SequenceParallel(),
+            "head_input": PrepareModuleInput(input_layouts=(Shard(1),), desired_input_layouts=(Replicate(),)),
+        }
+        if self.position_embedding is not None:
+            plan["position_embedding"] = ColwiseParallel(input_layouts=Replicate(), output_layouts=Replicate())
+        if self.output is not None:
+            plan["output"] = ColwiseParallel(
+                input_layouts=Replicate(), output_layouts=Shard(-1), use_local_output=False
+            )
+        # The block's attention is called with (hidden, start, kv_cache, positions, document_mask): only the
+        # hidden states are gathered; positions and masks cover the whole sequence already.
+        attention_inputs = (Shard(1), None, None, None, None)
+        block = {
+            "attention_norm": SequenceParallel(),
+            "attention": PrepareModuleInput(
+                input_layouts=attention_inputs,
+                desired_input_layouts=(Replicate(), *attention_inputs[1:]),
+                use_local_output=True,
+            ),
+            "attention.query": ColwiseParallel(),
+            "attention.key": ColwiseParallel(),
+            "attention.value": ColwiseParallel(),
+            "attention.output": RowwiseParallel(output_layouts=Shard(1)),
+            "mlp_norm": SequenceParallel(),
+            "mlp": PrepareModuleInput(
+                input_layouts=(Shard(1),), desired_input_layouts=(Replicate(),), use_local_output=True
+            ),
+            "mlp.output": RowwiseParallel(output_layouts=Shard(1)),
+        }
+        block |= {f"mlp.{name}": ColwiseParallel() for name in self._mlp_inner_projections()}
+        return plan | {f"blocks.*.{name}": style for name, style in block.items()}
+
+    def _mlp_inner_projections(self) -> list[str]:
+        """The MLP's ``nn.Linear`` layers before its ``output``, if they are all it holds; else empty."""
+        mlp = self.blocks[0].mlp
+        linears = {name: child for name, child in mlp.named_children() if isinstance(child, nn.Linear)}
+        own = {id(parameter) for child in linears.values() for parameter in child.parameters()}
+        if "output" not in linears or any(id(parameter) not in own for parameter in mlp.parameters()):
+            return []
+        return [name for name in linears if name != "output"]
+
+    def _check_splits(self, degree: int) -> None:
+        key = "parallelism.config.tensor_parallel_degree"
+        counts = {"n_head": self.n_head, "n_head_kv": self.n_head_kv, "vocab_size": self.vocab_size}
+        problems = [
+            f"model.config.{name} ({count}) is not divisible by {key} ({degree})"
+            for name, count in counts.items()
+            if count % degree
+        ]
+        mlp = self.blocks[0].mlp
+        inner = self._mlp_inner_projections()
+        if not inner:
+            problems.append(
+                f"model.config.mlp ({type(mlp).__name__}) cannot be split: tensor parallelism splits an MLP made of "
+                "its own nn.Linear layers, the last one named output"
+            )
+        problems += [
+            f"model.config.mlp's {name} layer ({getattr(mlp, name).out_features} features) is not divisible by "
+            f"{key} ({degree})"
+            for name in inner
+            if getattr(mlp, name).out_features % degree
+        ]
+        if self.blocks[0].attention.query_norm is not None:
+            problems.append(f"model.config.qk_norm: true cannot run with {key} > 1 (the head norms are not split)")
+        if problems:
+            raise ConfigError(
+                "; ".join(problems) + f"; choose a {key} that divides them, or change the model (docs/parallelism.md)"
+            )
 
 
 MODELS = {"DecoderLM": (DecoderLM, DecoderLMConfig)}

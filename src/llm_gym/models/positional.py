@@ -37,13 +37,9 @@ def positions_within_documents(document_ids: torch.Tensor) -> torch.Tensor:
 
 
 class LearnedPositionEmbedding(nn.Embedding):
-    """One learned vector per position, added to the token embeddings."""
+    """One learned vector per position, looked up for the model's positions and added to the token embeddings.
 
-    def forward(self, hidden: torch.Tensor, start: int = 0, positions: torch.Tensor | None = None) -> torch.Tensor:
-        """``positions [B, T]``, when given, replace ``start, start + 1, ...``."""
-        if positions is None:
-            positions = torch.arange(start, start + hidden.shape[1], device=hidden.device)
-        return hidden + super().forward(positions)
+    A plain lookup of its input, so that a tensor-parallel plan can split it as it splits any embedding."""
 
 
 class Llama3RopeScaling(BaseModel):
