@@ -10,15 +10,17 @@ import re
 from typing import Literal
 
 import torch
+import torch.distributed as dist
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
+from torch.distributed.tensor.parallel import ParallelStyle, loss_parallel, parallelize_module
 from torch.nn.parallel import DistributedDataParallel
 
 from llm_gym.errors import UserError
-from llm_gym.models.contract import LanguageModel
+from llm_gym.models.contract import TENSOR_PARALLEL_PLAN, LanguageModel
 from llm_gym.parallel.distributed import DistributedEnvironment
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -42,6 +44,8 @@ def _compute_dtype(mixed_precision: MixedPrecisionConfig, device: torch.device) 
 class ParallelismStrategy:
     supports_meta_device_init = True
     """Whether ``parallelize`` accepts a model on the meta device, materialised only afterwards."""
+    tensor_parallel_degree = 1
+    """Ranks each layer is split over (the mesh's innermost ``tp`` dim); 1 = no tensor parallelism."""
 
     def __init__(self, config: "_StrategyConfig", env: DistributedEnvironment):
         self.env = env
@@ -50,11 +54,33 @@ class ParallelismStrategy:
 
     @property
     def data_parallel_size(self) -> int:
-        return self.env.world_size
+        return self.env.world_size // self.tensor_parallel_degree
 
     @property
     def data_parallel_rank(self) -> int:
-        return self.env.rank
+        # tp is the innermost mesh dim: ranks r·tp .. r·tp + tp - 1 form one TP group, which reads one
+        # data-parallel rank's samples.
+        return self.env.rank // self.tensor_parallel_degree
+
+    @property
+    def data_parallel_group(self) -> dist.ProcessGroup | None:
+        """The ranks that hold different samples, for summing losses and token counts; None = all ranks."""
+        return None
+
+    def loss_context(self) -> contextlib.AbstractContextManager:
+        """Context for the loss and its backward: ``loss_parallel`` where the logits are split by vocabulary."""
+        return contextlib.nullcontext()
+
+    def tensor_parallel_plan(self, model: LanguageModel) -> dict[str, ParallelStyle]:
+        """The model's plan for this degree, empty without tensor parallelism; raises ``ConfigError`` where the
+        model cannot be split so."""
+        if self.tensor_parallel_degree == 1:
+            return {}
+        return getattr(model, TENSOR_PARALLEL_PLAN)(self.tensor_parallel_degree)
+
+    def apply_tensor_parallel(self, model: LanguageModel) -> None:
+        """Split the model's layers over the ``tp`` ranks by its plan, in place, before its blocks are wrapped
+        (the plan names the model's own modules); nothing without tensor parallelism."""
 
     def parallelize(self, model: LanguageModel) -> nn.Module:
         raise NotImplementedError
@@ -70,8 +96,15 @@ class ParallelismStrategy:
 
     @torch.no_grad()
     def clip_grad_norm_(self, model: nn.Module, max_norm: float | None) -> torch.Tensor:
-        """Global L2 norm of all gradients (across shards and ranks), clipping to ``max_norm`` if given."""
+        """Global L2 norm of all gradients (across shards and ranks), clipping to ``max_norm`` if given.
+
+        Gradients are first put in their parameters' placements: under tensor parallelism a replicated
+        parameter used on sequence-sharded activations (a norm's weight) gets its gradient as a partial sum
+        over the TP ranks, which torch 2.11's optimizers then step on wrongly (each moment off by a factor)."""
         parameters = [p for p in model.parameters() if p.grad is not None]
+        for parameter in parameters:
+            if isinstance(parameter.grad, DTensor) and parameter.grad.placements != parameter.placements:
+                parameter.grad = parameter.grad.redistribute(placements=parameter.placements)
         total_norm = torch.nn.utils.get_total_norm([p.grad for p in parameters], norm_type=2.0)
         if isinstance(total_norm, DTensor):
             total_norm = total_norm.full_tensor()
@@ -154,6 +187,12 @@ class FSDP2Config(_StrategyConfig):
     reshard_after_forward: bool = Field(
         True, description="free gathered parameters after forward (less memory, one more all-gather in backward)"
     )
+    tensor_parallel_degree: int = Field(
+        1,
+        ge=1,
+        description="ranks each layer is split over (tensor parallel, sequence parallel between blocks): the "
+        "innermost mesh dim; the data-parallel degree is the world size ÷ this",
+    )
 
 
 class FSDP2(ParallelismStrategy):
@@ -164,21 +203,63 @@ class FSDP2(ParallelismStrategy):
     """
 
     def __init__(self, config: FSDP2Config, env: DistributedEnvironment):
+        tensor_parallel_degree = config.tensor_parallel_degree
+        if env.world_size % tensor_parallel_degree:
+            raise UserError(
+                f"parallelism.config.tensor_parallel_degree ({tensor_parallel_degree}) must divide the world size "
+                f"{env.world_size}; launch a multiple of {tensor_parallel_degree} ranks, or choose a degree that "
+                f"divides {env.world_size}"
+            )
+        self.tensor_parallel_degree = tensor_parallel_degree
         super().__init__(config, env)
         self.reshard_after_forward = config.reshard_after_forward
+        self.shard_degree = self.data_parallel_size
+        self._mesh: DeviceMesh | None = None
+
+    def mesh_shape(self) -> dict[str, int]:
+        """The mesh's dims and their degrees, outermost first: the data-parallel dims, then ``tp`` if any."""
+        tensor_parallel = {"tp": self.tensor_parallel_degree} if self.tensor_parallel_degree > 1 else {}
+        return {**self._data_parallel_shape(), **tensor_parallel}
+
+    def _data_parallel_shape(self) -> dict[str, int]:
+        return {"dp_shard": self.shard_degree}
 
     def device_mesh(self) -> DeviceMesh:
-        return init_device_mesh(self.env.device.type, (self.env.world_size,), mesh_dim_names=("dp_shard",))
+        """The run's one mesh, made on first use (it creates process groups, on every rank alike)."""
+        if self._mesh is None:
+            shape = self.mesh_shape()
+            self._mesh = init_device_mesh(self.env.device.type, tuple(shape.values()), mesh_dim_names=tuple(shape))
+        return self._mesh
+
+    def _data_parallel_mesh(self) -> DeviceMesh:
+        """The dims FSDP2 shards (HSDP: replicates and shards) over."""
+        mesh = self.device_mesh()
+        return mesh if self.tensor_parallel_degree == 1 else mesh[tuple(self._data_parallel_shape())]
+
+    @property
+    def data_parallel_group(self) -> dist.ProcessGroup | None:
+        if self.tensor_parallel_degree == 1:
+            return None
+        mesh = self._data_parallel_mesh()
+        return (mesh if mesh.ndim == 1 else mesh._flatten()).get_group()
 
     @property
     def shards(self) -> bool:
-        return self.env.world_size > 1
+        return self.data_parallel_size > 1
+
+    def apply_tensor_parallel(self, model: LanguageModel) -> None:
+        if self.tensor_parallel_degree == 1:
+            return
+        parallelize_module(model, self.device_mesh()["tp"], self.tensor_parallel_plan(model))
+
+    def loss_context(self) -> contextlib.AbstractContextManager:
+        return loss_parallel() if self.tensor_parallel_degree > 1 else contextlib.nullcontext()
 
     def parallelize(self, model: LanguageModel) -> nn.Module:
         if not self.shards:
             return model
         _check_gloo_sharding_supported(type(self).__name__, self.env)
-        mesh = self.device_mesh()
+        mesh = self._data_parallel_mesh()
         policy = MixedPrecisionPolicy(
             param_dtype=self.compute_dtype, reduce_dtype=DTYPES[self.mixed_precision.reduce_dtype]
         )
@@ -210,30 +291,39 @@ class HSDP(FSDP2):
 
     def __init__(self, config: HSDPConfig, env: DistributedEnvironment):
         super().__init__(config, env)
+        tensor_parallel = self.tensor_parallel_degree
+        described = f"the world size {env.world_size}" + (
+            f" ÷ tensor_parallel_degree {tensor_parallel} = {self.data_parallel_size}" if tensor_parallel > 1 else ""
+        )
+        # A node's ranks form TP groups first; the default shard group is what is left of the node.
         self.replicate_degree, self.shard_degree = _mesh_degrees(
-            env.world_size, config.replicate_degree, config.shard_degree, env.local_world_size
+            self.data_parallel_size,
+            config.replicate_degree,
+            config.shard_degree,
+            max(1, env.local_world_size // tensor_parallel),
+            described,
         )
 
-    def device_mesh(self) -> DeviceMesh:
-        return init_device_mesh(
-            self.env.device.type,
-            (self.replicate_degree, self.shard_degree),
-            mesh_dim_names=("dp_replicate", "dp_shard"),
-        )
+    def _data_parallel_shape(self) -> dict[str, int]:
+        return {"dp_replicate": self.replicate_degree, "dp_shard": self.shard_degree}
 
 
-def _mesh_degrees(world_size: int, replicate: int, shard: int, local_world_size: int) -> tuple[int, int]:
+def _mesh_degrees(
+    data_parallel_size: int, replicate: int, shard: int, local_size: int, described: str
+) -> tuple[int, int]:
+    """replicate × shard = ``data_parallel_size`` (``described`` in messages); -1 fills in one from the other,
+    both -1 shard over ``local_size`` (the data-parallel ranks of one node)."""
     if 0 in (replicate, shard):
         raise UserError("parallelism.config: replicate_degree and shard_degree must be positive or -1")
     if replicate == -1 and shard == -1:
-        shard = local_world_size
+        shard = local_size
     if replicate == -1:
-        replicate = world_size // shard if world_size % shard == 0 else -1
+        replicate = data_parallel_size // shard if data_parallel_size % shard == 0 else -1
     elif shard == -1:
-        shard = world_size // replicate if world_size % replicate == 0 else -1
-    if replicate * shard != world_size or replicate < 1:
+        shard = data_parallel_size // replicate if data_parallel_size % replicate == 0 else -1
+    if replicate * shard != data_parallel_size or replicate < 1:
         raise UserError(
-            f"parallelism.config: replicate_degree × shard_degree must equal the world size {world_size} "
+            f"parallelism.config: replicate_degree × shard_degree must equal {described} "
             f"(got replicate_degree={replicate}, shard_degree={shard})"
         )
     return replicate, shard

@@ -18,7 +18,7 @@ from llm_gym.models.contract import LanguageModel, as_language_model, reads_docu
 from llm_gym.optim.optimizers import apply_lr_multipliers, parameter_groups
 from llm_gym.parallel.block_wrappers import apply_activation_checkpointing, compile_blocks
 from llm_gym.parallel.distributed import DistributedEnvironment
-from llm_gym.parallel.strategies import FSDP2, HSDP, ParallelismStrategy
+from llm_gym.parallel.strategies import FSDP2, ParallelismStrategy
 from llm_gym.registry import ResolverRegistry
 from llm_gym.training.hardware import available_memory
 from llm_gym.training.materialise import materialise
@@ -58,6 +58,7 @@ def build_model(config: TrainingAppConfig, parallelism: ParallelismStrategy, reg
     inner = model
     if not settings.meta_device_init:
         materialise(inner, device, config.experiment.seed)
+    parallelism.apply_tensor_parallel(model)
     apply_activation_checkpointing(
         model, settings.activation_checkpointing.value, settings.activation_checkpointing_every_k
     )
@@ -70,8 +71,8 @@ def build_model(config: TrainingAppConfig, parallelism: ParallelismStrategy, reg
 
 
 def build_model_on_meta(config: TrainingAppConfig, registry: ResolverRegistry) -> LanguageModel:
-    """The model's shapes without its memory, checked against the model contract: what `validate` sizes and
-    `run` materialises."""
+    """The model's shapes without its memory, checked against the model contract (with tensor parallelism, for
+    its plan too): what `validate` sizes and `run` materialises."""
     try:
         with torch.device("meta"):
             model = registry.build_component_by_config(config.model)
@@ -81,14 +82,13 @@ def build_model_on_meta(config: TrainingAppConfig, registry: ResolverRegistry) -
             raise
         reason = str(error).strip().splitlines()[0]
         raise ConfigError(f"model: a tensor of this size cannot exist (beyond 2^63 bytes): {reason}") from None
-    return as_language_model(model)
+    tensor_parallel = getattr(config.parallelism.config, "tensor_parallel_degree", 1) > 1
+    return as_language_model(model, tensor_parallel=tensor_parallel)
 
 
 def shard_degree(parallelism: ParallelismStrategy) -> int:
     """Over how many ranks each parameter is split."""
-    if isinstance(parallelism, HSDP):
-        return parallelism.shard_degree
-    return parallelism.env.world_size if isinstance(parallelism, FSDP2) else 1
+    return parallelism.shard_degree if isinstance(parallelism, FSDP2) else 1
 
 
 def check_model_fits(model: nn.Module, config: TrainingAppConfig, parallelism: ParallelismStrategy) -> None:

@@ -13,6 +13,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 from llm_gym.data.collators import IGNORE_INDEX, Batch
 from llm_gym.models.contract import DOCUMENT_IDS
@@ -32,8 +33,9 @@ class StepResult:
     """The z-loss penalty (weight × log² Z) summed over the same tokens; 0 without z-loss."""
 
 
-def _all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
-    dist.all_reduce(values, op=dist.ReduceOp.SUM)
+def _all_reduce_sum(values: torch.Tensor, parallelism: ParallelismStrategy) -> torch.Tensor:
+    """Summed over the data-parallel ranks: the ranks of one tensor-parallel group hold the same samples."""
+    dist.all_reduce(values, op=dist.ReduceOp.SUM, group=parallelism.data_parallel_group)
     return values
 
 
@@ -46,6 +48,10 @@ def _token_losses(
     targets = batch.targets.flatten()
     logits = model(batch.inputs, **documents).flatten(0, 1).float()
     cross_entropy = F.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX, reduction="sum")
+    if isinstance(cross_entropy, DTensor):
+        # Logits split by vocabulary (tensor parallelism, under loss_parallel): the loss is the same on every
+        # rank of the group.
+        cross_entropy = cross_entropy.full_tensor()
     if not z_loss_weight:
         return cross_entropy, torch.zeros((), device=device)
     log_normaliser = logits.logsumexp(dim=-1)
@@ -62,16 +68,17 @@ def train_step(
     """Forward and backward over the micro batches of one step, then clip. The optimizer is not stepped."""
     device = parallelism.env.device
     local_tokens = sum(batch.target_tokens() for batch in micro_batches)
-    global_tokens = int(_all_reduce_sum(torch.tensor([local_tokens], dtype=torch.float64, device=device)).item())
+    local_count = torch.tensor([local_tokens], dtype=torch.float64, device=device)
+    global_tokens = int(_all_reduce_sum(local_count, parallelism).item())
     scale = parallelism.data_parallel_size / max(global_tokens, 1)
     sums = torch.zeros(2, dtype=torch.float64, device=device)  # cross-entropy, z-loss penalty
     for index, batch in enumerate(micro_batches):
-        with parallelism.gradient_sync(model, enabled=index == len(micro_batches) - 1):
+        with parallelism.gradient_sync(model, enabled=index == len(micro_batches) - 1), parallelism.loss_context():
             with parallelism.forward_context():
                 cross_entropy, penalty = _token_losses(model, batch, device, z_loss_weight)
             ((cross_entropy + penalty) * scale).backward()
         sums += torch.stack([cross_entropy.detach(), penalty.detach()])
-    loss_sum, z_loss_sum = _all_reduce_sum(sums).tolist()
+    loss_sum, z_loss_sum = _all_reduce_sum(sums, parallelism).tolist()
     loss = loss_sum / max(global_tokens, 1)
     grad_norm = parallelism.clip_grad_norm_(model, max_grad_norm).item()
     finite = math.isfinite(loss) and math.isfinite(grad_norm)
@@ -86,9 +93,9 @@ def evaluate(model: nn.Module, parallelism: ParallelismStrategy, batches: Iterab
     was_training = model.training
     model.eval()
     for batch in batches:
-        with parallelism.forward_context():
+        with parallelism.forward_context(), parallelism.loss_context():
             totals[0] += _token_losses(model, batch, device)[0]
         totals[1] += batch.target_tokens()
     model.train(was_training)
-    loss_sum, tokens = _all_reduce_sum(totals).tolist()
+    loss_sum, tokens = _all_reduce_sum(totals, parallelism).tolist()
     return loss_sum / tokens if tokens else float("nan")
