@@ -259,6 +259,32 @@ class TrainingAppConfig(_Section):
         return self
 
     @model_validator(mode="after")
+    def _tensor_parallelism_runs_what_it_supports(self) -> "TrainingAppConfig":
+        degree = getattr(self.parallelism.config, "tensor_parallel_degree", 1)
+        if degree == 1:
+            return self
+        unsupported = {
+            "training.z_loss_weight": (
+                bool(self.training.z_loss_weight),
+                "the z-loss needs each token's log-normaliser over the whole vocabulary, which the logits split by "
+                "vocabulary do not hold",
+            ),
+            "evaluation.evaluators": (
+                bool(self.evaluation.evaluators),
+                "evaluators give every rank other examples, while the ranks of a tensor-parallel group must run "
+                "the same inputs",
+            ),
+            "training.compile": (self.training.compile, "compiling tensor-parallel blocks is not supported yet"),
+        }
+        for key, (requested, reason) in unsupported.items():
+            if requested:
+                raise ValueError(
+                    f"{key} cannot run with parallelism.config.tensor_parallel_degree {degree}: {reason}; unset "
+                    "it, or set tensor_parallel_degree: 1"
+                )
+        return self
+
+    @model_validator(mode="after")
     def _meta_device_init_needs_a_strategy_that_materialises(self, info: ValidationInfo) -> "TrainingAppConfig":
         if not self.training.meta_device_init:
             return self

@@ -60,10 +60,16 @@ def _global_batch(config: dict[str, Any], world_size: int) -> tuple[int | None, 
     micro = _lookup(config, "training.micro_batch_size")
     accumulation = _lookup(config, "training.gradient_accumulation_steps")
     accumulation = 1 if accumulation == _ABSENT else accumulation
-    terms = f"{micro} × {accumulation} × {world_size} ranks"
+    # The ranks of one tensor-parallel group read the same samples.
+    tensor_parallel = _lookup(config, "parallelism.config.tensor_parallel_degree")
+    tensor_parallel = tensor_parallel if isinstance(tensor_parallel, int) and tensor_parallel > 0 else 1
+    ranks = world_size // tensor_parallel
+    terms = f"{micro} × {accumulation} × {ranks} ranks" + (
+        f" (world size {world_size} ÷ tensor_parallel_degree {tensor_parallel})" if tensor_parallel > 1 else ""
+    )
     if not (isinstance(micro, int) and isinstance(accumulation, int)):
         return None, terms
-    return micro * accumulation * world_size, terms
+    return micro * accumulation * ranks, terms
 
 
 def with_defaults(

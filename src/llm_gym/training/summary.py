@@ -6,8 +6,10 @@ each dataset when its files are present here.
 """
 
 from collections.abc import Iterator
+from fnmatch import fnmatch
 
 import torch
+from torch.distributed.tensor.parallel import ColwiseParallel, ParallelStyle, RowwiseParallel
 
 from llm_gym.config.app import ActivationCheckpointing, TrainingAppConfig, TrainingSettings
 from llm_gym.data.tokenizers import tokenizer_exists
@@ -50,12 +52,23 @@ def describe_config(config: TrainingAppConfig, world_size: int, registry: Resolv
         f"world size: {world_size} on {env.device.type} ({type(parallelism).__name__}, "
         f"{_shard_description(parallelism)}; plan for another device with training.device=cuda|cpu)"
     )
+    if parallelism.tensor_parallel_degree > 1:
+        dims = " × ".join(f"{name} {degree}" for name, degree in parallelism.mesh_shape().items())
+        yield f"device mesh (outermost first): {dims}"
     yield describe_global_batch(training, parallelism.data_parallel_size)
     model = build_model_on_meta(config, registry)
+    # The model's plan, made here as run makes it: a model that cannot be split so is refused now.
+    plan = parallelism.tensor_parallel_plan(model)
     check_model_fits(model, config, parallelism)
     optimizer, _ = build_optimization(config, model, registry)
     yield from describe_model(model, training.sequence_length)
-    yield from estimate_memory(model, config, parallelism, optimizer)
+    per_rank = parameters_per_rank(model, plan, parallelism)
+    if parallelism.tensor_parallel_degree > 1:
+        yield (
+            f"parameters per rank: {per_rank:,.0f} of {num_parameters(model):,} (split by the model's tensor-parallel "
+            f"plan over {parallelism.tensor_parallel_degree} ranks, sharded over {shard_degree(parallelism)})"
+        )
+    yield from estimate_memory(model, config, parallelism, optimizer, per_rank)
     yield check_tokenizer(config, model)
     if reads_document_ids(model):
         yield _describe_documents(config, model)
@@ -93,6 +106,27 @@ def _shard_description(parallelism: ParallelismStrategy) -> str:
     return f"parameters sharded over {degree} ranks" if degree > 1 else "parameters replicated"
 
 
+def parameters_per_rank(
+    model: LanguageModel, plan: dict[str, ParallelStyle], parallelism: ParallelismStrategy
+) -> float:
+    """Elements of the parameters one rank holds: split by the tensor-parallel plan's column- and row-wise
+    layers (a row-wise layer's bias stays whole), then sharded by FSDP2."""
+    degree = parallelism.tensor_parallel_degree
+    total = 0
+    for name, parameter in model.named_parameters():
+        module_name, _, parameter_name = name.rpartition(".")
+        style = next((style for key, style in plan.items() if _names(key, module_name)), None)
+        split = isinstance(style, ColwiseParallel) or (isinstance(style, RowwiseParallel) and parameter_name != "bias")
+        total += parameter.numel() // degree if split else parameter.numel()
+    return total / shard_degree(parallelism)
+
+
+def _names(key: str, module_name: str) -> bool:
+    """Whether a plan's key names the module, as ``parallelize_module`` matches them (``*`` for any one name)."""
+    atoms, names = key.split("."), module_name.split(".")
+    return len(atoms) == len(names) and all(fnmatch(name, atom) for name, atom in zip(names, atoms, strict=True))
+
+
 def optimizer_state_tensors(optimizer: torch.optim.Optimizer) -> tuple[float, str]:
     """fp32 state tensors the optimizer keeps per parameter (on average), and how the estimate names them."""
     name = type(optimizer).__name__
@@ -116,14 +150,18 @@ def optimizer_state_tensors(optimizer: torch.optim.Optimizer) -> tuple[float, st
 
 
 def estimate_memory(
-    model: LanguageModel, config: TrainingAppConfig, parallelism: ParallelismStrategy, optimizer: torch.optim.Optimizer
+    model: LanguageModel,
+    config: TrainingAppConfig,
+    parallelism: ParallelismStrategy,
+    optimizer: torch.optim.Optimizer,
+    parameters_on_rank: int,
 ) -> list[str]:
-    """A planning figure per rank: sharded training state, activations and logits of one micro batch."""
+    """A planning figure per rank: its training state (``parameters_on_rank``: split and sharded), activations
+    and logits of one micro batch (with tensor parallelism, split with the sequence and the vocabulary)."""
     training = config.training
-    parameters = num_parameters(model)
     state_tensors, optimizer_description = optimizer_state_tensors(optimizer)
     state_bytes_per_parameter = WEIGHT_AND_GRADIENT_BYTES_PER_PARAMETER + 4 * state_tensors
-    state = parameters * state_bytes_per_parameter / shard_degree(parallelism)
+    state = parameters_on_rank * state_bytes_per_parameter
     compute_bytes = torch.finfo(parallelism.compute_dtype).bits // 8
     tokens = training.micro_batch_size * training.sequence_length
     per_layer = ACTIVATION_ELEMENTS_PER_LAYER * tokens * model.dim * compute_bytes
@@ -138,9 +176,10 @@ def estimate_memory(
         )
         checkpointed = len(range(0, model.n_layer, step))
         stored_layers = model.n_layer - checkpointed + checkpointed / ACTIVATION_ELEMENTS_PER_LAYER + 1
-    activations = per_layer * stored_layers
-    # Logits in the compute dtype, their fp32 copy for the loss, and its gradient.
-    logits = tokens * model.vocab_size * (compute_bytes + 8)
+    # Sequence parallelism splits what a block keeps between the TP ranks (Korthikanti et al., 34·s·b·h / t).
+    activations = per_layer * stored_layers / parallelism.tensor_parallel_degree
+    # Logits in the compute dtype, their fp32 copy for the loss, and its gradient; split by vocabulary under TP.
+    logits = tokens * model.vocab_size * (compute_bytes + 8) / parallelism.tensor_parallel_degree
     total = state + activations + logits
     return [
         f"memory per rank (estimate, fp32 master weights, {optimizer_description}, {parallelism.compute_dtype}): "
