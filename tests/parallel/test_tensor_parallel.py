@@ -1,0 +1,86 @@
+"""Tensor parallelism end to end: real runs under torchrun on gloo, against one process with the same global batch.
+
+Parity of losses per step over 20 steps (fp32) is what proves the gradients right: gloo's AVG reduction can
+be wrong (torch issue 162338), and an update that is wrong anywhere shows in the next steps' losses.
+"""
+
+from pathlib import Path
+
+import pytest
+
+from experiment_runs import TINY_CONFIG, llm_gym, read_metrics, tiny_overrides, torchrun, write_byte_corpus
+
+# The tiny Llama (rope, 4 query heads sharing 2 key/value heads, tied embeddings) with a vocabulary that two
+# ranks can split (the byte tokenizer's 257 ids fit in it).
+LLAMA = {"model.config.vocab_size": 258, "training.max_steps": 20, "training.eval_interval": 10,
+         "checkpointing.every_n_steps": 10}  # fmt: skip
+GPT2 = {**LLAMA, "model.config.positional": "learned", "model.config.n_head_kv": "null", "model.config.bias": "true",
+        "model.config.norm": "{type_hint: LayerNorm, config: {}}",
+        "model.config.mlp": "{type_hint: GELUMLP, config: {hidden_dim: 256}}"}  # fmt: skip
+TP2 = {"parallelism.config.tensor_parallel_degree": 2}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    return write_byte_corpus(tmp_path_factory.mktemp("tp_corpus"))
+
+
+def _run(corpus: Path, output_dir: Path, ranks: int, **settings: object) -> dict[str, dict[int, float]]:
+    """Losses by split and step of one run of the tiny config."""
+    args = ["run", "--config_file_path", str(TINY_CONFIG), *tiny_overrides(corpus, output_dir, **settings)]
+    if ranks == 1:
+        llm_gym(*args)
+    else:
+        torchrun(ranks, *args)
+    losses: dict[str, dict[int, float]] = {}
+    for line in read_metrics(output_dir / "metrics.jsonl"):
+        losses.setdefault(line["split"], {})[line["step"]] = line["loss"]
+    return losses
+
+
+def _largest_difference(expected: dict, actual: dict) -> float:
+    assert expected.keys() == actual.keys()
+    return max(abs(expected[split][step] - actual[split][step]) for split in expected for step in expected[split])
+
+
+@pytest.fixture(scope="module")
+def llama_one_process(corpus, tmp_path_factory) -> dict:
+    return _run(corpus, tmp_path_factory.mktemp("llama_1") / "run", 1, **LLAMA)
+
+
+@pytest.fixture(scope="module")
+def llama_tp2(corpus, tmp_path_factory) -> tuple[Path, dict]:
+    output_dir = tmp_path_factory.mktemp("llama_tp2") / "run"
+    return output_dir, _run(corpus, output_dir, 2, **LLAMA, **TP2)
+
+
+@pytest.mark.slow
+def test_tp2_llama_with_grouped_query_heads_matches_one_process(llama_one_process, llama_tp2):
+    assert _largest_difference(llama_one_process, llama_tp2[1]) < 1e-5
+
+
+@pytest.mark.slow
+def test_tp2_gpt2_with_learned_positions_and_tied_embeddings_matches_one_process(corpus, tmp_path):
+    one_process = _run(corpus, tmp_path / "one", 1, **GPT2)
+    assert _largest_difference(one_process, _run(corpus, tmp_path / "tp2", 2, **GPT2, **TP2)) < 1e-5
+
+
+@pytest.mark.slow
+def test_tp2_by_dp2_on_four_ranks_matches_one_process(corpus, tmp_path, llama_one_process):
+    # Two data-parallel ranks of 2 samples each: the one process's global batch of 4.
+    tp2_dp2 = _run(corpus, tmp_path / "run", 4, **LLAMA, **TP2, **{"training.micro_batch_size": 2})
+    assert _largest_difference(llama_one_process, tp2_dp2) < 1e-5
+
+
+def _steps_after(losses: dict, step: int) -> dict:
+    return {split: {s: loss for s, loss in by_step.items() if s > step} for split, by_step in losses.items()}
+
+
+@pytest.mark.slow
+def test_a_tp2_checkpoint_resumes_on_one_process_and_exactly_on_tp2(tmp_path, corpus, llama_one_process, llama_tp2):
+    tp2_dir, tp2 = llama_tp2
+    branch = {"checkpointing.branch_from": tp2_dir / "checkpoints" / "step_10"}
+    on_one = _run(corpus, tmp_path / "one", 1, **LLAMA, **branch)
+    assert _largest_difference(_steps_after(llama_one_process, 10), _steps_after(on_one, 10)) < 1e-5
+    on_tp2 = _run(corpus, tmp_path / "tp2", 2, **LLAMA, **TP2, **branch)
+    assert _steps_after(on_tp2, 10) == _steps_after(tp2, 10)
