@@ -5,6 +5,9 @@ VENV ?= .venv
 # TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu (the package itself needs torch>=2.6).
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX_URL ?=
+# Test processes: the suite's tests run 2 at a time (pytest-xdist); multi-process tests add their ranks.
+TEST_WORKERS ?= 2
+PYTEST_ARGS ?=
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
@@ -21,7 +24,7 @@ install: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m ruff check src tests benchmarks
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check src tests benchmarks

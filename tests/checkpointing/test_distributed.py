@@ -100,6 +100,7 @@ def ranks(tmp_path_factory, one_process_checkpoint, weights_file):
 
 
 @pytest.mark.slow
+@pytest.mark.cross_version
 def test_two_ranks_resume_on_two_ranks_bit_exactly(ranks):
     for result in ranks:
         assert_same(result["saved"], result["restored"])
@@ -109,6 +110,7 @@ def test_two_ranks_resume_on_two_ranks_bit_exactly(ranks):
 
 
 @pytest.mark.slow
+@pytest.mark.cross_version
 def test_two_rank_checkpoint_loads_into_one_process(ranks):
     toy = Toy(make_model(seed=9))
     meta = load_checkpoint(ranks[0]["checkpoint"], toy.state())
@@ -118,6 +120,7 @@ def test_two_rank_checkpoint_loads_into_one_process(ranks):
 
 
 @pytest.mark.slow
+@pytest.mark.cross_version
 def test_one_process_checkpoint_loads_into_two_ranks(ranks, one_process_checkpoint):
     _, expected, draw = one_process_checkpoint
     for result in ranks:
@@ -130,6 +133,7 @@ def test_one_process_checkpoint_loads_into_two_ranks(ranks, one_process_checkpoi
 
 
 @pytest.mark.slow
+@pytest.mark.cross_version
 def test_ddp_checkpoint_has_plain_parameter_names(ranks):
     model = make_model(seed=9)
     load_model_weights(model, ranks[0]["ddp_checkpoint"])
@@ -138,6 +142,7 @@ def test_ddp_checkpoint_has_plain_parameter_names(ranks):
 
 
 @pytest.mark.slow
+@pytest.mark.cross_version
 def test_warm_start_of_a_sharded_model_from_a_weights_file(ranks):
     expected = make_model(seed=8).state_dict()
     for result in ranks:

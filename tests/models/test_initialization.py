@@ -139,6 +139,7 @@ def _fsdp2_meta_init(style_name: str) -> dict:
 
 
 @pytest.mark.slow
+@pytest.mark.cross_version
 @pytest.mark.parametrize("style", STYLES)
 def test_fsdp2_meta_init_equals_eager_init(style):
     """Stronger than matching the distribution: a sharded init gives the unsharded model's very weights."""

@@ -55,17 +55,20 @@ def llama_tp2(corpus, tmp_path_factory) -> tuple[Path, dict]:
 
 
 @pytest.mark.slow
+@pytest.mark.cross_version
 def test_tp2_llama_with_grouped_query_heads_matches_one_process(llama_one_process, llama_tp2):
     assert _largest_difference(llama_one_process, llama_tp2[1]) < 1e-5
 
 
 @pytest.mark.slow
+@pytest.mark.cross_version
 def test_tp2_gpt2_with_learned_positions_and_tied_embeddings_matches_one_process(corpus, tmp_path):
     one_process = _run(corpus, tmp_path / "one", 1, **GPT2)
     assert _largest_difference(one_process, _run(corpus, tmp_path / "tp2", 2, **GPT2, **TP2)) < 1e-5
 
 
 @pytest.mark.slow
+@pytest.mark.cross_version
 def test_tp2_by_dp2_on_four_ranks_matches_one_process(corpus, tmp_path, llama_one_process):
     # Two data-parallel ranks of 2 samples each: the one process's global batch of 4.
     tp2_dp2 = _run(corpus, tmp_path / "run", 4, **LLAMA, **TP2, **{"training.micro_batch_size": 2})
@@ -77,6 +80,7 @@ def _steps_after(losses: dict, step: int) -> dict:
 
 
 @pytest.mark.slow
+@pytest.mark.cross_version
 def test_a_tp2_checkpoint_resumes_on_one_process_and_exactly_on_tp2(tmp_path, corpus, llama_one_process, llama_tp2):
     tp2_dir, tp2 = llama_tp2
     branch = {"checkpointing.branch_from": tp2_dir / "checkpoints" / "step_10"}

@@ -203,6 +203,7 @@ def saved_loader_state(checkpoint_dir: Path) -> dict[str, Any]:
 
 
 @pytest.mark.slow
+@pytest.mark.cross_version
 def test_two_ranks_resumed_on_one_continue_with_the_same_data_and_losses(
     byte_corpus, reference, stopped_at_4, tmp_path
 ):

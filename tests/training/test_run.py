@@ -62,6 +62,7 @@ def test_compiled_blocks_train_like_eager_ones(single_process_run, byte_corpus, 
 
 
 @pytest.mark.slow
+@pytest.mark.cross_version
 @pytest.mark.parametrize(("strategy", "micro_batch_size", "accumulation"), [("FSDP2", 2, 1), ("DDP", 1, 2)])
 def test_two_ranks_give_the_losses_of_one_rank(
     single_process_run, byte_corpus, tmp_path, strategy, micro_batch_size, accumulation

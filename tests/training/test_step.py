@@ -83,6 +83,7 @@ def test_gradient_accumulation_equals_one_big_batch(reference):
 
 
 @pytest.mark.slow
+@pytest.mark.cross_version
 @pytest.mark.parametrize(
     ("strategy", "kwargs"),
     [("fsdp2", {}), ("ddp", {}), ("hsdp", {"replicate_degree": 2}), ("hsdp", {"shard_degree": 2})],
@@ -99,6 +100,7 @@ def _step_with_kwargs(strategy: str, kwargs: dict) -> dict:
 
 
 @pytest.mark.slow
+@pytest.mark.cross_version
 def test_fsdp2_clipping_uses_the_global_norm_of_an_unsharded_model():
     skip_unless_gloo_sharding_works()
     unclipped = run_on_ranks(one_step, 1, "none", 1, None)[0]
