@@ -36,6 +36,11 @@ _SESSION_CACHE: dict[str, Path] = {}
 _TP2 = ("parallelism.config.tensor_parallel_degree=2", "model.config.vocab_size=258")
 
 
+def _validate_on_ranks(world_size: int, *overrides: str) -> Callable[[Path], list]:
+    """The arguments of `validate` planning the tiny config for ``world_size`` ranks with ``overrides``."""
+    return lambda ws: ["validate", "--config_file_path", TINY_CONFIG, "--world_size", str(world_size), *overrides]
+
+
 def _cached(name: str, make: Callable[[Path], Path], root: Path) -> Path:
     if name not in _SESSION_CACHE:
         directory = root / name
@@ -318,58 +323,27 @@ CASES: list[BadInput] = [
     # tensor parallelism (issue 14)
     BadInput(
         "validate-tensor-parallel-not-dividing-world",
-        lambda ws: ["validate", "--config_file_path", TINY_CONFIG, "--world_size", "3", *_TP2],
+        _validate_on_ranks(3, *_TP2),
         r"parallelism.config.tensor_parallel_degree \(2\) must divide the world size 3",
     ),
     BadInput(
         "validate-tensor-parallel-heads",
-        lambda ws: [
-            "validate",
-            "--config_file_path",
-            TINY_CONFIG,
-            "--world_size",
-            "4",
-            "parallelism.config.tensor_parallel_degree=4",
-            "model.config.vocab_size=260",
-        ],
+        _validate_on_ranks(4, "parallelism.config.tensor_parallel_degree=4", "model.config.vocab_size=260"),
         r"model.config.n_head_kv \(2\) is not divisible by parallelism.config.tensor_parallel_degree \(4\)",
     ),
     BadInput(
         "validate-tensor-parallel-vocabulary",
-        lambda ws: [
-            "validate",
-            "--config_file_path",
-            TINY_CONFIG,
-            "--world_size",
-            "2",
-            "parallelism.config.tensor_parallel_degree=2",
-        ],
+        _validate_on_ranks(2, "parallelism.config.tensor_parallel_degree=2"),
         r"model.config.vocab_size \(257\) is not divisible by parallelism.config.tensor_parallel_degree \(2\)",
     ),
     BadInput(
         "validate-tensor-parallel-z-loss",
-        lambda ws: [
-            "validate",
-            "--config_file_path",
-            TINY_CONFIG,
-            "--world_size",
-            "2",
-            *_TP2,
-            "training.z_loss_weight=1e-4",
-        ],
+        _validate_on_ranks(2, *_TP2, "training.z_loss_weight=1e-4"),
         r"training.z_loss_weight cannot run with parallelism.config.tensor_parallel_degree 2",
     ),
     BadInput(
         "validate-tensor-parallel-ddp",
-        lambda ws: [
-            "validate",
-            "--config_file_path",
-            TINY_CONFIG,
-            "--world_size",
-            "2",
-            "parallelism.type_hint=DDP",
-            "parallelism.config.tensor_parallel_degree=2",
-        ],
+        _validate_on_ranks(2, "parallelism.type_hint=DDP", "parallelism.config.tensor_parallel_degree=2"),
         r"parallelism.config.tensor_parallel_degree",
     ),
     BadInput(

@@ -10,7 +10,12 @@ import pytest
 
 from distributed import skip_unless_gloo_sharding_works
 from experiment_runs import TINY_CONFIG, llm_gym, read_metrics, tiny_overrides, torchrun, write_byte_corpus
+from llm_gym.assembly import make_registry
+from llm_gym.config.app import TrainingAppConfig
+from llm_gym.config.loading import load_config
+from llm_gym.errors import ConfigError
 from llm_gym.parallel.strategies import torch_release
+from llm_gym.training.builder import build_model_on_meta
 
 # The tiny Llama (rope, 4 query heads sharing 2 key/value heads, tied embeddings) with a vocabulary that two
 # ranks can split (the byte tokenizer's 257 ids fit in it).
@@ -23,6 +28,39 @@ TP2 = {"parallelism.config.tensor_parallel_degree": 2}
 # torch 2.6's loss_parallel logs one step of the tiny GPT-2 2.6e-5 off (step 13 of 20; the steps before and after
 # within 1e-6 again, so the update was right and only that loss value lost precision); later releases stay in 1e-6.
 GPT2_TOLERANCE = 1e-5 if torch_release() >= (2, 9) else 5e-5
+
+
+def _load(*overrides: str) -> TrainingAppConfig:
+    tp2 = [f"{key}={value}" for key, value in TP2.items()]
+    return load_config(TINY_CONFIG, TrainingAppConfig, [*tp2, *overrides], registry=make_registry())[0]
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("evaluation.evaluators=[{type_hint: BitsPerByte, config: {split: val}}]", "evaluation.evaluators"),
+        ("training.compile=true", "training.compile"),
+    ],
+)
+def test_what_tensor_parallelism_does_not_run_is_refused_when_the_config_loads(override, key):
+    with pytest.raises(ConfigError, match=rf"{key} cannot run with parallelism.config.tensor_parallel_degree 2"):
+        _load(override)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["model.config.qk_norm=true"], r"model.config.qk_norm: true cannot run with"),
+        (
+            ["model.config.mlp={type_hint: GELUMLP, config: {hidden_dim: 129}}"],
+            r"model.config.mlp's input layer \(129 features\) is not divisible by",
+        ),
+    ],
+)
+def test_a_model_its_plan_cannot_split_is_refused_with_what_does_not_divide(overrides, message):
+    model = build_model_on_meta(_load("model.config.vocab_size=258", *overrides), make_registry())
+    with pytest.raises(ConfigError, match=message):
+        model.tensor_parallel_plan(2)
 
 
 @pytest.fixture(scope="module")

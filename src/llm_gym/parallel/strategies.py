@@ -6,6 +6,7 @@ gradient norm, and under which autocast the forward runs.
 """
 
 import contextlib
+import functools
 import re
 from typing import Literal
 
@@ -236,8 +237,9 @@ class FSDP2(ParallelismStrategy):
         mesh = self.device_mesh()
         return mesh if self.tensor_parallel_degree == 1 else mesh[tuple(self._data_parallel_shape())]
 
-    @property
+    @functools.cached_property
     def data_parallel_group(self) -> dist.ProcessGroup | None:
+        # Made once: the train step sums over it twice a step, and flattening the HSDP dims makes a group.
         if self.tensor_parallel_degree == 1:
             return None
         mesh = self._data_parallel_mesh()
