@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 import torch.multiprocessing as mp
 
-from llm_gym.parallel.strategies import GLOO_SHARDING_MIN_TORCH, torch_release
+from llm_gym.parallel.distributed import torch_release
+from llm_gym.parallel.strategies import GLOO_SHARDING_MIN_TORCH
 
 
 def skip_unless_gloo_sharding_works() -> None:

@@ -14,7 +14,7 @@ from llm_gym.assembly import make_registry
 from llm_gym.config.app import TrainingAppConfig
 from llm_gym.config.loading import load_config
 from llm_gym.errors import ConfigError
-from llm_gym.parallel.strategies import torch_release
+from llm_gym.parallel.distributed import torch_release
 from llm_gym.training.builder import build_model_on_meta
 
 # The tiny Llama (rope, 4 query heads sharing 2 key/value heads, tied embeddings) with a vocabulary that two

@@ -5,6 +5,8 @@ laptop and on a cluster. gloo on CPU, NCCL on GPU.
 """
 
 import os
+import re
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -73,6 +75,21 @@ def init_distributed(requested_device: str = "auto", timeout_minutes: float = 30
     return env
 
 
+# Before torch 2.8 (pytorch PR 154976) a gloo process group's destructor holds the GIL while it waits for its
+# worker threads, and a worker that is just releasing its last collective's tensors needs the GIL to do so: a
+# deadlock, seen in the test suite on torch 2.6 as a process that never ends.
+GLOO_DESTRUCTOR_RELEASES_GIL_TORCH = (2, 8)
+GLOO_WORKERS_SETTLE_S = 0.05
+
+
+def torch_release() -> tuple[int, ...]:
+    """(major, minor) of the installed torch."""
+    return tuple(int(part) for part in re.findall(r"\d+", torch.__version__)[:2])
+
+
 def destroy_distributed() -> None:
     if dist.is_initialized():
+        if dist.get_backend() == "gloo" and torch_release() < GLOO_DESTRUCTOR_RELEASES_GIL_TORCH:
+            # Sleeping releases the GIL: the workers finish with their tensors before the destructor runs.
+            time.sleep(GLOO_WORKERS_SETTLE_S)
         dist.destroy_process_group()

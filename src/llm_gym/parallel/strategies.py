@@ -7,7 +7,6 @@ gradient norm, and under which autocast the forward runs.
 
 import contextlib
 import functools
-import re
 from typing import Literal
 
 import torch
@@ -22,7 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from llm_gym.errors import UserError
 from llm_gym.models.contract import TENSOR_PARALLEL_PLAN, LanguageModel
-from llm_gym.parallel.distributed import DistributedEnvironment
+from llm_gym.parallel.distributed import DistributedEnvironment, torch_release
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -168,11 +167,6 @@ class DDP(ParallelismStrategy):
 # torch 2.6 has no CPU stream events for FSDP2's all-gather, and 2.7 and 2.8 sum gloo's reduce-scatter where
 # they mean to average it (gradients world-size times too large), so sharding over gloo needs 2.9.
 GLOO_SHARDING_MIN_TORCH = (2, 9)
-
-
-def torch_release() -> tuple[int, ...]:
-    """(major, minor) of the installed torch."""
-    return tuple(int(part) for part in re.findall(r"\d+", torch.__version__)[:2])
 
 
 def _check_gloo_sharding_supported(strategy: str, env: DistributedEnvironment) -> None:
