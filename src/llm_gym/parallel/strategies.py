@@ -7,6 +7,8 @@ gradient norm, and under which autocast the forward runs.
 
 import contextlib
 import functools
+import itertools
+from enum import Enum
 from typing import Literal
 
 import torch
@@ -46,6 +48,10 @@ class ParallelismStrategy:
     """Whether ``parallelize`` accepts a model on the meta device, materialised only afterwards."""
     tensor_parallel_degree = 1
     """Ranks each layer is split over (the mesh's innermost ``tp`` dim); 1 = no tensor parallelism."""
+    context_parallel_degree = 1
+    """Ranks each sequence is split over (the ``cp`` dim, outside ``tp``); 1 = no context parallelism."""
+    pipeline_parallel_degree = 1
+    """Ranks the blocks are cut over, one pipeline stage (or several) each (the outermost ``pp`` dim)."""
 
     def __init__(self, config: "_StrategyConfig", env: DistributedEnvironment):
         self.env = env
@@ -53,18 +59,30 @@ class ParallelismStrategy:
         self.compute_dtype = _compute_dtype(self.mixed_precision, env.device)
 
     @property
+    def model_parallel_degree(self) -> int:
+        """Ranks that together hold one replica of the model and work on the same samples: tp × cp × pp."""
+        return self.tensor_parallel_degree * self.context_parallel_degree * self.pipeline_parallel_degree
+
+    @property
     def data_parallel_size(self) -> int:
-        return self.env.world_size // self.tensor_parallel_degree
+        return self.env.world_size // self.model_parallel_degree
 
     @property
     def data_parallel_rank(self) -> int:
-        # tp is the innermost mesh dim: ranks r·tp .. r·tp + tp - 1 form one TP group, which reads one
-        # data-parallel rank's samples.
-        return self.env.rank // self.tensor_parallel_degree
+        # The mesh is pp, dp, cp, tp from outermost to innermost: the ranks of one TP and CP group are
+        # consecutive and read one data-parallel rank's samples, and each pipeline stage repeats the dp ranks.
+        return (self.env.rank // (self.tensor_parallel_degree * self.context_parallel_degree)) % self.data_parallel_size
 
     @property
-    def data_parallel_group(self) -> dist.ProcessGroup | None:
-        """The ranks that hold different samples, for summing losses and token counts; None = all ranks."""
+    def token_parallel_size(self) -> int:
+        """Ranks holding different target tokens of one stage's step, over which gradients are averaged: the
+        data-parallel ranks, each with its context-parallel chunks."""
+        return self.data_parallel_size * self.context_parallel_degree
+
+    @property
+    def token_group(self) -> dist.ProcessGroup | None:
+        """The ``token_parallel_size`` ranks of this rank's tp coordinate and stage, for summing losses and token
+        counts; None = all ranks."""
         return None
 
     def loss_context(self) -> contextlib.AbstractContextManager:
@@ -178,6 +196,22 @@ def _check_gloo_sharding_supported(strategy: str, env: DistributedEnvironment) -
         )
 
 
+class PipelineSchedule(str, Enum):
+    """``torch.distributed.pipelining``'s schedules: one stage per rank (GPipe, 1F1B) or several (the rest)."""
+
+    GPIPE = "GPipe"
+    ONE_F_ONE_B = "1F1B"
+    INTERLEAVED_1F1B = "Interleaved1F1B"
+    LOOPED_BFS = "LoopedBFS"
+    INTERLEAVED_ZERO_BUBBLE = "InterleavedZeroBubble"
+    ZBV_ZERO_BUBBLE = "ZBVZeroBubble"
+
+    @property
+    def stages_per_rank(self) -> int | None:
+        """The stages each rank holds, where the schedule fixes it (None: 2 or more, 2 by default)."""
+        return {"GPipe": 1, "1F1B": 1, "ZBVZeroBubble": 2}.get(self.value)
+
+
 class FSDP2Config(_StrategyConfig):
     reshard_after_forward: bool = Field(
         True, description="free gathered parameters after forward (less memory, one more all-gather in backward)"
@@ -186,35 +220,118 @@ class FSDP2Config(_StrategyConfig):
         1,
         ge=1,
         description="ranks each layer is split over (tensor parallel, sequence parallel between blocks): the "
-        "innermost mesh dim; the data-parallel degree is the world size ÷ this",
+        "innermost mesh dim",
+    )
+    context_parallel_degree: int = Field(
+        1,
+        ge=1,
+        description="ranks each sequence is split over (context parallel, all-to-all around attention): the mesh "
+        "dim outside tp",
+    )
+    pipeline_parallel_degree: int = Field(
+        1,
+        ge=1,
+        description="ranks the blocks are cut over (pipeline parallel): the outermost mesh dim; the data-parallel "
+        "degree is the world size ÷ (tp × cp × pp)",
+    )
+    pipeline_schedule: PipelineSchedule = Field(
+        PipelineSchedule.ONE_F_ONE_B,
+        description="with pipeline_parallel_degree > 1: GPipe, 1F1B, Interleaved1F1B, LoopedBFS, "
+        "InterleavedZeroBubble or ZBVZeroBubble; the step's micro batches are the pipeline's microbatches",
+    )
+    pipeline_stages_per_rank: int | None = Field(
+        None,
+        ge=1,
+        description="stages each rank holds: 1 for GPipe and 1F1B, 2 for ZBVZeroBubble, 2 or more for the other "
+        "interleaved schedules; null = the schedule's own (2 where it takes several)",
+    )
+    pipeline_split_points: list[int] | None = Field(
+        None,
+        description="the indices of the blocks that begin the 2nd, 3rd, ... stage (pp × stages per rank - 1 "
+        "increasing indices); null = blocks spread evenly, the earlier stages taking any remainder",
+    )
+
+    @model_validator(mode="after")
+    def _pipeline_stages_fit_the_schedule(self) -> "FSDP2Config":
+        schedule, requested = self.pipeline_schedule, self.pipeline_stages_per_rank
+        fixed = schedule.stages_per_rank
+        if requested is not None and fixed is not None and requested != fixed:
+            raise ValueError(
+                f"pipeline_stages_per_rank ({requested}): the {schedule.value} schedule runs {fixed} stage"
+                f"{'s' if fixed > 1 else ''} per rank; set pipeline_stages_per_rank: {fixed} (or null), or choose a "
+                f"schedule for {requested} stages per rank ({_schedules_for(requested)})"
+            )
+        if requested == 1 and fixed is None:
+            raise ValueError(
+                f"pipeline_stages_per_rank: 1 cannot run the interleaved schedule {schedule.value}, which holds "
+                "several stages per rank; set 2 or more, or choose GPipe or 1F1B"
+            )
+        points = self.pipeline_split_points
+        if points is not None and (
+            any(point < 1 for point in points) or any(a >= b for a, b in itertools.pairwise(points))
+        ):
+            raise ValueError(
+                f"pipeline_split_points ({points}) must be increasing block indices above 0 (the first block of "
+                "each stage after the first)"
+            )
+        return self
+
+    @property
+    def stages_per_rank(self) -> int:
+        return self.pipeline_stages_per_rank or self.pipeline_schedule.stages_per_rank or 2
+
+
+def _schedules_for(stages_per_rank: int) -> str:
+    """The schedules that run ``stages_per_rank`` stages per rank."""
+    return ", ".join(
+        schedule.value
+        for schedule in PipelineSchedule
+        if schedule.stages_per_rank == stages_per_rank or (schedule.stages_per_rank is None and stages_per_rank > 1)
     )
 
 
 class FSDP2(ParallelismStrategy):
-    """Fully sharded data parallel (``fully_shard``) per transformer block and at the root.
+    """Fully sharded data parallel (``fully_shard``) per transformer block and at the root, composed with tensor,
+    context and pipeline parallelism on one ``DeviceMesh`` (docs/parallelism.md).
 
     On one rank there is nothing to shard, and FSDP2's gather/scatter copies would only cost time
     (about 3% of a CPU step, benchmarks/training_overhead.py), so the model runs unwrapped.
     """
 
     def __init__(self, config: FSDP2Config, env: DistributedEnvironment):
-        tensor_parallel_degree = config.tensor_parallel_degree
-        if env.world_size % tensor_parallel_degree:
+        self.tensor_parallel_degree = config.tensor_parallel_degree
+        self.context_parallel_degree = config.context_parallel_degree
+        self.pipeline_parallel_degree = config.pipeline_parallel_degree
+        degrees = {
+            "tensor_parallel_degree": config.tensor_parallel_degree,
+            "context_parallel_degree": config.context_parallel_degree,
+            "pipeline_parallel_degree": config.pipeline_parallel_degree,
+        }
+        if env.world_size % self.model_parallel_degree:
+            named = " × ".join(f"{key} {degree}" for key, degree in degrees.items() if degree > 1)
             raise UserError(
-                f"parallelism.config.tensor_parallel_degree ({tensor_parallel_degree}) must divide the world size "
-                f"{env.world_size}; launch a multiple of {tensor_parallel_degree} ranks, or choose a degree that "
-                f"divides {env.world_size}"
+                f"parallelism.config: {named} = {self.model_parallel_degree} must divide the world size "
+                f"{env.world_size}; launch a multiple of {self.model_parallel_degree} ranks, or choose degrees whose "
+                f"product divides {env.world_size}"
             )
-        self.tensor_parallel_degree = tensor_parallel_degree
+        for key in ("context_parallel_degree", "pipeline_parallel_degree"):
+            if degrees[key] > 1:
+                raise UserError(f"parallelism.config.{key} > 1 is not available yet; set it to 1")
         super().__init__(config, env)
         self.reshard_after_forward = config.reshard_after_forward
         self.shard_degree = self.data_parallel_size
+        self.pipeline_schedule = config.pipeline_schedule
+        self.pipeline_stages_per_rank = config.stages_per_rank if self.pipeline_parallel_degree > 1 else 1
+        self.pipeline_split_points = config.pipeline_split_points
         self._mesh: DeviceMesh | None = None
 
     def mesh_shape(self) -> dict[str, int]:
-        """The mesh's dims and their degrees, outermost first: the data-parallel dims, then ``tp`` if any."""
-        tensor_parallel = {"tp": self.tensor_parallel_degree} if self.tensor_parallel_degree > 1 else {}
-        return {**self._data_parallel_shape(), **tensor_parallel}
+        """The mesh's dims and their degrees, outermost first: ``pp``, the data-parallel dims, ``cp``, ``tp``
+        (each model-parallel dim only where its degree is above 1)."""
+        pipeline = {"pp": self.pipeline_parallel_degree} if self.pipeline_parallel_degree > 1 else {}
+        context = {"cp": self.context_parallel_degree} if self.context_parallel_degree > 1 else {}
+        tensor = {"tp": self.tensor_parallel_degree} if self.tensor_parallel_degree > 1 else {}
+        return {**pipeline, **self._data_parallel_shape(), **context, **tensor}
 
     def _data_parallel_shape(self) -> dict[str, int]:
         return {"dp_shard": self.shard_degree}
@@ -226,22 +343,32 @@ class FSDP2(ParallelismStrategy):
             self._mesh = init_device_mesh(self.env.device.type, tuple(shape.values()), mesh_dim_names=tuple(shape))
         return self._mesh
 
-    def _data_parallel_mesh(self) -> DeviceMesh:
-        """The dims FSDP2 shards (HSDP: replicates and shards) over."""
+    @functools.cached_property
+    def _sharding_mesh(self) -> DeviceMesh:
+        """The dims FSDP2 shards (HSDP: replicates and shards) over: the data-parallel dims, with ``cp`` folded
+        into ``dp_shard`` (its ranks hold other tokens of the same samples, so their gradients are averaged too)."""
         mesh = self.device_mesh()
-        return mesh if self.tensor_parallel_degree == 1 else mesh[tuple(self._data_parallel_shape())]
+        if self.model_parallel_degree == 1:
+            return mesh
+        data_parallel = tuple(self._data_parallel_shape())
+        if self.context_parallel_degree == 1:
+            return mesh[data_parallel]
+        shard = mesh[("dp_shard", "cp")]._flatten("dp_shard_cp")
+        if "dp_replicate" not in data_parallel:
+            return shard
+        return mesh[("dp_replicate", "dp_shard_cp")]
 
     @functools.cached_property
-    def data_parallel_group(self) -> dist.ProcessGroup | None:
-        # Made once: the train step sums over it twice a step, and flattening the HSDP dims makes a group.
-        if self.tensor_parallel_degree == 1:
+    def token_group(self) -> dist.ProcessGroup | None:
+        # Made once: the train step sums over it twice a step, and flattening dims makes a group.
+        if self.tensor_parallel_degree == 1 and self.pipeline_parallel_degree == 1:
             return None
-        mesh = self._data_parallel_mesh()
+        mesh = self._sharding_mesh
         return (mesh if mesh.ndim == 1 else mesh._flatten()).get_group()
 
     @property
     def shards(self) -> bool:
-        return self.data_parallel_size > 1
+        return self.token_parallel_size > 1
 
     def apply_tensor_parallel(self, model: LanguageModel) -> None:
         if self.tensor_parallel_degree == 1:
@@ -255,7 +382,7 @@ class FSDP2(ParallelismStrategy):
         if not self.shards:
             return model
         _check_gloo_sharding_supported(type(self).__name__, self.env)
-        mesh = self._data_parallel_mesh()
+        mesh = self._sharding_mesh
         policy = MixedPrecisionPolicy(
             param_dtype=self.compute_dtype, reduce_dtype=DTYPES[self.mixed_precision.reduce_dtype]
         )
@@ -287,16 +414,16 @@ class HSDP(FSDP2):
 
     def __init__(self, config: HSDPConfig, env: DistributedEnvironment):
         super().__init__(config, env)
-        tensor_parallel = self.tensor_parallel_degree
+        model_parallel = self.model_parallel_degree
         described = f"the world size {env.world_size}" + (
-            f" ÷ tensor_parallel_degree {tensor_parallel} = {self.data_parallel_size}" if tensor_parallel > 1 else ""
+            f" ÷ (tp × cp × pp) {model_parallel} = {self.data_parallel_size}" if model_parallel > 1 else ""
         )
-        # A node's ranks form TP groups first; the default shard group is what is left of the node.
+        # A node's ranks form TP and CP groups first; the default shard group is what is left of the node.
         self.replicate_degree, self.shard_degree = _mesh_degrees(
             self.data_parallel_size,
             config.replicate_degree,
             config.shard_degree,
-            max(1, env.local_world_size // tensor_parallel),
+            max(1, env.local_world_size // (self.tensor_parallel_degree * self.context_parallel_degree)),
             described,
         )
 

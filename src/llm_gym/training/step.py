@@ -35,7 +35,7 @@ class StepResult:
 
 def _all_reduce_sum(values: torch.Tensor, parallelism: ParallelismStrategy) -> torch.Tensor:
     """Summed over the data-parallel ranks: the ranks of one tensor-parallel group hold the same samples."""
-    dist.all_reduce(values, op=dist.ReduceOp.SUM, group=parallelism.data_parallel_group)
+    dist.all_reduce(values, op=dist.ReduceOp.SUM, group=parallelism.token_group)
     return values
 
 
@@ -70,7 +70,7 @@ def train_step(
     local_tokens = sum(batch.target_tokens() for batch in micro_batches)
     local_count = torch.tensor([local_tokens], dtype=torch.float64, device=device)
     global_tokens = int(_all_reduce_sum(local_count, parallelism).item())
-    scale = parallelism.data_parallel_size / max(global_tokens, 1)
+    scale = parallelism.token_parallel_size / max(global_tokens, 1)
     sums = torch.zeros(2, dtype=torch.float64, device=device)  # cross-entropy, z-loss penalty
     for index, batch in enumerate(micro_batches):
         with parallelism.gradient_sync(model, enabled=index == len(micro_batches) - 1), parallelism.loss_context():
