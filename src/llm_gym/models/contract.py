@@ -34,6 +34,14 @@ class LanguageModel(Protocol):
     of them then live on one mesh; ``forward`` returns the logits as a ``DTensor`` split over the vocabulary
     (``Shard(-1)``), and the loss is computed on them under ``loss_parallel``. Sequence-sharded activations
     and the inputs of any other model are the plan's own business (docs/parallelism.md).
+
+    Optional, and checked only where ``parallelism.config.pipeline_parallel_degree`` is above 1:
+    ``pipeline_stage(first_block: int, end_block: int) -> nn.Module``, the blocks ``first_block .. end_block - 1``
+    as one pipeline stage: a module holding the model's own layers under the model's own names (``blocks`` an
+    ``nn.ModuleDict`` keyed by each block's index in ``blocks``; the embeddings when ``first_block`` is 0, the
+    final layers when ``end_block`` is ``n_layer``), whose ``forward`` takes the token ids ``[B, T]`` (first stage)
+    or the previous stage's output and returns one tensor: the next stage's input, or the logits (last stage). It
+    raises ``ConfigError`` where the model cannot be cut so (tied embeddings, for instance).
     """
 
     vocab_size: int
@@ -91,11 +99,13 @@ def _provides(value: object, kind: type) -> bool:
 
 TENSOR_PARALLEL_PLAN = "tensor_parallel_plan"
 """The optional member of the contract that tensor parallelism reads (see ``LanguageModel``)."""
+PIPELINE_STAGE = "pipeline_stage"
+"""The optional member of the contract that pipeline parallelism reads (see ``LanguageModel``)."""
 
 
-def as_language_model(model: object, tensor_parallel: bool = False) -> LanguageModel:
-    """``model`` itself, once it provides the whole contract (with ``tensor_parallel``, its plan too); else a
-    ``ConfigError`` naming what it lacks."""
+def as_language_model(model: object, tensor_parallel: bool = False, pipeline: bool = False) -> LanguageModel:
+    """``model`` itself, once it provides the whole contract (with ``tensor_parallel``, its plan too; with
+    ``pipeline``, its stages); else a ``ConfigError`` naming what it lacks."""
     lacking = [] if isinstance(model, nn.Module) else ["to be a torch.nn.Module"]
     lacking += [
         f"{name} ({kind.__name__})"
@@ -110,6 +120,11 @@ def as_language_model(model: object, tensor_parallel: bool = False) -> LanguageM
         lacking.append(
             f"{TENSOR_PARALLEL_PLAN}(degree), which parallelism.config.tensor_parallel_degree > 1 needs; give the "
             "model one, or set tensor_parallel_degree: 1"
+        )
+    if pipeline and not callable(getattr(model, PIPELINE_STAGE, None)):
+        lacking.append(
+            f"{PIPELINE_STAGE}(first_block, end_block), which parallelism.config.pipeline_parallel_degree > 1 needs; "
+            "give the model one, or set pipeline_parallel_degree: 1"
         )
     if lacking:
         raise ConfigError(

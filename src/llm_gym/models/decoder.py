@@ -259,17 +259,25 @@ class DecoderLM(nn.Module):
                 positions = positions_within_documents(document_ids)
             if self.document_masking:
                 document_mask = self._document_mask(document_ids)
+        hidden = self.embed(input_ids, start, positions)
+        for index, block in enumerate(self.blocks):
+            layer_cache = kv_cache.layers[index] if kv_cache is not None else None
+            hidden = block(hidden, start, layer_cache, positions, document_mask)
+        if kv_cache is not None:
+            kv_cache.length = start + input_ids.shape[1]
+        return self.head(hidden)
+
+    def embed(self, input_ids: torch.Tensor, start: int = 0, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """The residual stream entering the first block: token (and learned position) embeddings, dropout."""
         hidden = self.token_embedding(input_ids)
         if self.position_embedding is not None:
             position_ids = torch.arange(start, start + input_ids.shape[1], device=input_ids.device)
             hidden = hidden + self.position_embedding(position_ids if positions is None else positions)
-        hidden = self.embedding_dropout(hidden)
-        for index, block in enumerate(self.blocks):
-            layer_cache = kv_cache.layers[index] if kv_cache is not None else None
-            hidden = block(hidden, start, layer_cache, positions, document_mask)
+        return self.embedding_dropout(hidden)
+
+    def head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The logits from the last block's output: final norm, output projection."""
         hidden = self.head_input(self.final_norm(hidden))
-        if kv_cache is not None:
-            kv_cache.length = start + input_ids.shape[1]
         if self.output is None:
             return F.linear(hidden, self.token_embedding.weight)
         return self.output(hidden)
@@ -292,6 +300,24 @@ class DecoderLM(nn.Module):
     def new_kv_cache(self) -> KVCache:
         """An empty cache for generation, with room for ``sequence_length`` positions."""
         return KVCache(self.n_layer, self.sequence_length)
+
+    def pipeline_stage(self, first_block: int, end_block: int) -> "DecoderStage":
+        """Blocks ``first_block .. end_block - 1`` as a pipeline stage (the model contract's hook); raises
+        ``ConfigError`` where the model cannot be cut there."""
+        key = "parallelism.config.pipeline_parallel_degree"
+        whole = first_block == 0 and end_block == self.n_layer
+        if self.tie_embeddings and not whole:
+            raise ConfigError(
+                f"model.config.tie_embeddings: true cannot run with {key} > 1: the token embedding of the first stage "
+                "would be the output projection of the last, on another rank; set tie_embeddings: false"
+            )
+        if self.uses_document_ids:
+            raise ConfigError(
+                f"model.config.document_masking and document_positions: restart cannot run with {key} > 1: the "
+                "stages pass on only the residual stream, not the documents; set document_masking: false and "
+                "document_positions: continue, or pipeline_parallel_degree: 1"
+            )
+        return DecoderStage(self, first_block, end_block)
 
     def tensor_parallel_plan(self, degree: int) -> dict[str, ParallelStyle]:
         """How ``parallelize_module`` splits this model over ``degree`` ranks (the model contract's plan).
@@ -379,6 +405,34 @@ class DecoderLM(nn.Module):
             raise ConfigError(
                 "; ".join(problems) + f"; choose a {key} that divides them, or change the model (docs/parallelism.md)"
             )
+
+
+class DecoderStage(nn.Module):
+    """Blocks ``first_block .. end_block - 1`` of a ``DecoderLM``, with its embeddings when the stage is the first
+    and its final norm and output projection when it is the last: the model's own modules under its own names.
+
+    ``forward`` takes the token ids (first stage) or the residual stream, and returns the residual stream or the
+    logits (last stage).
+    """
+
+    def __init__(self, model: DecoderLM, first_block: int, end_block: int):
+        super().__init__()
+        self.is_first, self.is_last = first_block == 0, end_block == model.n_layer
+        if self.is_first:
+            self.token_embedding = model.token_embedding
+            self.position_embedding = model.position_embedding
+            self.embedding_dropout = model.embedding_dropout
+        self.blocks = nn.ModuleDict({str(index): model.blocks[index] for index in range(first_block, end_block)})
+        if self.is_last:
+            self.final_norm, self.head_input, self.output = model.final_norm, model.head_input, model.output
+        # Bound methods, not modules: the stage holds only its own layers, which these call.
+        self._embed, self._head = model.embed, model.head
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        hidden = self._embed(inputs) if self.is_first else inputs
+        for block in self.blocks.values():
+            hidden = block(hidden)
+        return self._head(hidden) if self.is_last else hidden
 
 
 MODELS = {"DecoderLM": (DecoderLM, DecoderLMConfig)}

@@ -8,6 +8,7 @@ gradient norm, and under which autocast the forward runs.
 import contextlib
 import functools
 import itertools
+from collections.abc import Iterable
 from enum import Enum
 from typing import Literal
 
@@ -22,8 +23,9 @@ from torch.distributed.tensor.parallel import ParallelStyle, loss_parallel, para
 from torch.nn.parallel import DistributedDataParallel
 
 from llm_gym.errors import UserError
-from llm_gym.models.contract import TENSOR_PARALLEL_PLAN, LanguageModel
+from llm_gym.models.contract import PIPELINE_STAGE, TENSOR_PARALLEL_PLAN, LanguageModel
 from llm_gym.parallel.distributed import DistributedEnvironment, torch_release
+from llm_gym.parallel.pipeline import Pipeline, PipelinedModel, stage_blocks, stages_of_rank
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -85,6 +87,14 @@ class ParallelismStrategy:
         counts; None = all ranks."""
         return None
 
+    pipeline: Pipeline | None = None
+    """This rank's pipeline stages and their schedule, once ``parallelize`` has cut the model; None without
+    pipeline parallelism."""
+
+    def sum_over_stages(self, values: torch.Tensor) -> torch.Tensor:
+        """``values`` summed over the pipeline's stages, in place (a loss is on the last stage only)."""
+        return values
+
     def loss_context(self) -> contextlib.AbstractContextManager:
         """Context for the loss and its backward: ``loss_parallel`` where the logits are split by vocabulary."""
         return contextlib.nullcontext()
@@ -126,6 +136,7 @@ class ParallelismStrategy:
         total_norm = torch.nn.utils.get_total_norm([p.grad for p in parameters], norm_type=2.0)
         if isinstance(total_norm, DTensor):
             total_norm = total_norm.full_tensor()
+        total_norm = self.sum_over_stages(total_norm.square()).sqrt()
         if max_norm is not None:
             torch.nn.utils.clip_grads_with_norm_(parameters, max_norm, total_norm)
         return total_norm
@@ -314,7 +325,7 @@ class FSDP2(ParallelismStrategy):
                 f"{env.world_size}; launch a multiple of {self.model_parallel_degree} ranks, or choose degrees whose "
                 f"product divides {env.world_size}"
             )
-        for key in ("context_parallel_degree", "pipeline_parallel_degree"):
+        for key in ("context_parallel_degree",):
             if degrees[key] > 1:
                 raise UserError(f"parallelism.config.{key} > 1 is not available yet; set it to 1")
         super().__init__(config, env)
@@ -378,21 +389,57 @@ class FSDP2(ParallelismStrategy):
     def loss_context(self) -> contextlib.AbstractContextManager:
         return loss_parallel() if self.tensor_parallel_degree > 1 else contextlib.nullcontext()
 
+    def pipeline_stage_blocks(self, model: LanguageModel) -> list[range]:
+        """The blocks of every pipeline stage, in order (one stage, all blocks, without pipeline parallelism);
+        raises ``ConfigError`` where the model has fewer blocks than stages."""
+        num_stages = self.pipeline_parallel_degree * self.pipeline_stages_per_rank
+        return stage_blocks(model.n_layer, num_stages, self.pipeline_split_points)
+
+    def pipeline_stages(self, model: LanguageModel, every_stage: bool = False) -> dict[int, nn.Module]:
+        """This rank's stages (or ``every_stage``, for validation), by index, cut by the model's own hook."""
+        blocks = self.pipeline_stage_blocks(model)
+        indices = range(len(blocks))
+        if not every_stage:
+            pp_rank = self.device_mesh()["pp"].get_local_rank()
+            indices = stages_of_rank(
+                pp_rank, self.pipeline_parallel_degree, self.pipeline_stages_per_rank, self.pipeline_schedule.value
+            )
+        cut = getattr(model, PIPELINE_STAGE)
+        return {index: cut(blocks[index].start, blocks[index].stop) for index in indices}
+
     def parallelize(self, model: LanguageModel) -> nn.Module:
-        if not self.shards:
+        if self.pipeline_parallel_degree == 1:
+            self._shard(model, model.blocks)
             return model
+        stages = self.pipeline_stages(model)
+        for stage in stages.values():
+            self._shard(stage, stage.blocks.values())
+        _release_layers_outside(model, stages.values())
+        pp_group = self.device_mesh()["pp"].get_group()
+        num_stages = self.pipeline_parallel_degree * self.pipeline_stages_per_rank
+        self.pipeline = Pipeline(stages, num_stages, self.pipeline_schedule.value, pp_group, self.env.device)
+        return PipelinedModel(list(stages.values()))
+
+    def _shard(self, root: nn.Module, blocks: Iterable[nn.Module]) -> None:
+        """``fully_shard`` each block, then the root (the layers outside the blocks); nothing on one rank."""
+        if not self.shards:
+            return
         _check_gloo_sharding_supported(type(self).__name__, self.env)
         mesh = self._sharding_mesh
         policy = MixedPrecisionPolicy(
             param_dtype=self.compute_dtype, reduce_dtype=DTYPES[self.mixed_precision.reduce_dtype]
         )
-        blocks = list(model.blocks)
+        blocks = list(blocks)
         for index, block in enumerate(blocks):
             # The last block's parameters are needed again at once by backward: keep them gathered.
             reshard = self.reshard_after_forward and index < len(blocks) - 1
             fully_shard(block, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard)
-        fully_shard(model, mesh=mesh, mp_policy=policy, reshard_after_forward=self.reshard_after_forward)
-        return model
+        fully_shard(root, mesh=mesh, mp_policy=policy, reshard_after_forward=self.reshard_after_forward)
+
+    def sum_over_stages(self, values: torch.Tensor) -> torch.Tensor:
+        if self.pipeline_parallel_degree > 1:
+            dist.all_reduce(values, op=dist.ReduceOp.SUM, group=self.device_mesh()["pp"].get_group())
+        return values
 
     def gradient_sync(self, model: nn.Module, enabled: bool) -> contextlib.AbstractContextManager:
         if self.shards:
@@ -429,6 +476,16 @@ class HSDP(FSDP2):
 
     def _data_parallel_shape(self) -> dict[str, int]:
         return {"dp_replicate": self.replicate_degree, "dp_shard": self.shard_degree}
+
+
+def _release_layers_outside(model: nn.Module, stages: Iterable[nn.Module]) -> None:
+    """Move every layer of ``model`` that none of this rank's ``stages`` holds to the meta device: its memory
+    is freed, while its shapes still count for the model's figures (parameters, FLOPs)."""
+    kept = {id(tensor) for stage in stages for tensor in itertools.chain(stage.parameters(), stage.buffers())}
+    for module in model.modules():
+        own = [*module.parameters(recurse=False), *module.buffers(recurse=False)]
+        if own and not any(id(tensor) in kept for tensor in own):
+            module.to_empty(device="meta", recurse=False)
 
 
 def _mesh_degrees(

@@ -82,8 +82,10 @@ def build_model_on_meta(config: TrainingAppConfig, registry: ResolverRegistry) -
             raise
         reason = str(error).strip().splitlines()[0]
         raise ConfigError(f"model: a tensor of this size cannot exist (beyond 2^63 bytes): {reason}") from None
-    tensor_parallel = getattr(config.parallelism.config, "tensor_parallel_degree", 1) > 1
-    return as_language_model(model, tensor_parallel=tensor_parallel)
+    degrees = config.parallelism.config
+    tensor_parallel = getattr(degrees, "tensor_parallel_degree", 1) > 1
+    pipeline = getattr(degrees, "pipeline_parallel_degree", 1) > 1
+    return as_language_model(model, tensor_parallel=tensor_parallel, pipeline=pipeline)
 
 
 def shard_degree(parallelism: ParallelismStrategy) -> int:

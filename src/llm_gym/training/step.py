@@ -45,15 +45,22 @@ def _token_losses(
     """Cross-entropy and z-loss penalty, each summed over the batch's target tokens."""
     batch = batch.to(device, non_blocking=True)
     documents = {} if batch.document_ids is None else {DOCUMENT_IDS: batch.document_ids}
-    targets = batch.targets.flatten()
-    logits = model(batch.inputs, **documents).flatten(0, 1).float()
+    return _loss_sums(model(batch.inputs, **documents), batch.targets, z_loss_weight)
+
+
+def _loss_sums(
+    logits: torch.Tensor, targets: torch.Tensor, z_loss_weight: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy and z-loss penalty of ``logits [B, T, V]`` for ``targets [B, T]``, summed over the targets."""
+    targets = targets.flatten()
+    logits = logits.flatten(0, 1).float()
     cross_entropy = F.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX, reduction="sum")
     if isinstance(cross_entropy, DTensor):
         # Logits split by vocabulary (tensor parallelism, under loss_parallel): the loss is the same on every
         # rank of the group.
         cross_entropy = cross_entropy.full_tensor()
     if not z_loss_weight:
-        return cross_entropy, torch.zeros((), device=device)
+        return cross_entropy, torch.zeros((), device=logits.device)
     log_normaliser = logits.logsumexp(dim=-1)
     return cross_entropy, z_loss_weight * (log_normaliser.square() * (targets != IGNORE_INDEX)).sum()
 
@@ -72,17 +79,48 @@ def train_step(
     global_tokens = int(_all_reduce_sum(local_count, parallelism).item())
     scale = parallelism.token_parallel_size / max(global_tokens, 1)
     sums = torch.zeros(2, dtype=torch.float64, device=device)  # cross-entropy, z-loss penalty
-    for index, batch in enumerate(micro_batches):
-        with parallelism.gradient_sync(model, enabled=index == len(micro_batches) - 1), parallelism.loss_context():
-            with parallelism.forward_context():
-                cross_entropy, penalty = _token_losses(model, batch, device, z_loss_weight)
-            ((cross_entropy + penalty) * scale).backward()
-        sums += torch.stack([cross_entropy.detach(), penalty.detach()])
-    loss_sum, z_loss_sum = _all_reduce_sum(sums, parallelism).tolist()
+    if parallelism.pipeline is not None:
+        _pipeline_forward_backward(parallelism, micro_batches, scale, z_loss_weight, sums)
+    else:
+        for index, batch in enumerate(micro_batches):
+            last = index == len(micro_batches) - 1
+            with parallelism.gradient_sync(model, enabled=last), parallelism.loss_context():
+                with parallelism.forward_context():
+                    cross_entropy, penalty = _token_losses(model, batch, device, z_loss_weight)
+                ((cross_entropy + penalty) * scale).backward()
+            sums += torch.stack([cross_entropy.detach(), penalty.detach()])
+    loss_sum, z_loss_sum = parallelism.sum_over_stages(_all_reduce_sum(sums, parallelism)).tolist()
     loss = loss_sum / max(global_tokens, 1)
     grad_norm = parallelism.clip_grad_norm_(model, max_grad_norm).item()
     finite = math.isfinite(loss) and math.isfinite(grad_norm)
     return StepResult(loss, grad_norm, global_tokens, finite, loss_sum, z_loss_sum)
+
+
+def _pipeline_forward_backward(
+    parallelism: ParallelismStrategy,
+    micro_batches: Sequence[Batch],
+    scale: float,
+    z_loss_weight: float,
+    sums: torch.Tensor,
+) -> None:
+    """The micro batches through the pipeline's schedule as its microbatches; on the last stage, their losses
+    are added to ``sums`` (cross-entropy, z-loss penalty)."""
+    device = parallelism.env.device
+    inputs = torch.cat([batch.inputs for batch in micro_batches]).to(device)
+    targets = torch.cat([batch.targets for batch in micro_batches]).to(device)
+    # Each value the loss gave, with its terms: the schedule reports which of them were the microbatches'.
+    terms: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def scaled_loss(logits: torch.Tensor, microbatch_targets: torch.Tensor) -> torch.Tensor:
+        cross_entropy, penalty = _loss_sums(logits, microbatch_targets, z_loss_weight)
+        loss = (cross_entropy + penalty) * scale
+        terms[id(loss)] = (loss, torch.stack([cross_entropy.detach(), penalty.detach()]))
+        return loss
+
+    with parallelism.loss_context(), parallelism.forward_context():
+        losses = parallelism.pipeline.step(inputs, targets, len(micro_batches), scaled_loss)
+    for loss in losses:
+        sums += terms[id(loss)][1]
 
 
 @torch.no_grad()
@@ -92,10 +130,16 @@ def evaluate(model: nn.Module, parallelism: ParallelismStrategy, batches: Iterab
     totals = torch.zeros(2, dtype=torch.float64, device=device)
     was_training = model.training
     model.eval()
+    pipeline = parallelism.pipeline
     for batch in batches:
         with parallelism.forward_context(), parallelism.loss_context():
-            totals[0] += _token_losses(model, batch, device)[0]
+            if pipeline is None:
+                totals[0] += _token_losses(model, batch, device)[0]
+            elif (logits := pipeline.forward(batch.inputs.to(device))) is not None:
+                totals[0] += _loss_sums(logits, batch.targets.to(device))[0]
         totals[1] += batch.target_tokens()
     model.train(was_training)
     loss_sum, tokens = _all_reduce_sum(totals, parallelism).tolist()
+    # Only the last stage holds the losses; every stage counted the tokens.
+    loss_sum = parallelism.sum_over_stages(torch.tensor([loss_sum], dtype=torch.float64, device=device)).item()
     return loss_sum / tokens if tokens else float("nan")
