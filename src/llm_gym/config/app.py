@@ -259,29 +259,42 @@ class TrainingAppConfig(_Section):
         return self
 
     @model_validator(mode="after")
-    def _tensor_parallelism_runs_what_it_supports(self) -> "TrainingAppConfig":
-        degree = getattr(self.parallelism.config, "tensor_parallel_degree", 1)
-        if degree == 1:
-            return self
+    def _model_parallelism_runs_what_it_supports(self) -> "TrainingAppConfig":
+        training, evaluators = self.training, bool(self.evaluation.evaluators)
         unsupported = {
-            "training.z_loss_weight": (
-                bool(self.training.z_loss_weight),
-                "the z-loss needs each token's log-normaliser over the whole vocabulary, which the logits split by "
-                "vocabulary do not hold",
-            ),
-            "evaluation.evaluators": (
-                bool(self.evaluation.evaluators),
-                "evaluators give every rank other examples, while the ranks of a tensor-parallel group must run "
-                "the same inputs",
-            ),
-            "training.compile": (self.training.compile, "compiling tensor-parallel blocks is not supported yet"),
+            "tensor_parallel_degree": {
+                "training.z_loss_weight": (
+                    bool(training.z_loss_weight),
+                    "the z-loss needs each token's log-normaliser over the whole vocabulary, which the logits split "
+                    "by vocabulary do not hold",
+                ),
+                "evaluation.evaluators": (
+                    evaluators,
+                    "evaluators give every rank other examples, while the ranks of a tensor-parallel group must run "
+                    "the same inputs",
+                ),
+                "training.compile": (training.compile, "compiling tensor-parallel blocks is not supported yet"),
+            },
+            "pipeline_parallel_degree": {
+                "evaluation.evaluators": (
+                    evaluators,
+                    "evaluators call the whole model, which no rank of a pipeline holds",
+                ),
+                "training.meta_device_init": (
+                    training.meta_device_init,
+                    "each stage's weights are drawn as the whole model's are, which needs the whole model "
+                    "materialised before it is cut",
+                ),
+            },
         }
-        for key, (requested, reason) in unsupported.items():
-            if requested:
-                raise ValueError(
-                    f"{key} cannot run with parallelism.config.tensor_parallel_degree {degree}: {reason}; unset "
-                    "it, or set tensor_parallel_degree: 1"
-                )
+        for degree_key, options in unsupported.items():
+            degree = getattr(self.parallelism.config, degree_key, 1)
+            for option, (requested, reason) in options.items():
+                if degree > 1 and requested:
+                    raise ValueError(
+                        f"{option} cannot run with parallelism.config.{degree_key} {degree}: {reason}; unset it, or "
+                        f"set {degree_key}: 1"
+                    )
         return self
 
     @model_validator(mode="after")

@@ -40,8 +40,9 @@ class LanguageModel(Protocol):
     as one pipeline stage: a module holding the model's own layers under the model's own names (``blocks`` an
     ``nn.ModuleDict`` keyed by each block's index in ``blocks``; the embeddings when ``first_block`` is 0, the
     final layers when ``end_block`` is ``n_layer``), whose ``forward`` takes the token ids ``[B, T]`` (first stage)
-    or the previous stage's output and returns one tensor: the next stage's input, or the logits (last stage). It
-    raises ``ConfigError`` where the model cannot be cut so (tied embeddings, for instance).
+    or the previous stage's output and returns one tensor: the next stage's input, or the logits (last stage). A
+    layer two stages use (a tied embedding) is held by both under the same name; the pipeline sums its gradient
+    over them. It raises ``ConfigError`` where the model cannot be cut so.
     """
 
     vocab_size: int

@@ -305,12 +305,6 @@ class DecoderLM(nn.Module):
         """Blocks ``first_block .. end_block - 1`` as a pipeline stage (the model contract's hook); raises
         ``ConfigError`` where the model cannot be cut there."""
         key = "parallelism.config.pipeline_parallel_degree"
-        whole = first_block == 0 and end_block == self.n_layer
-        if self.tie_embeddings and not whole:
-            raise ConfigError(
-                f"model.config.tie_embeddings: true cannot run with {key} > 1: the token embedding of the first stage "
-                "would be the output projection of the last, on another rank; set tie_embeddings: false"
-            )
         if self.uses_document_ids:
             raise ConfigError(
                 f"model.config.document_masking and document_positions: restart cannot run with {key} > 1: the "
@@ -409,7 +403,8 @@ class DecoderLM(nn.Module):
 
 class DecoderStage(nn.Module):
     """Blocks ``first_block .. end_block - 1`` of a ``DecoderLM``, with its embeddings when the stage is the first
-    and its final norm and output projection when it is the last: the model's own modules under its own names.
+    and its final norm and output projection (tied: the token embedding) when it is the last: the model's own
+    modules under its own names.
 
     ``forward`` takes the token ids (first stage) or the residual stream, and returns the residual stream or the
     logits (last stage).
@@ -424,7 +419,13 @@ class DecoderStage(nn.Module):
             self.embedding_dropout = model.embedding_dropout
         self.blocks = nn.ModuleDict({str(index): model.blocks[index] for index in range(first_block, end_block)})
         if self.is_last:
-            self.final_norm, self.head_input, self.output = model.final_norm, model.head_input, model.output
+            self.final_norm, self.head_input = model.final_norm, model.head_input
+            if model.tie_embeddings:
+                # The output projection is the token embedding: the first and the last stage each hold it, and
+                # the pipeline sums its gradient over the two.
+                self.token_embedding = model.token_embedding
+            else:
+                self.output = model.output
         # Bound methods, not modules: the stage holds only its own layers, which these call.
         self._embed, self._head = model.embed, model.head
 

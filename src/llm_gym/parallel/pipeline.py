@@ -14,6 +14,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed.pipelining import PipelineStage
 from torch.distributed.pipelining import schedules as torch_schedules
+from torch.distributed.tensor import DTensor
 
 from llm_gym.errors import ConfigError
 
@@ -87,8 +88,37 @@ def _stage_output(stage: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
     return output
 
 
+def parameters_of_stages(stages: dict[int, nn.Module], owner: dict[int, int]) -> dict[str, set[int]]:
+    """The pipeline ranks holding each parameter, by its name (a tied embedding: the first and the last
+    stage's), refusing a parameter two stages of one rank would hold (each stage is sharded on its own)."""
+    holders: dict[str, set[int]] = {}
+    for index, stage in sorted(stages.items()):
+        for name, _ in stage.named_parameters():
+            ranks = holders.setdefault(name, set())
+            if owner[index] in ranks:
+                raise ConfigError(
+                    f"pipeline rank {owner[index]} would hold {name} in two of its stages (the model shares it "
+                    "between them, as a tied embedding is shared by the first and the last stage); choose a "
+                    "pipeline_schedule that puts those stages on different ranks (not ZBVZeroBubble), or untie it "
+                    "(model.config.tie_embeddings: false)"
+                )
+            ranks.add(owner[index])
+    return holders
+
+
+def stage_owners(num_stages: int, degree: int, stages_per_rank: int, schedule: str) -> dict[int, int]:
+    """The pipeline rank that holds each stage."""
+    return {stage: rank for rank in range(degree) for stage in stages_of_rank(rank, degree, stages_per_rank, schedule)}
+
+
 class Pipeline:
-    """This rank's stages of the pipeline over the ``pp`` process group, and the schedule that runs them."""
+    """This rank's stages of the pipeline over the ``pp`` process group, and the schedule that runs them.
+
+    ``shared`` names the parameters that several stages hold (a tied embedding, on the first and the last stage)
+    with the group of ranks holding the copies at this rank's data- and tensor-parallel coordinates, and whether
+    this rank's is the first copy: after each backward their gradients are summed over the group, so every copy
+    takes the same update, and only the first copy counts in the gradient norm.
+    """
 
     def __init__(
         self,
@@ -97,17 +127,27 @@ class Pipeline:
         schedule: str,
         group: dist.ProcessGroup,
         device: torch.device,
+        shared: dict[str, tuple[dist.ProcessGroup, bool]],
     ):
         self.stages, self.num_stages, self.schedule_name = stages, num_stages, schedule
         self.group, self.device = group, device
         self.holds_last_stage = num_stages - 1 in stages
         self._schedules: dict[int, torch_schedules._PipelineSchedule] = {}
         self._loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
-        degree = dist.get_world_size(group)
-        stages_per_rank = len(stages)
-        self._owner = {
-            stage: rank for rank in range(degree) for stage in stages_of_rank(rank, degree, stages_per_rank, schedule)
-        }
+        self._owner = stage_owners(num_stages, dist.get_world_size(group), len(stages), schedule)
+        parameters = {name: parameter for stage in stages.values() for name, parameter in stage.named_parameters()}
+        self._shared = [(parameters[name], shared_group) for name, (shared_group, _) in shared.items()]
+        self._copies = {id(parameters[name]) for name, (_, is_first) in shared.items() if not is_first}
+
+    def counts_in_norm(self, parameter: nn.Parameter) -> bool:
+        """False for the second and later copies of a shared parameter: its gradient is counted once."""
+        return id(parameter) not in self._copies
+
+    def _sum_shared_gradients(self) -> None:
+        for parameter, group in self._shared:
+            gradient = parameter.grad
+            if gradient is not None:
+                dist.all_reduce(gradient.to_local() if isinstance(gradient, DTensor) else gradient, group=group)
 
     def _schedule(self, n_microbatches: int) -> torch_schedules._PipelineSchedule:
         if n_microbatches not in self._schedules:
@@ -152,6 +192,7 @@ class Pipeline:
             self._schedule(n_microbatches).step(inputs, target=targets, losses=losses)
         finally:
             self._loss = None
+        self._sum_shared_gradients()
         return losses
 
     @torch.no_grad()

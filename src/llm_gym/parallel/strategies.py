@@ -25,7 +25,14 @@ from torch.nn.parallel import DistributedDataParallel
 from llm_gym.errors import UserError
 from llm_gym.models.contract import PIPELINE_STAGE, TENSOR_PARALLEL_PLAN, LanguageModel
 from llm_gym.parallel.distributed import DistributedEnvironment, torch_release
-from llm_gym.parallel.pipeline import Pipeline, PipelinedModel, stage_blocks, stages_of_rank
+from llm_gym.parallel.pipeline import (
+    Pipeline,
+    PipelinedModel,
+    parameters_of_stages,
+    stage_blocks,
+    stage_owners,
+    stages_of_rank,
+)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -133,7 +140,8 @@ class ParallelismStrategy:
         for parameter in parameters:
             if isinstance(parameter.grad, DTensor) and parameter.grad.placements != parameter.placements:
                 parameter.grad = parameter.grad.redistribute(placements=parameter.placements)
-        total_norm = torch.nn.utils.get_total_norm([p.grad for p in parameters], norm_type=2.0)
+        counted = [p.grad for p in parameters if self.pipeline is None or self.pipeline.counts_in_norm(p)]
+        total_norm = torch.nn.utils.get_total_norm(counted, norm_type=2.0)
         if isinstance(total_norm, DTensor):
             total_norm = total_norm.full_tensor()
         total_norm = self.sum_over_stages(total_norm.square()).sqrt()
@@ -412,13 +420,42 @@ class FSDP2(ParallelismStrategy):
             self._shard(model, model.blocks)
             return model
         stages = self.pipeline_stages(model)
+        shared = self._shared_parameter_groups(model)
         for stage in stages.values():
             self._shard(stage, stage.blocks.values())
         _release_layers_outside(model, stages.values())
         pp_group = self.device_mesh()["pp"].get_group()
         num_stages = self.pipeline_parallel_degree * self.pipeline_stages_per_rank
-        self.pipeline = Pipeline(stages, num_stages, self.pipeline_schedule.value, pp_group, self.env.device)
+        self.pipeline = Pipeline(stages, num_stages, self.pipeline_schedule.value, pp_group, self.env.device, shared)
         return PipelinedModel(list(stages.values()))
+
+    def pipeline_holders(self, model: LanguageModel) -> dict[str, set[int]]:
+        """The pipeline ranks holding each parameter, by name; raises ``ConfigError`` where one rank would hold
+        a parameter in two of its stages."""
+        stages = self.pipeline_stages(model, every_stage=True)
+        owners = stage_owners(
+            len(stages), self.pipeline_parallel_degree, self.pipeline_stages_per_rank, self.pipeline_schedule.value
+        )
+        return parameters_of_stages(stages, owners)
+
+    def _shared_parameter_groups(self, model: LanguageModel) -> dict[str, tuple[dist.ProcessGroup, bool]]:
+        """For each parameter several pipeline ranks hold, the group of its copies at this rank's other mesh
+        coordinates, and whether this rank holds the first copy. Every rank makes every group, in one order."""
+        mesh = self.device_mesh()
+        degree = self.pipeline_parallel_degree
+        # Global ranks by pipeline rank (rows), one column per coordinate of the other dims.
+        ranks_by_stage = mesh.mesh.reshape(degree, -1).tolist()
+        pp_rank = mesh["pp"].get_local_rank()
+        shared = {}
+        for name, holders in sorted(self.pipeline_holders(model).items()):
+            if len(holders) < 2:
+                continue
+            holding = sorted(holders)
+            for column in range(len(ranks_by_stage[0])):
+                group = dist.new_group([ranks_by_stage[holder][column] for holder in holding])
+                if pp_rank in holders and ranks_by_stage[pp_rank][column] == self.env.rank:
+                    shared[name] = (group, pp_rank == holding[0])
+        return shared
 
     def _shard(self, root: nn.Module, blocks: Iterable[nn.Module]) -> None:
         """``fully_shard`` each block, then the root (the layers outside the blocks); nothing on one rank."""

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from fnmatch import fnmatch
 
 import torch
+from torch import nn
 from torch.distributed.tensor.parallel import ColwiseParallel, ParallelStyle, RowwiseParallel
 
 from llm_gym.config.app import ActivationCheckpointing, TrainingAppConfig, TrainingSettings
@@ -18,6 +19,7 @@ from llm_gym.models.contract import LanguageModel, reads_document_ids
 from llm_gym.models.flops import describe_model, num_parameters
 from llm_gym.optim.optimizers import Muon
 from llm_gym.parallel.distributed import DistributedEnvironment
+from llm_gym.parallel.pipeline import stages_of_rank
 from llm_gym.parallel.strategies import ParallelismStrategy
 from llm_gym.registry import ResolverRegistry
 from llm_gym.training.builder import (
@@ -52,23 +54,36 @@ def describe_config(config: TrainingAppConfig, world_size: int, registry: Resolv
         f"world size: {world_size} on {env.device.type} ({type(parallelism).__name__}, "
         f"{_shard_description(parallelism)}; plan for another device with training.device=cuda|cpu)"
     )
-    if parallelism.tensor_parallel_degree > 1:
+    if parallelism.model_parallel_degree > 1:
         dims = " × ".join(f"{name} {degree}" for name, degree in parallelism.mesh_shape().items())
         yield f"device mesh (outermost first): {dims}"
     yield describe_global_batch(training, parallelism.data_parallel_size)
     model = build_model_on_meta(config, registry)
     # The model's plan, made here as run makes it: a model that cannot be split so is refused now.
     plan = parallelism.tensor_parallel_plan(model)
+    # Cut as run cuts it (every stage, as every rank would): a model that cannot be cut so is refused now.
+    stages_by_rank = _pipeline_stages_by_rank(model, parallelism)
     check_model_fits(model, config, parallelism)
     optimizer, _ = build_optimization(config, model, registry)
     yield from describe_model(model, training.sequence_length)
-    per_rank = parameters_per_rank(model, plan, parallelism)
-    if parallelism.tensor_parallel_degree > 1:
+    if parallelism.pipeline_parallel_degree > 1:
+        yield _describe_pipeline(parallelism, stages_by_rank, training)
+    per_rank = max(parameters_per_rank(stages, plan, parallelism) for stages in stages_by_rank)
+    if parallelism.model_parallel_degree > 1:
+        splits = [
+            f"split by the model's tensor-parallel plan over {parallelism.tensor_parallel_degree} ranks"
+            if parallelism.tensor_parallel_degree > 1
+            else "",
+            "on the rank with the largest pipeline stages" if parallelism.pipeline_parallel_degree > 1 else "",
+            f"sharded over {shard_degree(parallelism)}",
+        ]
         yield (
-            f"parameters per rank: {per_rank:,.0f} of {num_parameters(model):,} (split by the model's tensor-parallel "
-            f"plan over {parallelism.tensor_parallel_degree} ranks, sharded over {shard_degree(parallelism)})"
+            f"parameters per rank: {per_rank:,.0f} of {num_parameters(model):,} ("
+            + ", ".join(split for split in splits if split)
+            + ")"
         )
-    yield from estimate_memory(model, config, parallelism, optimizer, per_rank)
+    layers_on_rank = max(sum(len(stage.blocks) for stage in stages) for stages in stages_by_rank)
+    yield from estimate_memory(model, config, parallelism, optimizer, per_rank, layers_on_rank)
     yield check_tokenizer(config, model)
     if reads_document_ids(model):
         yield _describe_documents(config, model)
@@ -106,14 +121,45 @@ def _shard_description(parallelism: ParallelismStrategy) -> str:
     return f"parameters sharded over {degree} ranks" if degree > 1 else "parameters replicated"
 
 
+def _pipeline_stages_by_rank(model: LanguageModel, parallelism: ParallelismStrategy) -> list[list[nn.Module]]:
+    """The modules each pipeline rank holds, in rank order: the whole model on one rank without a pipeline."""
+    if parallelism.pipeline_parallel_degree == 1:
+        return [[model]]
+    parallelism.pipeline_holders(model)  # refuses a layer shared by two stages of one rank
+    stages = parallelism.pipeline_stages(model, every_stage=True)
+    degree, per_rank = parallelism.pipeline_parallel_degree, parallelism.pipeline_stages_per_rank
+    schedule = parallelism.pipeline_schedule.value
+    return [[stages[index] for index in stages_of_rank(rank, degree, per_rank, schedule)] for rank in range(degree)]
+
+
+def _describe_pipeline(
+    parallelism: ParallelismStrategy, stages_by_rank: list[list[nn.Module]], training: TrainingSettings
+) -> str:
+    def blocks(stage: nn.Module) -> str:
+        indices = [int(index) for index in stage.blocks]
+        return f"{indices[0]}-{indices[-1]}" if len(indices) > 1 else str(indices[0])
+
+    ranks = "; ".join(
+        f"pp rank {rank}: blocks " + ", ".join(blocks(stage) for stage in stages)
+        for rank, stages in enumerate(stages_by_rank)
+    )
+    return (
+        f"pipeline: {parallelism.pipeline_parallel_degree * parallelism.pipeline_stages_per_rank} stages, "
+        f"{parallelism.pipeline_schedule.value} schedule over {training.gradient_accumulation_steps} microbatches "
+        f"(training.gradient_accumulation_steps); {ranks}"
+    )
+
+
 def parameters_per_rank(
-    model: LanguageModel, plan: dict[str, ParallelStyle], parallelism: ParallelismStrategy
+    modules: list[nn.Module], plan: dict[str, ParallelStyle], parallelism: ParallelismStrategy
 ) -> float:
-    """Elements of the parameters one rank holds: split by the tensor-parallel plan's column- and row-wise
-    layers (a row-wise layer's bias stays whole), then sharded by FSDP2."""
+    """Elements of the parameters one rank holds (those of ``modules``: the model, or its pipeline stages):
+    split by the tensor-parallel plan's column- and row-wise layers (a row-wise layer's bias stays whole), then
+    sharded by FSDP2."""
     degree = parallelism.tensor_parallel_degree
     total = 0
-    for name, parameter in model.named_parameters():
+    named = {id(parameter): (name, parameter) for module in modules for name, parameter in module.named_parameters()}
+    for name, parameter in named.values():
         module_name, _, parameter_name = name.rpartition(".")
         style = next((style for key, style in plan.items() if _names(key, module_name)), None)
         split = isinstance(style, ColwiseParallel) or (isinstance(style, RowwiseParallel) and parameter_name != "bias")
@@ -155,9 +201,11 @@ def estimate_memory(
     parallelism: ParallelismStrategy,
     optimizer: torch.optim.Optimizer,
     parameters_on_rank: int,
+    layers_on_rank: int,
 ) -> list[str]:
     """A planning figure per rank: its training state (``parameters_on_rank``: split and sharded), activations
-    and logits of one micro batch (with tensor parallelism, split with the sequence and the vocabulary)."""
+    and logits of one micro batch (with tensor parallelism, split with the sequence and the vocabulary; with
+    pipeline parallelism, of the rank's ``layers_on_rank`` blocks, for the microbatches in flight)."""
     training = config.training
     state_tensors, optimizer_description = optimizer_state_tensors(optimizer)
     state_bytes_per_parameter = WEIGHT_AND_GRADIENT_BYTES_PER_PARAMETER + 4 * state_tensors
@@ -178,6 +226,14 @@ def estimate_memory(
         stored_layers = model.n_layer - checkpointed + checkpointed / ACTIVATION_ELEMENTS_PER_LAYER + 1
     # Sequence parallelism splits what a block keeps between the TP ranks (Korthikanti et al., 34·s·b·h / t).
     activations = per_layer * stored_layers / parallelism.tensor_parallel_degree
+    # A pipeline rank keeps its stages' share of the layers for every microbatch in flight: GPipe and LoopedBFS
+    # run all forwards before the backwards, the 1F1B family about one per stage of the pipeline.
+    pipeline = parallelism.pipeline_parallel_degree
+    if pipeline > 1:
+        accumulation = training.gradient_accumulation_steps
+        all_forwards_first = parallelism.pipeline_schedule.value in ("GPipe", "LoopedBFS")
+        in_flight = accumulation if all_forwards_first else min(accumulation, pipeline)
+        activations *= in_flight * layers_on_rank / model.n_layer
     # Logits in the compute dtype, their fp32 copy for the loss, and its gradient; split by vocabulary under TP.
     logits = tokens * model.vocab_size * (compute_bytes + 8) / parallelism.tensor_parallel_degree
     total = state + activations + logits
