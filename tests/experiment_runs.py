@@ -109,3 +109,27 @@ def tiny_overrides(corpus: Path, output_dir: Path, **extra: object) -> list[str]
         **extra,
     }
     return [f"{key}={value}" for key, value in overrides.items()]
+
+
+def run_losses(corpus: Path, output_dir: Path, ranks: int, **settings: object) -> dict[str, dict[int, float]]:
+    """Losses by split and step of one run of the tiny config on ``ranks`` processes (torchrun above one)."""
+    args = ["run", "--config_file_path", str(TINY_CONFIG), *tiny_overrides(corpus, output_dir, **settings)]
+    if ranks == 1:
+        llm_gym(*args)
+    else:
+        torchrun(ranks, *args)
+    losses: dict[str, dict[int, float]] = {}
+    for line in read_metrics(output_dir / "metrics.jsonl"):
+        losses.setdefault(line["split"], {})[line["step"]] = line["loss"]
+    return losses
+
+
+def largest_difference(expected: dict, actual: dict) -> float:
+    """The largest difference between two runs' losses (``run_losses``), which must log the same steps."""
+    assert expected.keys() == actual.keys()
+    return max(abs(expected[split][step] - actual[split][step]) for split in expected for step in expected[split])
+
+
+def steps_after(losses: dict, step: int) -> dict:
+    """``run_losses`` of the steps after ``step``: what a run resumed there logs."""
+    return {split: {s: loss for s, loss in by_step.items() if s > step} for split, by_step in losses.items()}

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from distributed import skip_unless_gloo_sharding_works
-from experiment_runs import TINY_CONFIG, llm_gym, read_metrics, tiny_overrides, torchrun, write_byte_corpus
+from experiment_runs import TINY_CONFIG, largest_difference, run_losses, steps_after, write_byte_corpus
 from llm_gym.assembly import make_registry
 from llm_gym.config.app import TrainingAppConfig
 from llm_gym.config.loading import load_config
@@ -68,46 +68,28 @@ def corpus(tmp_path_factory) -> Path:
     return write_byte_corpus(tmp_path_factory.mktemp("tp_corpus"))
 
 
-def _run(corpus: Path, output_dir: Path, ranks: int, **settings: object) -> dict[str, dict[int, float]]:
-    """Losses by split and step of one run of the tiny config."""
-    args = ["run", "--config_file_path", str(TINY_CONFIG), *tiny_overrides(corpus, output_dir, **settings)]
-    if ranks == 1:
-        llm_gym(*args)
-    else:
-        torchrun(ranks, *args)
-    losses: dict[str, dict[int, float]] = {}
-    for line in read_metrics(output_dir / "metrics.jsonl"):
-        losses.setdefault(line["split"], {})[line["step"]] = line["loss"]
-    return losses
-
-
-def _largest_difference(expected: dict, actual: dict) -> float:
-    assert expected.keys() == actual.keys()
-    return max(abs(expected[split][step] - actual[split][step]) for split in expected for step in expected[split])
-
-
 @pytest.fixture(scope="module")
 def llama_one_process(corpus, tmp_path_factory) -> dict:
-    return _run(corpus, tmp_path_factory.mktemp("llama_1") / "run", 1, **LLAMA)
+    return run_losses(corpus, tmp_path_factory.mktemp("llama_1") / "run", 1, **LLAMA)
 
 
 @pytest.fixture(scope="module")
 def llama_tp2(corpus, tmp_path_factory) -> tuple[Path, dict]:
     output_dir = tmp_path_factory.mktemp("llama_tp2") / "run"
-    return output_dir, _run(corpus, output_dir, 2, **LLAMA, **TP2)
+    return output_dir, run_losses(corpus, output_dir, 2, **LLAMA, **TP2)
 
 
 @pytest.mark.slow
 @pytest.mark.cross_version
 def test_tp2_llama_with_grouped_query_heads_matches_one_process(llama_one_process, llama_tp2):
-    assert _largest_difference(llama_one_process, llama_tp2[1]) < 1e-5
+    assert largest_difference(llama_one_process, llama_tp2[1]) < 1e-5
 
 
 @pytest.mark.slow
 @pytest.mark.cross_version
 def test_tp2_gpt2_with_learned_positions_and_tied_embeddings_matches_one_process(corpus, tmp_path):
-    one_process = _run(corpus, tmp_path / "one", 1, **GPT2)
-    assert _largest_difference(one_process, _run(corpus, tmp_path / "tp2", 2, **GPT2, **TP2)) < GPT2_TOLERANCE
+    one_process = run_losses(corpus, tmp_path / "one", 1, **GPT2)
+    assert largest_difference(one_process, run_losses(corpus, tmp_path / "tp2", 2, **GPT2, **TP2)) < GPT2_TOLERANCE
 
 
 @pytest.mark.slow
@@ -115,12 +97,8 @@ def test_tp2_gpt2_with_learned_positions_and_tied_embeddings_matches_one_process
 def test_tp2_by_dp2_on_four_ranks_matches_one_process(corpus, tmp_path, llama_one_process):
     skip_unless_gloo_sharding_works()
     # Two data-parallel ranks of 2 samples each: the one process's global batch of 4.
-    tp2_dp2 = _run(corpus, tmp_path / "run", 4, **LLAMA, **TP2, **{"training.micro_batch_size": 2})
-    assert _largest_difference(llama_one_process, tp2_dp2) < 1e-5
-
-
-def _steps_after(losses: dict, step: int) -> dict:
-    return {split: {s: loss for s, loss in by_step.items() if s > step} for split, by_step in losses.items()}
+    tp2_dp2 = run_losses(corpus, tmp_path / "run", 4, **LLAMA, **TP2, **{"training.micro_batch_size": 2})
+    assert largest_difference(llama_one_process, tp2_dp2) < 1e-5
 
 
 @pytest.mark.slow
@@ -128,7 +106,7 @@ def _steps_after(losses: dict, step: int) -> dict:
 def test_a_tp2_checkpoint_resumes_on_one_process_and_exactly_on_tp2(tmp_path, corpus, llama_one_process, llama_tp2):
     tp2_dir, tp2 = llama_tp2
     branch = {"checkpointing.branch_from": tp2_dir / "checkpoints" / "step_10"}
-    on_one = _run(corpus, tmp_path / "one", 1, **LLAMA, **branch)
-    assert _largest_difference(_steps_after(llama_one_process, 10), _steps_after(on_one, 10)) < 1e-5
-    on_tp2 = _run(corpus, tmp_path / "tp2", 2, **LLAMA, **TP2, **branch)
-    assert _steps_after(on_tp2, 10) == _steps_after(tp2, 10)
+    on_one = run_losses(corpus, tmp_path / "one", 1, **LLAMA, **branch)
+    assert largest_difference(steps_after(llama_one_process, 10), steps_after(on_one, 10)) < 1e-5
+    on_tp2 = run_losses(corpus, tmp_path / "tp2", 2, **LLAMA, **TP2, **branch)
+    assert steps_after(on_tp2, 10) == steps_after(tp2, 10)

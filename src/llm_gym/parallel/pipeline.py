@@ -6,6 +6,7 @@ parameter names, so checkpoints, optimizer state and parameter groups do not dep
 micro batches are the schedule's microbatches; the loss is computed on the last stage.
 """
 
+import inspect
 import itertools
 from collections.abc import Callable, Sequence
 
@@ -146,8 +147,15 @@ class Pipeline:
     def _sum_shared_gradients(self) -> None:
         for parameter, group in self._shared:
             gradient = parameter.grad
-            if gradient is not None:
-                dist.all_reduce(gradient.to_local() if isinstance(gradient, DTensor) else gradient, group=group)
+            if gradient is None:
+                continue
+            if isinstance(gradient, DTensor):
+                # Each copy's gradient in its parameter's placements (a tensor-parallel embedding's arrives
+                # replicated, the output projection's sharded), so that the local tensors match.
+                if gradient.placements != parameter.placements:
+                    gradient = parameter.grad = gradient.redistribute(placements=parameter.placements)
+                gradient = gradient.to_local()
+            dist.all_reduce(gradient, group=group)
 
     def _schedule(self, n_microbatches: int) -> torch_schedules._PipelineSchedule:
         if n_microbatches not in self._schedules:
@@ -157,13 +165,15 @@ class Pipeline:
             ]
             schedule_class = getattr(torch_schedules, SCHEDULES[self.schedule_name])
             single_stage = issubclass(schedule_class, torch_schedules.PipelineScheduleSingle)
+            # The loss is summed, already scaled for the global batch: the schedule must not average it (torch
+            # 2.6 never does, and has no scale_grads).
+            unscaled = {"scale_grads": False} if "scale_grads" in inspect.signature(schedule_class).parameters else {}
             try:
-                # The loss is summed, already scaled for the global batch: the schedule must not average it.
                 self._schedules[n_microbatches] = schedule_class(
                     pipeline_stages[0] if single_stage else pipeline_stages,
                     n_microbatches=n_microbatches,
                     loss_fn=self._scaled_loss,
-                    scale_grads=False,
+                    **unscaled,
                 )
             except ValueError as error:
                 raise ConfigError(
