@@ -78,6 +78,15 @@ def test_a_changed_world_size_alone_changes_the_global_batch():
     assert "checkpoint 8 (4 × 1 × 2 ranks), now 4 (4 × 1 × 1 ranks)" in difference
 
 
+def test_model_parallel_ranks_read_one_data_parallel_ranks_samples():
+    pipeline = changed(parallelism={"type_hint": "FSDP2", "config": {"pipeline_parallel_degree": 2}})
+    assert config_differences(pipeline, CONFIG, 4, 2) == []
+    tp_by_pp = {"tensor_parallel_degree": 2, "pipeline_parallel_degree": 2}
+    (difference,) = config_differences(pipeline, changed(parallelism={"type_hint": "FSDP2", "config": tp_by_pp}), 4, 4)
+    divided = "world size 4 ÷ tensor_parallel_degree 2 × pipeline_parallel_degree 2"
+    assert f"now 4 (4 × 1 × 1 ranks ({divided}))" in difference
+
+
 def test_values_compare_as_they_were_stored_in_json():
     saved = changed(model__config={"n_layer": 2, "n_embd": 64, "betas": [0.9, 0.95]})
     current = changed(model__config={"n_layer": 2, "n_embd": 64, "betas": (0.9, 0.95)})
