@@ -47,7 +47,7 @@ from llm_gym.training.builder import (
 from llm_gym.training.hardware import HardwareMetrics
 from llm_gym.training.loop import Evaluator, LossWindow, Trainer, TrainingProgress
 from llm_gym.training.resume_policy import config_differences, hyperparameter_changes, with_defaults
-from llm_gym.training.summary import describe_global_batch
+from llm_gym.training.summary import describe_global_batch, describe_mesh
 
 logger = logging.getLogger(__name__)
 
@@ -332,6 +332,7 @@ def _run_header(
         f"llm_gym run {config.experiment.experiment_id} → {config.experiment.output_dir}",
         f"{env.world_size} {'rank' if env.world_size == 1 else 'ranks'} on {env.device.type} "
         f"({type(parallelism).__name__}), {training.max_steps:,} steps",
+        *([describe_mesh(parallelism)] if parallelism.model_parallel_degree > 1 else []),
         describe_global_batch(training, parallelism.data_parallel_size),
         *describe_model(model, training.sequence_length),
         tokenizer_line,

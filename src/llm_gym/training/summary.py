@@ -55,8 +55,7 @@ def describe_config(config: TrainingAppConfig, world_size: int, registry: Resolv
         f"{_shard_description(parallelism)}; plan for another device with training.device=cuda|cpu)"
     )
     if parallelism.model_parallel_degree > 1:
-        dims = " × ".join(f"{name} {degree}" for name, degree in parallelism.mesh_shape().items())
-        yield f"device mesh (outermost first): {dims}"
+        yield describe_mesh(parallelism)
     yield describe_global_batch(training, parallelism.data_parallel_size)
     model = build_model_on_meta(config, registry)
     # The model's plan, made here as run makes it: a model that cannot be split so is refused now.
@@ -100,6 +99,11 @@ def _describe_documents(config: TrainingAppConfig, model: LanguageModel) -> str:
         )
     end_of_document = end_of_document_id(config, model)
     return f"documents: the model reads the documents of packed samples, which end at token id {end_of_document}"
+
+
+def describe_mesh(parallelism: ParallelismStrategy) -> str:
+    dims = " × ".join(f"{name} {degree}" for name, degree in parallelism.mesh_shape().items())
+    return f"device mesh (outermost first): {dims}"
 
 
 def describe_global_batch(training: TrainingSettings, data_parallel_size: int) -> str:
