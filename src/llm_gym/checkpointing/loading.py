@@ -132,6 +132,15 @@ def tensor_shapes(state_dict: dict[str, Any]) -> dict[str, tuple[int, ...]]:
     return {key: tuple(value.shape) for key, value in state_dict.items() if hasattr(value, "shape")}
 
 
+def shapes_on_every_rank(state_dict: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    """``tensor_shapes`` of the model all ranks hold together: under pipeline parallelism each holds only its
+    stages' parameters."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for rank_shapes in collectives.all_gather_objects(tensor_shapes(state_dict)):
+        shapes.update(rank_shapes)
+    return shapes
+
+
 def model_differences(current: dict[str, tuple[int, ...]], saved: dict[str, tuple[int, ...]]) -> list[str]:
     """Parameter names and shapes that differ between a model and saved weights, readable and abridged."""
     differences = []
@@ -155,7 +164,7 @@ def _check_compatible(checkpoint_dir: Path, state: dict[str, Stateful], dcp_meta
             raise UserError(f"checkpoint {checkpoint_dir} has no '{name}' state")
         saved_shapes = {key: tuple(entry.size) for key, entry in saved.items() if hasattr(entry, "size")}
         if isinstance(value, ModelState) and (
-            differences := model_differences(tensor_shapes(value.state_dict()), saved_shapes)
+            differences := model_differences(shapes_on_every_rank(value.state_dict()), saved_shapes)
         ):
             raise UserError(
                 f"checkpoint {checkpoint_dir} was written by an incompatible model: " + "; ".join(differences)

@@ -15,7 +15,13 @@ from safetensors.torch import load_file
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
-from llm_gym.checkpointing.loading import find_checkpoint, load_checkpoint, model_differences, tensor_shapes
+from llm_gym.checkpointing.loading import (
+    find_checkpoint,
+    load_checkpoint,
+    model_differences,
+    shapes_on_every_rank,
+    tensor_shapes,
+)
 from llm_gym.checkpointing.state import ModelState
 from llm_gym.errors import UserError
 
@@ -57,11 +63,14 @@ def load_model_weights(model: nn.Module, source: Path) -> None:
     if not source.is_file():
         raise UserError(f"warm start source {source} does not exist")
     weights = _read_weights_file(source)
-    if differences := model_differences(tensor_shapes(ModelState(model).state_dict()), tensor_shapes(weights)):
+    local = ModelState(model).state_dict()
+    if differences := model_differences(shapes_on_every_rank(local), tensor_shapes(weights)):
         hint = (
             " (a Hugging Face model directory: convert it with llm_gym import_hf)"
             if (source.parent / "config.json").is_file()
             else ""
         )
         raise UserError(f"{source} holds the weights of an incompatible model{hint}: " + "; ".join(differences))
-    set_model_state_dict(model, weights, options=StateDictOptions(full_state_dict=True))
+    # A pipeline rank's model holds only its stages' weights.
+    local_weights = {name: tensor for name, tensor in weights.items() if name in local}
+    set_model_state_dict(model, local_weights, options=StateDictOptions(full_state_dict=True))
