@@ -2,6 +2,7 @@
 which change hyperparameters, so a resume can say that the config's values apply."""
 
 import json
+import math
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -56,16 +57,20 @@ def _differences_at(
     ]
 
 
+_MODEL_PARALLEL_DEGREES = ("tensor_parallel_degree", "context_parallel_degree", "pipeline_parallel_degree")
+
+
 def _global_batch(config: dict[str, Any], world_size: int) -> tuple[int | None, str]:
     micro = _lookup(config, "training.micro_batch_size")
     accumulation = _lookup(config, "training.gradient_accumulation_steps")
     accumulation = 1 if accumulation == _ABSENT else accumulation
-    # The ranks of one tensor-parallel group read the same samples.
-    tensor_parallel = _lookup(config, "parallelism.config.tensor_parallel_degree")
-    tensor_parallel = tensor_parallel if isinstance(tensor_parallel, int) and tensor_parallel > 0 else 1
-    ranks = world_size // tensor_parallel
+    # The ranks of one tensor-, context- or pipeline-parallel group read the same samples.
+    degrees = {key: _lookup(config, f"parallelism.config.{key}") for key in _MODEL_PARALLEL_DEGREES}
+    degrees = {key: degree for key, degree in degrees.items() if isinstance(degree, int) and degree > 1}
+    ranks = world_size // math.prod(degrees.values())
+    divided = " × ".join(f"{key} {degree}" for key, degree in degrees.items())
     terms = f"{micro} × {accumulation} × {ranks} ranks" + (
-        f" (world size {world_size} ÷ tensor_parallel_degree {tensor_parallel})" if tensor_parallel > 1 else ""
+        f" (world size {world_size} ÷ {divided})" if degrees else ""
     )
     if not (isinstance(micro, int) and isinstance(accumulation, int)):
         return None, terms

@@ -52,21 +52,31 @@ def describe_config(config: TrainingAppConfig, world_size: int, registry: Resolv
         f"world size: {world_size} on {env.device.type} ({type(parallelism).__name__}, "
         f"{_shard_description(parallelism)}; plan for another device with training.device=cuda|cpu)"
     )
-    if parallelism.tensor_parallel_degree > 1:
+    if parallelism.model_parallel_degree > 1:
         dims = " × ".join(f"{name} {degree}" for name, degree in parallelism.mesh_shape().items())
         yield f"device mesh (outermost first): {dims}"
     yield describe_global_batch(training, parallelism.data_parallel_size)
     model = build_model_on_meta(config, registry)
     # The model's plan, made here as run makes it: a model that cannot be split so is refused now.
     plan = parallelism.tensor_parallel_plan(model)
+    parallelism.apply_context_parallel(model)
     check_model_fits(model, config, parallelism)
     optimizer, _ = build_optimization(config, model, registry)
     yield from describe_model(model, training.sequence_length)
     per_rank = parameters_per_rank(model, plan, parallelism)
-    if parallelism.tensor_parallel_degree > 1:
+    if parallelism.model_parallel_degree > 1:
+        degree = parallelism.tensor_parallel_degree
+        split = f"split by the model's tensor-parallel plan over {degree} ranks, " if degree > 1 else ""
         yield (
-            f"parameters per rank: {per_rank:,.0f} of {num_parameters(model):,} (split by the model's tensor-parallel "
-            f"plan over {parallelism.tensor_parallel_degree} ranks, sharded over {shard_degree(parallelism)})"
+            f"parameters per rank: {per_rank:,.0f} of {num_parameters(model):,} ({split}sharded over "
+            f"{shard_degree(parallelism)})"
+        )
+    if parallelism.context_parallel_degree > 1:
+        degree = parallelism.context_parallel_degree
+        yield (
+            f"context parallel: each rank holds {training.sequence_length // degree:,} of the "
+            f"{training.sequence_length:,} positions of every sequence, attends over all of them with 1/{degree} "
+            "of the heads (4 all-to-alls per layer)"
         )
     yield from estimate_memory(model, config, parallelism, optimizer, per_rank)
     yield check_tokenizer(config, model)
@@ -157,7 +167,8 @@ def estimate_memory(
     parameters_on_rank: int,
 ) -> list[str]:
     """A planning figure per rank: its training state (``parameters_on_rank``: split and sharded), activations
-    and logits of one micro batch (with tensor parallelism, split with the sequence and the vocabulary)."""
+    and logits of one micro batch (with tensor parallelism, split with the sequence and the vocabulary; with
+    context parallelism, with the sequence)."""
     training = config.training
     state_tensors, optimizer_description = optimizer_state_tensors(optimizer)
     state_bytes_per_parameter = WEIGHT_AND_GRADIENT_BYTES_PER_PARAMETER + 4 * state_tensors
@@ -176,10 +187,13 @@ def estimate_memory(
         )
         checkpointed = len(range(0, model.n_layer, step))
         stored_layers = model.n_layer - checkpointed + checkpointed / ACTIVATION_ELEMENTS_PER_LAYER + 1
-    # Sequence parallelism splits what a block keeps between the TP ranks (Korthikanti et al., 34·s·b·h / t).
-    activations = per_layer * stored_layers / parallelism.tensor_parallel_degree
-    # Logits in the compute dtype, their fp32 copy for the loss, and its gradient; split by vocabulary under TP.
-    logits = tokens * model.vocab_size * (compute_bytes + 8) / parallelism.tensor_parallel_degree
+    # Sequence parallelism splits what a block keeps between the TP ranks (Korthikanti et al., 34·s·b·h / t), and
+    # context parallelism each sequence between the CP ranks.
+    sequence_split = parallelism.tensor_parallel_degree * parallelism.context_parallel_degree
+    activations = per_layer * stored_layers / sequence_split
+    # Logits in the compute dtype, their fp32 copy for the loss, and its gradient; split by vocabulary under TP,
+    # by sequence under CP.
+    logits = tokens * model.vocab_size * (compute_bytes + 8) / sequence_split
     total = state + activations + logits
     return [
         f"memory per rank (estimate, fp32 master weights, {optimizer_description}, {parallelism.compute_dtype}): "
