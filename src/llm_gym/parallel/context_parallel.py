@@ -48,9 +48,7 @@ class UlyssesExchange:
     ``group`` is looked up at the first exchange, so that ``llm_gym validate`` can apply a model's hook (and have
     it refuse heads that do not divide) without a process group."""
 
-    def __init__(
-        self, degree: int, rank: int, tensor_parallel_degree: int, group: Callable[[], dist.ProcessGroup]
-    ):
+    def __init__(self, degree: int, rank: int, tensor_parallel_degree: int, group: Callable[[], dist.ProcessGroup]):
         self.degree, self.rank, self.tensor_parallel_degree = degree, rank, tensor_parallel_degree
         self._group = group
 

@@ -69,9 +69,7 @@ def _global_batch(config: dict[str, Any], world_size: int) -> tuple[int | None, 
     degrees = {key: degree for key, degree in degrees.items() if isinstance(degree, int) and degree > 1}
     ranks = world_size // math.prod(degrees.values())
     divided = " × ".join(f"{key} {degree}" for key, degree in degrees.items())
-    terms = f"{micro} × {accumulation} × {ranks} ranks" + (
-        f" (world size {world_size} ÷ {divided})" if degrees else ""
-    )
+    terms = f"{micro} × {accumulation} × {ranks} ranks" + (f" (world size {world_size} ÷ {divided})" if degrees else "")
     if not (isinstance(micro, int) and isinstance(accumulation, int)):
         return None, terms
     return micro * accumulation * ranks, terms
