@@ -78,7 +78,7 @@ def _model_on_this_rank(style: dict, overrides: dict) -> None:
     (logits * weights[:, positions]).sum().backward()
     for name, parameter in model.named_parameters():
         dist.all_reduce(parameter.grad)
-        torch.testing.assert_close(parameter.grad, expected[name], rtol=1e-5, atol=1e-6, msg=name)
+        torch.testing.assert_close(parameter.grad, expected[name], rtol=1e-5, atol=1e-5, msg=name)
 
 
 @pytest.mark.parametrize(
@@ -124,7 +124,7 @@ def test_what_context_parallelism_does_not_run_is_refused_when_the_config_loads(
     [
         (1, {"n_head_kv": 1}, r"model.config.n_head_kv \(1\) is not divisible by parallelism.config.context_"),
         (2, {}, r"n_head_kv \(2\) is not divisible by parallelism.config.context_parallel_degree \(2\) × tensor_"),
-        (1, {"n_head": 6, "n_head_kv": 3, "dim": 48}, r"n_head \(6\) is not divisible.*n_head_kv \(3\) is not"),
+        (1, {"n_head": 3, "n_head_kv": 3, "dim": 48}, r"n_head \(3\) is not divisible.*n_head_kv \(3\) is not"),
     ],
 )
 def test_heads_that_do_not_split_over_the_ranks_are_refused(tensor_parallel, overrides, message):
