@@ -326,11 +326,15 @@ class FSDP2(ParallelismStrategy):
             "pipeline_parallel_degree": config.pipeline_parallel_degree,
         }
         if env.world_size % self.model_parallel_degree:
-            named = " × ".join(f"{key} {degree}" for key, degree in degrees.items() if degree > 1)
+            above_one = {key: degree for key, degree in degrees.items() if degree > 1}
+            named = (
+                " × ".join(f"{key} {degree}" for key, degree in above_one.items()) + f" = {self.model_parallel_degree}"
+                if len(above_one) > 1
+                else "".join(f"{key} ({degree})" for key, degree in above_one.items())
+            )
             raise UserError(
-                f"parallelism.config: {named} = {self.model_parallel_degree} must divide the world size "
-                f"{env.world_size}; launch a multiple of {self.model_parallel_degree} ranks, or choose degrees whose "
-                f"product divides {env.world_size}"
+                f"parallelism.config.{named} must divide the world size {env.world_size}; launch a multiple of "
+                f"{self.model_parallel_degree} ranks, or choose degrees whose product divides {env.world_size}"
             )
         if self.pipeline_parallel_degree > 1:
             raise UserError("parallelism.config.pipeline_parallel_degree > 1 is not available yet; set it to 1")
