@@ -247,7 +247,9 @@ class DecoderLM(nn.Module):
         self, input_ids: torch.Tensor, kv_cache: KVCache | None = None, document_ids: torch.Tensor | None = None
     ) -> torch.Tensor:
         """``document_ids [B, T]`` (which document of a packed sample each input token is in, not decreasing
-        along a row) apply ``document_masking`` and ``document_positions``; without them, one document."""
+        along a row) apply ``document_masking`` and ``document_positions``; without them, one document. Under
+        context parallelism (``apply_context_parallel``) ``input_ids`` are one chunk of each sequence and
+        ``document_ids`` the whole sample's."""
         start = kv_cache.length if kv_cache is not None else 0
         # Under context parallelism the input is chunk ``rank`` of a sequence ``degree`` times as long.
         exchange = self.sequence_exchange
