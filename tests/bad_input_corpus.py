@@ -346,6 +346,17 @@ CASES: list[BadInput] = [
         _validate_on_ranks(2, "parallelism.type_hint=DDP", "parallelism.config.tensor_parallel_degree=2"),
         r"parallelism.config.tensor_parallel_degree",
     ),
+    # context parallelism (issue 14)
+    BadInput(
+        "validate-context-parallel-heads",
+        _validate_on_ranks(2, "parallelism.config.context_parallel_degree=2", "model.config.n_head_kv=1"),
+        r"model.config.n_head_kv \(1\) is not divisible by parallelism.config.context_parallel_degree \(2\)",
+    ),
+    BadInput(
+        "validate-context-parallel-sequence-length",
+        _validate_on_ranks(2, "parallelism.config.context_parallel_degree=2", "training.sequence_length=127"),
+        r"training.sequence_length \(127\) is not divisible by parallelism.config.context_parallel_degree 2",
+    ),
     BadInput(
         "validate-max-consecutive-skipped-steps-zero",
         lambda ws: ["validate", "--config_file_path", TINY_CONFIG, "training.max_consecutive_skipped_steps=0"],

@@ -298,6 +298,33 @@ class TrainingAppConfig(_Section):
         return self
 
     @model_validator(mode="after")
+    def _context_parallelism_runs_what_it_supports(self) -> "TrainingAppConfig":
+        degree = getattr(self.parallelism.config, "context_parallel_degree", 1)
+        if degree == 1:
+            return self
+        key = f"parallelism.config.context_parallel_degree {degree}"
+        length = self.training.sequence_length
+        if length % degree:
+            raise ValueError(
+                f"training.sequence_length ({length}) is not divisible by {key}: each rank holds an equal chunk of "
+                f"every sequence; choose a sequence_length that is a multiple of {degree}, or another degree"
+            )
+        unsupported = {
+            "evaluation.evaluators": (
+                bool(self.evaluation.evaluators),
+                "evaluators run the model on whole sequences, while each rank of a context-parallel group holds "
+                "one chunk of them",
+            ),
+            "training.compile": (self.training.compile, "compiling blocks with the all-to-alls is not supported yet"),
+        }
+        for setting, (requested, reason) in unsupported.items():
+            if requested:
+                raise ValueError(
+                    f"{setting} cannot run with {key}: {reason}; unset it, or set context_parallel_degree: 1"
+                )
+        return self
+
+    @model_validator(mode="after")
     def _meta_device_init_needs_a_strategy_that_materialises(self, info: ValidationInfo) -> "TrainingAppConfig":
         if not self.training.meta_device_init:
             return self

@@ -25,6 +25,7 @@ from torch import nn
 from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 
 from llm_gym.errors import ConfigError
+from llm_gym.models.contract import SequenceExchange
 from llm_gym.models.kv_cache import LayerKVCache
 from llm_gym.models.positional import RotaryEmbedding
 
@@ -181,6 +182,11 @@ class CausalSelfAttention(nn.Module):
     With ``n_head_kv < n_head`` groups of ``n_head / n_head_kv`` query heads share one key/value head (GQA).
     ``query_norm`` and ``key_norm`` (QK-norm) normalise each head over its ``head_dim``, before rotary, so
     the attention logits stay bounded however large the projections grow.
+
+    With a ``sequence_exchange`` (context parallelism, see the model contract's ``SequenceExchange``) the input
+    is this rank's chunk of the sequence: the projected heads are traded for the whole sequence of a share of
+    the heads before QK-norm, rotary and the kernel (so positions and the causal mask are the usual ones), and
+    back before the output projection.
     """
 
     def __init__(
@@ -204,11 +210,16 @@ class CausalSelfAttention(nn.Module):
         self.kernel = kernel
         self.rotary = rotary
         self.query_norm, self.key_norm = query_norm, key_norm
+        self.sequence_exchange: SequenceExchange | None = None
 
     def _heads(self, projected: torch.Tensor) -> torch.Tensor:
+        """``[B, T, H·D]`` to ``[B, H, T, D]``, the whole sequence's under context parallelism."""
         # As many heads as the projection holds: under tensor parallelism, this rank's share of them.
         batch, time, _ = projected.shape
-        return projected.view(batch, time, -1, self.head_dim).transpose(1, 2)
+        heads = projected.view(batch, time, -1, self.head_dim)
+        if self.sequence_exchange is not None:
+            heads = self.sequence_exchange.to_heads(heads)
+        return heads.transpose(1, 2)
 
     def forward(
         self,
@@ -231,5 +242,8 @@ class CausalSelfAttention(nn.Module):
         attended = (
             self.kernel(query, key, value) if document_mask is None else self.kernel(query, key, value, document_mask)
         )
-        batch, _, time, _ = attended.shape
-        return self.output(attended.transpose(1, 2).reshape(batch, time, -1))
+        attended = attended.transpose(1, 2)
+        if self.sequence_exchange is not None:
+            attended = self.sequence_exchange.to_sequence(attended)
+        batch, time, _, _ = attended.shape
+        return self.output(attended.reshape(batch, time, -1))

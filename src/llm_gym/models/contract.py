@@ -43,6 +43,16 @@ class LanguageModel(Protocol):
     or the previous stage's output and returns one tensor: the next stage's input, or the logits (last stage). A
     layer two stages use (a tied embedding) is held by both under the same name; the pipeline sums its gradient
     over them. It raises ``ConfigError`` where the model cannot be cut so.
+
+    Optional, and checked only where ``parallelism.config.context_parallel_degree`` is above 1:
+    ``apply_context_parallel(exchange: SequenceExchange) -> None``, called once before the blocks are wrapped
+    (and by ``llm_gym validate`` on the meta device). From then on ``forward`` takes this rank's chunk of each
+    sequence, ``input_ids [B, T / exchange.degree]`` (positions from ``exchange.rank × T / degree``), and returns
+    that chunk's logits; the model's attention trades the chunk for a share of the heads over the whole sequence
+    with ``exchange.to_heads`` and back with ``exchange.to_sequence``, and position embeddings count from the
+    chunk's first position. ``document_ids`` stay those of the whole sample, ``[B, T]``, since attention sees the
+    whole sequence. It raises ``ConfigError`` where the model cannot be split ``exchange.degree`` ways (its
+    query or key/value heads, under tensor parallelism each rank's share of them).
     """
 
     vocab_size: int
@@ -80,6 +90,26 @@ class LanguageModel(Protocol):
         ...
 
 
+class SequenceExchange(Protocol):
+    """What context parallelism hands a model (``apply_context_parallel``): the all-to-alls around attention over
+    the ``degree`` ranks that hold the chunks of one sequence, of which this rank holds chunk ``rank``."""
+
+    degree: int
+    rank: int
+    tensor_parallel_degree: int
+    """The ranks tensor parallelism already splits each layer's heads over (1 without it): ``to_heads`` is given
+    this rank's ``H / tensor_parallel_degree`` of them."""
+
+    def to_heads(self, chunk: torch.Tensor) -> torch.Tensor:
+        """``[B, T / degree, H, D]`` (this rank's positions, every head) to ``[B, T, H / degree, D]`` (the whole
+        sequence, this rank's share of the heads, ``rank × H / degree`` onwards); differentiable."""
+        ...
+
+    def to_sequence(self, heads: torch.Tensor) -> torch.Tensor:
+        """The inverse of ``to_heads``: ``[B, T, H / degree, D]`` to ``[B, T / degree, H, D]``; differentiable."""
+        ...
+
+
 DOCUMENT_IDS = "document_ids"
 """The keyword argument of ``forward`` that carries the documents of a packed sample."""
 
@@ -102,11 +132,16 @@ TENSOR_PARALLEL_PLAN = "tensor_parallel_plan"
 """The optional member of the contract that tensor parallelism reads (see ``LanguageModel``)."""
 PIPELINE_STAGE = "pipeline_stage"
 """The optional member of the contract that pipeline parallelism reads (see ``LanguageModel``)."""
+APPLY_CONTEXT_PARALLEL = "apply_context_parallel"
+"""The optional member of the contract that context parallelism calls (see ``LanguageModel``)."""
 
 
-def as_language_model(model: object, tensor_parallel: bool = False, pipeline: bool = False) -> LanguageModel:
+def as_language_model(
+    model: object, tensor_parallel: bool = False, context_parallel: bool = False, pipeline: bool = False
+) -> LanguageModel:
     """``model`` itself, once it provides the whole contract (with ``tensor_parallel``, its plan too; with
-    ``pipeline``, its stages); else a ``ConfigError`` naming what it lacks."""
+    ``context_parallel``, its ``apply_context_parallel``; with ``pipeline``, its stages); else a ``ConfigError``
+    naming what it lacks."""
     lacking = [] if isinstance(model, nn.Module) else ["to be a torch.nn.Module"]
     lacking += [
         f"{name} ({kind.__name__})"
@@ -126,6 +161,11 @@ def as_language_model(model: object, tensor_parallel: bool = False, pipeline: bo
         lacking.append(
             f"{PIPELINE_STAGE}(first_block, end_block), which parallelism.config.pipeline_parallel_degree > 1 needs; "
             "give the model one, or set pipeline_parallel_degree: 1"
+        )
+    if context_parallel and not callable(getattr(model, APPLY_CONTEXT_PARALLEL, None)):
+        lacking.append(
+            f"{APPLY_CONTEXT_PARALLEL}(exchange), which parallelism.config.context_parallel_degree > 1 needs; give "
+            "the model one, or set context_parallel_degree: 1"
         )
     if lacking:
         raise ConfigError(

@@ -20,6 +20,7 @@ from torch.distributed.tensor.parallel import (
 
 from llm_gym.errors import ConfigError
 from llm_gym.models.attention import CausalSelfAttention
+from llm_gym.models.contract import SequenceExchange
 from llm_gym.models.initialization import WeightInit
 from llm_gym.models.kv_cache import KVCache, LayerKVCache
 from llm_gym.models.positional import (
@@ -218,6 +219,7 @@ class DecoderLM(nn.Module):
         self.head_input = nn.Identity()
         self.output = None if config.tie_embeddings else nn.Linear(dim, vocab_size, bias=False)
         self.document_masking, self.document_positions = config.document_masking, config.document_positions
+        self.sequence_exchange: SequenceExchange | None = None
         # Every block's kernel is built from one node, so the first one's mask serves every layer; taken
         # before the blocks are wrapped.
         kernel = self.blocks[0].attention.kernel
@@ -245,16 +247,22 @@ class DecoderLM(nn.Module):
         self, input_ids: torch.Tensor, kv_cache: KVCache | None = None, document_ids: torch.Tensor | None = None
     ) -> torch.Tensor:
         """``document_ids [B, T]`` (which document of a packed sample each input token is in, not decreasing
-        along a row) apply ``document_masking`` and ``document_positions``; without them, one document."""
+        along a row) apply ``document_masking`` and ``document_positions``; without them, one document. Under
+        context parallelism (``apply_context_parallel``) ``input_ids`` are one chunk of each sequence and
+        ``document_ids`` the whole sample's."""
         start = kv_cache.length if kv_cache is not None else 0
-        if start + input_ids.shape[1] > self.sequence_length:
-            raise ValueError(
-                f"{start + input_ids.shape[1]} positions exceed the model's sequence_length {self.sequence_length}"
-            )
+        # Under context parallelism the input is one chunk of a sequence ``degree`` times as long.
+        exchange = self.sequence_exchange
+        length = input_ids.shape[1] * (1 if exchange is None else exchange.degree)
+        if start + length > self.sequence_length:
+            raise ValueError(f"{start + length} positions exceed the model's sequence_length {self.sequence_length}")
+        if exchange is not None and kv_cache is not None:
+            raise ValueError("a KV cache is for sampling, which runs without context parallelism")
         positions = document_mask = None
         if document_ids is not None:
             if kv_cache is not None:
                 raise ValueError("document_ids are for packed training samples; a KV cache holds one document")
+            # The whole sample's documents: the attention layers see the whole sequence.
             if self.document_positions == DocumentPositions.RESTART:
                 positions = positions_within_documents(document_ids)
             if self.document_masking:
@@ -268,11 +276,20 @@ class DecoderLM(nn.Module):
         return self.head(hidden)
 
     def embed(self, input_ids: torch.Tensor, start: int = 0, positions: torch.Tensor | None = None) -> torch.Tensor:
-        """The residual stream entering the first block: token (and learned position) embeddings, dropout."""
+        """The residual stream entering the first block: token (and learned position) embeddings, dropout. Under
+        context parallelism ``input_ids`` are chunk ``exchange.rank`` of sequences ``exchange.degree`` times as
+        long, and ``positions`` the whole sample's."""
         hidden = self.token_embedding(input_ids)
         if self.position_embedding is not None:
-            position_ids = torch.arange(start, start + input_ids.shape[1], device=input_ids.device)
-            hidden = hidden + self.position_embedding(position_ids if positions is None else positions)
+            exchange = self.sequence_exchange
+            degree, rank = (1, 0) if exchange is None else (exchange.degree, exchange.rank)
+            chunk_length = input_ids.shape[1]
+            whole = (
+                torch.arange(start, start + chunk_length * degree, device=input_ids.device)
+                if positions is None
+                else positions
+            )
+            hidden = hidden + self.position_embedding(whole[..., rank * chunk_length : (rank + 1) * chunk_length])
         return self.embedding_dropout(hidden)
 
     def head(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -362,6 +379,30 @@ class DecoderLM(nn.Module):
         }
         block |= {f"mlp.{name}": ColwiseParallel() for name in self._mlp_inner_projections()}
         return plan | {f"blocks.*.{name}": style for name, style in block.items()}
+
+    def apply_context_parallel(self, exchange: SequenceExchange) -> None:
+        """Take chunk ``exchange.rank`` of each sequence from now on (the model contract's context parallelism):
+        every attention layer trades it for a share of the heads over the whole sequence and back, learned
+        positions count from the chunk's first position. Raises ``ConfigError`` where the heads (each rank's,
+        under tensor parallelism) do not divide ``exchange.degree`` ways."""
+        self._check_heads_split(exchange.degree, exchange.tensor_parallel_degree)
+        self.sequence_exchange = exchange
+        for block in self.blocks:
+            block.attention.sequence_exchange = exchange
+
+    def _check_heads_split(self, degree: int, tensor_parallel: int) -> None:
+        key = "parallelism.config.context_parallel_degree"
+        split = f"{key} ({degree})" + (f" × tensor_parallel_degree ({tensor_parallel})" if tensor_parallel > 1 else "")
+        problems = [
+            f"model.config.{name} ({count}) is not divisible by {split}"
+            for name, count in (("n_head", self.n_head), ("n_head_kv", self.n_head_kv))
+            if count % (degree * tensor_parallel)
+        ]
+        if problems:
+            raise ConfigError(
+                "; ".join(problems) + f"; each rank attends with a share of the heads: choose a {key} that divides "
+                "them, or change the model (docs/parallelism.md)"
+            )
 
     def _mlp_inner_projections(self) -> list[str]:
         """The MLP's ``nn.Linear`` layers before its ``output``, if they are all it holds; else empty."""

@@ -23,7 +23,8 @@ from torch.distributed.tensor.parallel import ParallelStyle, loss_parallel, para
 from torch.nn.parallel import DistributedDataParallel
 
 from llm_gym.errors import UserError
-from llm_gym.models.contract import PIPELINE_STAGE, TENSOR_PARALLEL_PLAN, LanguageModel
+from llm_gym.models.contract import APPLY_CONTEXT_PARALLEL, PIPELINE_STAGE, TENSOR_PARALLEL_PLAN, LanguageModel
+from llm_gym.parallel.context_parallel import UlyssesExchange
 from llm_gym.parallel.distributed import DistributedEnvironment, torch_release
 from llm_gym.parallel.pipeline import (
     Pipeline,
@@ -83,6 +84,18 @@ class ParallelismStrategy:
         return (self.env.rank // (self.tensor_parallel_degree * self.context_parallel_degree)) % self.data_parallel_size
 
     @property
+    def context_parallel_rank(self) -> int:
+        """Which chunk of each sequence this rank holds (its ``cp`` coordinate; 0 without context parallelism)."""
+        return (self.env.rank // self.tensor_parallel_degree) % self.context_parallel_degree
+
+    def context_chunk(self, values: torch.Tensor) -> torch.Tensor:
+        """This rank's chunk of ``values [B, T, ...]`` along T: positions ``[c·T/cp, (c+1)·T/cp)`` for chunk
+        ``c``; ``values`` itself without context parallelism."""
+        if self.context_parallel_degree == 1:
+            return values
+        return values.chunk(self.context_parallel_degree, dim=1)[self.context_parallel_rank]
+
+    @property
     def token_parallel_size(self) -> int:
         """Ranks holding different target tokens of one stage's step, over which gradients are averaged: the
         data-parallel ranks, each with its context-parallel chunks."""
@@ -116,6 +129,11 @@ class ParallelismStrategy:
     def apply_tensor_parallel(self, model: LanguageModel) -> None:
         """Split the model's layers over the ``tp`` ranks by its plan, in place, before its blocks are wrapped
         (the plan names the model's own modules); nothing without tensor parallelism."""
+
+    def apply_context_parallel(self, model: LanguageModel) -> None:
+        """Hand the model the all-to-alls of its context-parallel group (its ``apply_context_parallel``), in place,
+        before its blocks are wrapped; raises ``ConfigError`` where its heads cannot be split so; nothing without
+        context parallelism."""
 
     def parallelize(self, model: LanguageModel) -> nn.Module:
         raise NotImplementedError
@@ -327,15 +345,16 @@ class FSDP2(ParallelismStrategy):
             "pipeline_parallel_degree": config.pipeline_parallel_degree,
         }
         if env.world_size % self.model_parallel_degree:
-            named = " × ".join(f"{key} {degree}" for key, degree in degrees.items() if degree > 1)
-            raise UserError(
-                f"parallelism.config: {named} = {self.model_parallel_degree} must divide the world size "
-                f"{env.world_size}; launch a multiple of {self.model_parallel_degree} ranks, or choose degrees whose "
-                f"product divides {env.world_size}"
+            above_one = {key: degree for key, degree in degrees.items() if degree > 1}
+            named = (
+                " × ".join(f"{key} {degree}" for key, degree in above_one.items()) + f" = {self.model_parallel_degree}"
+                if len(above_one) > 1
+                else "".join(f"{key} ({degree})" for key, degree in above_one.items())
             )
-        for key in ("context_parallel_degree",):
-            if degrees[key] > 1:
-                raise UserError(f"parallelism.config.{key} > 1 is not available yet; set it to 1")
+            raise UserError(
+                f"parallelism.config.{named} must divide the world size {env.world_size}; launch a multiple of "
+                f"{self.model_parallel_degree} ranks, or choose degrees whose product divides {env.world_size}"
+            )
         super().__init__(config, env)
         self.reshard_after_forward = config.reshard_after_forward
         self.shard_degree = self.data_parallel_size
@@ -393,6 +412,17 @@ class FSDP2(ParallelismStrategy):
         if self.tensor_parallel_degree == 1:
             return
         parallelize_module(model, self.device_mesh()["tp"], self.tensor_parallel_plan(model))
+
+    def apply_context_parallel(self, model: LanguageModel) -> None:
+        if self.context_parallel_degree == 1:
+            return
+        exchange = UlyssesExchange(
+            self.context_parallel_degree,
+            self.context_parallel_rank,
+            self.tensor_parallel_degree,
+            lambda: self.device_mesh()["cp"].get_group(),
+        )
+        getattr(model, APPLY_CONTEXT_PARALLEL)(exchange)
 
     def loss_context(self) -> contextlib.AbstractContextManager:
         return loss_parallel() if self.tensor_parallel_degree > 1 else contextlib.nullcontext()

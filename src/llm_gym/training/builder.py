@@ -59,6 +59,7 @@ def build_model(config: TrainingAppConfig, parallelism: ParallelismStrategy, reg
     if not settings.meta_device_init:
         materialise(inner, device, config.experiment.seed)
     parallelism.apply_tensor_parallel(model)
+    parallelism.apply_context_parallel(model)
     apply_activation_checkpointing(
         model, settings.activation_checkpointing.value, settings.activation_checkpointing_every_k
     )
@@ -84,13 +85,18 @@ def build_model_on_meta(config: TrainingAppConfig, registry: ResolverRegistry) -
         raise ConfigError(f"model: a tensor of this size cannot exist (beyond 2^63 bytes): {reason}") from None
     degrees = config.parallelism.config
     tensor_parallel = getattr(degrees, "tensor_parallel_degree", 1) > 1
+    context_parallel = getattr(degrees, "context_parallel_degree", 1) > 1
     pipeline = getattr(degrees, "pipeline_parallel_degree", 1) > 1
-    return as_language_model(model, tensor_parallel=tensor_parallel, pipeline=pipeline)
+    return as_language_model(
+        model, tensor_parallel=tensor_parallel, context_parallel=context_parallel, pipeline=pipeline
+    )
 
 
 def shard_degree(parallelism: ParallelismStrategy) -> int:
-    """Over how many ranks each parameter is split."""
-    return parallelism.shard_degree if isinstance(parallelism, FSDP2) else 1
+    """Over how many ranks FSDP2 splits each parameter: ``dp_shard`` × ``cp`` (whose ranks hold the same model)."""
+    if not isinstance(parallelism, FSDP2):
+        return 1
+    return parallelism.shard_degree * parallelism.context_parallel_degree
 
 
 def check_model_fits(model: nn.Module, config: TrainingAppConfig, parallelism: ParallelismStrategy) -> None:

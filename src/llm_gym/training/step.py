@@ -1,10 +1,12 @@
 """One optimizer step and one evaluation pass, with the loss normalised per target token of the global batch.
 
-Each micro batch contributes ``sum of token losses / global target tokens``, scaled by the data-parallel
-size because FSDP2 and DDP average gradients over ranks. Gradient accumulation therefore gives the same
+Each micro batch contributes ``sum of token losses / global target tokens``, scaled by the ranks holding
+different target tokens (data-parallel ranks × context-parallel chunks) because FSDP2 and DDP average
+gradients over them. Gradient accumulation therefore gives the same
 update as one big batch, on any number of ranks.
 """
 
+import dataclasses
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -34,9 +36,17 @@ class StepResult:
 
 
 def _all_reduce_sum(values: torch.Tensor, parallelism: ParallelismStrategy) -> torch.Tensor:
-    """Summed over the data-parallel ranks: the ranks of one tensor-parallel group hold the same samples."""
+    """Summed over the ranks holding different target tokens (data-parallel ranks and context-parallel chunks):
+    the ranks of one tensor-parallel group hold the same tokens."""
     dist.all_reduce(values, op=dist.ReduceOp.SUM, group=parallelism.token_group)
     return values
+
+
+def _context_chunk(batch: Batch, parallelism: ParallelismStrategy) -> Batch:
+    """This rank's chunk of the batch's inputs and targets along the sequence (context parallelism; the batch
+    itself without). Its ``document_ids`` stay the whole sample's: attention sees the whole sequence."""
+    inputs, targets = parallelism.context_chunk(batch.inputs), parallelism.context_chunk(batch.targets)
+    return dataclasses.replace(batch, inputs=inputs, targets=targets)
 
 
 def _token_losses(
@@ -74,6 +84,7 @@ def train_step(
 ) -> StepResult:
     """Forward and backward over the micro batches of one step, then clip. The optimizer is not stepped."""
     device = parallelism.env.device
+    micro_batches = [_context_chunk(batch, parallelism) for batch in micro_batches]
     local_tokens = sum(batch.target_tokens() for batch in micro_batches)
     local_count = torch.tensor([local_tokens], dtype=torch.float64, device=device)
     global_tokens = int(_all_reduce_sum(local_count, parallelism).item())
@@ -131,7 +142,7 @@ def evaluate(model: nn.Module, parallelism: ParallelismStrategy, batches: Iterab
     was_training = model.training
     model.eval()
     pipeline = parallelism.pipeline
-    for batch in batches:
+    for batch in (_context_chunk(whole, parallelism) for whole in batches):
         with parallelism.forward_context(), parallelism.loss_context():
             if pipeline is None:
                 totals[0] += _token_losses(model, batch, device)[0]

@@ -62,6 +62,7 @@ def describe_config(config: TrainingAppConfig, world_size: int, registry: Resolv
     plan = parallelism.tensor_parallel_plan(model)
     # Cut as run cuts it (every stage, as every rank would): a model that cannot be cut so is refused now.
     stages_by_rank = _pipeline_stages_by_rank(model, parallelism)
+    parallelism.apply_context_parallel(model)
     check_model_fits(model, config, parallelism)
     optimizer, _ = build_optimization(config, model, registry)
     yield from describe_model(model, training.sequence_length)
@@ -80,6 +81,13 @@ def describe_config(config: TrainingAppConfig, world_size: int, registry: Resolv
             f"parameters per rank: {per_rank:,.0f} of {num_parameters(model):,} ("
             + ", ".join(split for split in splits if split)
             + ")"
+        )
+    if parallelism.context_parallel_degree > 1:
+        degree = parallelism.context_parallel_degree
+        yield (
+            f"context parallel: each rank holds {training.sequence_length // degree:,} of the "
+            f"{training.sequence_length:,} positions of every sequence, attends over all of them with 1/{degree} "
+            "of the heads (4 all-to-alls per layer)"
         )
     layers_on_rank = max(sum(len(stage.blocks) for stage in stages) for stages in stages_by_rank)
     yield from estimate_memory(model, config, parallelism, optimizer, per_rank, layers_on_rank)
@@ -209,7 +217,8 @@ def estimate_memory(
 ) -> list[str]:
     """A planning figure per rank: its training state (``parameters_on_rank``: split and sharded), activations
     and logits of one micro batch (with tensor parallelism, split with the sequence and the vocabulary; with
-    pipeline parallelism, of the rank's ``layers_on_rank`` blocks, for the microbatches in flight)."""
+    pipeline parallelism, of the rank's ``layers_on_rank`` blocks, for the microbatches in flight; with context
+    parallelism, with the sequence)."""
     training = config.training
     state_tensors, optimizer_description = optimizer_state_tensors(optimizer)
     state_bytes_per_parameter = WEIGHT_AND_GRADIENT_BYTES_PER_PARAMETER + 4 * state_tensors
@@ -228,8 +237,10 @@ def estimate_memory(
         )
         checkpointed = len(range(0, model.n_layer, step))
         stored_layers = model.n_layer - checkpointed + checkpointed / ACTIVATION_ELEMENTS_PER_LAYER + 1
-    # Sequence parallelism splits what a block keeps between the TP ranks (Korthikanti et al., 34·s·b·h / t).
-    activations = per_layer * stored_layers / parallelism.tensor_parallel_degree
+    # Sequence parallelism splits what a block keeps between the TP ranks (Korthikanti et al., 34·s·b·h / t), and
+    # context parallelism each sequence between the CP ranks.
+    sequence_split = parallelism.tensor_parallel_degree * parallelism.context_parallel_degree
+    activations = per_layer * stored_layers / sequence_split
     # A pipeline rank keeps its stages' share of the layers for every microbatch in flight: GPipe and LoopedBFS
     # run all forwards before the backwards, the 1F1B family about one per stage of the pipeline.
     pipeline = parallelism.pipeline_parallel_degree
@@ -238,8 +249,9 @@ def estimate_memory(
         all_forwards_first = parallelism.pipeline_schedule.value in ("GPipe", "LoopedBFS")
         in_flight = accumulation if all_forwards_first else min(accumulation, pipeline)
         activations *= in_flight * layers_on_rank / model.n_layer
-    # Logits in the compute dtype, their fp32 copy for the loss, and its gradient; split by vocabulary under TP.
-    logits = tokens * model.vocab_size * (compute_bytes + 8) / parallelism.tensor_parallel_degree
+    # Logits in the compute dtype, their fp32 copy for the loss, and its gradient; split by vocabulary under TP,
+    # by sequence under CP.
+    logits = tokens * model.vocab_size * (compute_bytes + 8) / sequence_split
     total = state + activations + logits
     return [
         f"memory per rank (estimate, fp32 master weights, {optimizer_description}, {parallelism.compute_dtype}): "
