@@ -174,8 +174,15 @@ class Traffic:
             if layout.spans_nodes(self.dim_of_kind[kind], ranks_per_node)
         )
 
+    def weighted_by_kind(self, layout: Layout, ranks_per_node: int) -> dict[str, float]:
+        """Each kind's bytes, those between nodes counted ``INTER_NODE_WEIGHT`` times."""
+        return {
+            kind: sent * (INTER_NODE_WEIGHT if layout.spans_nodes(self.dim_of_kind[kind], ranks_per_node) else 1)
+            for kind, sent in self.bytes_by_kind.items()
+        }
+
     def weighted(self, layout: Layout, ranks_per_node: int) -> float:
-        return self.total + (INTER_NODE_WEIGHT - 1) * self.inter_node(layout, ranks_per_node)
+        return sum(self.weighted_by_kind(layout, ranks_per_node).values())
 
 
 def _ring(group: int) -> float:

@@ -37,7 +37,7 @@ GIB = 2**30
 
 def describe_config(config: TrainingAppConfig, world_size: int, registry: ResolverRegistry) -> Iterator[str]:
     training = config.training
-    env = DistributedEnvironment(0, 0, world_size, world_size, _planned_device(training.device))
+    env = DistributedEnvironment(0, 0, world_size, world_size, planned_device(training.device))
     parallelism = registry.build_component_by_config(config.parallelism, extra_kwargs={"env": env})
     try:
         training.check_batch_sizes(parallelism.data_parallel_size)
@@ -91,7 +91,7 @@ def describe_global_batch(training: TrainingSettings, data_parallel_size: int) -
     )
 
 
-def _planned_device(requested: str) -> torch.device:
+def planned_device(requested: str) -> torch.device:
     cuda = requested == "cuda" or (requested == "auto" and torch.cuda.is_available())
     return torch.device("cuda" if cuda else "cpu")
 
