@@ -225,14 +225,16 @@ def main() -> int:
             ratio = measured / sum(expected.values())
             verdict = "PASS" if abs(ratio - 1) <= TARGET else "FAIL"
             failed |= verdict == "FAIL"
-            print(f"\n{name} ({world_size} ranks, mesh {mesh}): measured {measured:,.0f} B, analytical "
-                  f"{sum(expected.values()):,.0f} B, ratio {ratio:.3f} {verdict} (target within {TARGET:.0%})")  # fmt: skip
+            print(
+                f"\n{name} ({world_size} ranks, mesh {mesh}): measured {measured:,.0f} B, analytical "
+                f"{sum(expected.values()):,.0f} B, ratio {ratio:.3f} {verdict} (target within {TARGET:.0%})"
+            )
             for kind, sent in expected.items():
                 print(f"  analytical {kind:<24}{sent:>14,.0f}")
             by_op = Counter()
             for rank in ranks:
                 by_op.update(rank)
-            for op, sent in by_op.most_common():
+            for op, sent in [(op, sent) for op, sent in by_op.most_common() if sent]:
                 print(f"  measured   {op:<40}{sent / world_size:>14,.0f}")
             spread = [sum(rank.values()) for rank in ranks]
             print(f"  per rank: {', '.join(f'{sent:,.0f}' for sent in spread)}")

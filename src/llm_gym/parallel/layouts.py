@@ -50,6 +50,9 @@ class ModelFigures:
     """Of the parameters outside the blocks, those it leaves whole (the final norm, learned positions' share)."""
     tied_embeddings: bool
     learned_positions: bool
+    tensor_parallel_input_projections: int = 4
+    """A block's column-wise layers (query, key, value, the MLP's inner projections): each one's input gradient is
+    all-reduced over the tp ranks."""
 
     @property
     def head_dim(self) -> int:
@@ -213,11 +216,11 @@ def traffic(model: ModelFigures, step: StepFigures, layout: Layout) -> Traffic:
     stage_parameters = blocks * block + outer_on_rank
     sent: dict[str, float] = {}
     if n > 1:
-        # Forward gathers every FSDP unit for each micro batch; backward gathers the blocks again when they were
-        # resharded, all but each stage's last, which stays gathered (strategies.FSDP2.parallelize), and the root,
-        # which FSDP2 never reshards after forward.
-        regathered = (blocks - layout.stages_per_rank) * block if step.reshard_after_forward else 0
-        gathered = (stage_parameters + max(regathered, 0)) * micro_batches
+        # Forward gathers every FSDP unit for each micro batch; backward gathers them again when they were resharded,
+        # the root (embeddings, head) too, all but each stage's last block, which stays gathered
+        # (strategies.FSDP2.parallelize).
+        regathered = stage_parameters - layout.stages_per_rank * block if step.reshard_after_forward else 0
+        gathered = (stage_parameters + regathered) * micro_batches
         sent["FSDP all-gather"] = _ring(n) * gathered * step.compute_bytes
         sent["FSDP reduce-scatter"] = _ring(n) * stage_parameters * step.reduce_bytes
     if layout.replicate > 1:
@@ -225,14 +228,20 @@ def traffic(model: ModelFigures, step: StepFigures, layout: Layout) -> Traffic:
     tokens = step.micro_batch_tokens / cp  # one rank's share of a micro batch's sequence
     recomputed = 0 if step.checkpoint_every is None else len(range(0, model.n_layer, step.checkpoint_every))
     if tp > 1:
-        # Per block: the attention's and the MLP's input gathered over the sequence, their outputs reduce-scattered
-        # (4 collectives of the whole [B, T, D] forward, their 4 conjugates backward, 4 more per recomputed block).
-        per_collective = _ring(tp) * tokens * model.dim * step.compute_bytes
-        block_collectives = (8 * model.n_layer + 4 * recomputed) / pp
-        # Embedding: its vocabulary-parallel output reduce-scattered (learned positions: all-reduced, then cut)
-        # forward, gathered backward; the head's input gathered forward, reduce-scattered backward.
-        embedding = 3 if model.learned_positions else 2
-        sent["TP activations"] = per_collective * (block_collectives + (embedding + 2) / pp) * micro_batches
+        # In units of one ring pass over a micro batch's [B, T, D]. Per block: the attention's and the MLP's input
+        # gathered over the sequence and their outputs reduce-scattered forward (4; again for a recomputed block),
+        # the reduce-scatters' conjugate all-gathers backward (2), and the gradient of each column-wise projection's
+        # input all-reduced backward (an all-reduce is 2 passes), where Megatron reduce-scatters it once per input.
+        per_pass = _ring(tp) * tokens * model.dim * step.compute_bytes
+        block_passes = (4 + 2 + 2 * model.tensor_parallel_input_projections) * model.n_layer + 4 * recomputed
+        # The vocabulary-parallel embedding's output reduce-scattered (learned positions: all-reduced, 2) forward
+        # and gathered backward; the head's input gathered forward and reduce-scattered backward.
+        outer_passes = (3 if model.learned_positions else 2) + 2
+        sent["TP activations"] = per_pass * (block_passes + outer_passes) / pp * micro_batches
+        if model.learned_positions:
+            # The column-split position table's output gathered: [T, D], for the whole batch.
+            positions = _ring(tp) * step.sequence_length * model.dim * step.compute_bytes
+            sent["TP activations"] += positions / pp * micro_batches
         # loss_parallel: the max, the sum of exponentials and the target's logit all-reduced over the vocabulary.
         sent["TP loss"] = 3 * 2 * _ring(tp) * tokens * 4 * micro_batches / pp
     if cp > 1:
