@@ -10,7 +10,7 @@ redistributions), and adds what a ring makes this rank send for it: the same con
 (``layouts`` module docstring). The figure compared is one steady step (between the 2nd and 3rd optimizer step),
 averaged over the ranks. A count is no timing: the ratio is the same on any machine.
 
-    python benchmarks/communication_volume.py [--layouts dp2 tp2 tp2xdp2 pp2 cp2] [--smoke]
+    python benchmarks/communication_volume.py [--layouts dp2 tp2 tp2xdp2 hsdp2x2 pp2 cp2] [--smoke]
 
 A layout whose keys this code refuses (pipeline or context parallelism before they exist) is skipped with the
 reason. Exit status 1 when a layout's ratio is off by more than 10%.
