@@ -60,3 +60,10 @@ def test_document_masking_smoke():
     output = run_benchmark("document_masking.py", "--smoke").stdout
     assert "causal" in output and "1.000" in output
     assert any(line.startswith("sdpa ") for line in output.splitlines())
+
+
+@pytest.mark.slow
+def test_communication_volume_counts_what_layouts_computes():
+    output = run_benchmark("communication_volume.py", "--smoke", "--layouts", "dp2", "tp2").stdout
+    ratios = [float(line.split("ratio ")[1].split()[0]) for line in output.splitlines() if " ratio " in line]
+    assert len(ratios) == 2 and all(abs(ratio - 1) <= 0.1 for ratio in ratios), output[-3000:]

@@ -19,8 +19,9 @@ from llm_gym.models.contract import LanguageModel, reads_document_ids
 from llm_gym.models.flops import describe_model, num_parameters
 from llm_gym.optim.optimizers import Muon
 from llm_gym.parallel.distributed import DistributedEnvironment
+from llm_gym.parallel.layouts import Layout, ModelFigures, StepFigures, memory
 from llm_gym.parallel.pipeline import stages_of_rank
-from llm_gym.parallel.strategies import ParallelismStrategy
+from llm_gym.parallel.strategies import DTYPES, FSDP2, ParallelismStrategy, PipelineSchedule
 from llm_gym.registry import ResolverRegistry
 from llm_gym.training.builder import (
     build_evaluators,
@@ -34,17 +35,11 @@ from llm_gym.training.builder import (
 )
 
 GIB = 2**30
-# Per-layer activations kept for backward, in elements per token of the hidden width, for a pre-norm
-# decoder with fused (flash/SDPA) attention: Korthikanti et al. 2022, the 34·s·b·h bytes at 2 bytes each,
-# without the attention-score term that fused kernels do not store.
-ACTIVATION_ELEMENTS_PER_LAYER = 17
-# fp32 master weights and fp32 gradients, before the optimizer's own state.
-WEIGHT_AND_GRADIENT_BYTES_PER_PARAMETER = 8
 
 
 def describe_config(config: TrainingAppConfig, world_size: int, registry: ResolverRegistry) -> Iterator[str]:
     training = config.training
-    env = DistributedEnvironment(0, 0, world_size, world_size, _planned_device(training.device))
+    env = DistributedEnvironment(0, 0, world_size, world_size, planned_device(training.device))
     parallelism = registry.build_component_by_config(config.parallelism, extra_kwargs={"env": env})
     try:
         training.check_batch_sizes(parallelism.data_parallel_size)
@@ -89,8 +84,7 @@ def describe_config(config: TrainingAppConfig, world_size: int, registry: Resolv
             f"{training.sequence_length:,} positions of every sequence, attends over all of them with 1/{degree} "
             "of the heads (4 all-to-alls per layer)"
         )
-    layers_on_rank = max(sum(len(stage.blocks) for stage in stages) for stages in stages_by_rank)
-    yield from estimate_memory(model, config, parallelism, optimizer, per_rank, layers_on_rank)
+    yield from estimate_memory(model, config, parallelism, optimizer, per_rank)
     yield check_tokenizer(config, model)
     if reads_document_ids(model):
         yield _describe_documents(config, model)
@@ -123,7 +117,7 @@ def describe_global_batch(training: TrainingSettings, data_parallel_size: int) -
     )
 
 
-def _planned_device(requested: str) -> torch.device:
+def planned_device(requested: str) -> torch.device:
     cuda = requested == "cuda" or (requested == "auto" and torch.cuda.is_available())
     return torch.device("cuda" if cuda else "cpu")
 
@@ -169,14 +163,85 @@ def parameters_per_rank(
     split by the tensor-parallel plan's column- and row-wise layers (a row-wise layer's bias stays whole), then
     sharded by FSDP2."""
     degree = parallelism.tensor_parallel_degree
-    total = 0
     named = {id(parameter): (name, parameter) for module in modules for name, parameter in module.named_parameters()}
-    for name, parameter in named.values():
-        module_name, _, parameter_name = name.rpartition(".")
-        style = next((style for key, style in plan.items() if _names(key, module_name)), None)
-        split = isinstance(style, ColwiseParallel) or (isinstance(style, RowwiseParallel) and parameter_name != "bias")
-        total += parameter.numel() // degree if split else parameter.numel()
+    total = sum(
+        parameter.numel() // degree if _split_by_plan(name, plan) else parameter.numel()
+        for name, parameter in named.values()
+    )
     return total / shard_degree(parallelism)
+
+
+def _split_by_plan(parameter_name: str, plan: dict[str, ParallelStyle]) -> bool:
+    """Whether the tensor-parallel plan splits this parameter: a column-wise layer's, or a row-wise one's weight."""
+    module_name, _, name = parameter_name.rpartition(".")
+    style = next((style for key, style in plan.items() if _names(key, module_name)), None)
+    return isinstance(style, ColwiseParallel) or (isinstance(style, RowwiseParallel) and name != "bias")
+
+
+def model_figures(model: LanguageModel, plan: dict[str, ParallelStyle]) -> ModelFigures:
+    """The shapes ``llm_gym.parallel.layouts`` computes with; ``plan`` (any degree's) says what tensor parallelism
+    leaves whole."""
+    whole = {True: 0, False: 0}  # in a block, outside the blocks
+    for name, parameter in model.named_parameters():
+        if not _split_by_plan(name, plan):
+            whole[name.startswith("blocks.")] += parameter.numel()
+    vocabulary_matrices = sum(1 for parameter in model.parameters() if parameter.shape == (model.vocab_size, model.dim))
+    return ModelFigures(
+        n_layer=model.n_layer,
+        dim=model.dim,
+        n_head=model.n_head,
+        # Optional members: a model without grouped key/value heads has as many as query heads.
+        n_head_kv=getattr(model, "n_head_kv", model.n_head),
+        vocab_size=model.vocab_size,
+        parameters=num_parameters(model),
+        block_parameters=num_parameters(model.blocks[0]),
+        block_whole_under_tensor_parallel=whole[True] // model.n_layer,
+        outer_whole_under_tensor_parallel=whole[False],
+        tied_embeddings=vocabulary_matrices == 1,
+        learned_positions=num_parameters(model, exclude_position_embeddings=True) != num_parameters(model),
+        tensor_parallel_input_projections=sum(
+            isinstance(style, ColwiseParallel) for key, style in plan.items() if key.startswith("blocks.")
+        )
+        or 4,
+    )
+
+
+def step_figures(config: TrainingAppConfig, parallelism: ParallelismStrategy, state_tensors: float) -> StepFigures:
+    training = config.training
+    every = {
+        ActivationCheckpointing.NONE: None,
+        ActivationCheckpointing.FULL: 1,
+        ActivationCheckpointing.EVERY_K: training.activation_checkpointing_every_k,
+    }[training.activation_checkpointing]
+    return StepFigures(
+        sequence_length=training.sequence_length,
+        micro_batch_size=training.micro_batch_size,
+        gradient_accumulation_steps=training.gradient_accumulation_steps,
+        compute_bytes=torch.finfo(parallelism.compute_dtype).bits // 8,
+        reduce_bytes=torch.finfo(DTYPES[parallelism.mixed_precision.reduce_dtype]).bits // 8,
+        optimizer_state_tensors=state_tensors,
+        checkpoint_every=every,
+        reshard_after_forward=getattr(parallelism, "reshard_after_forward", True),
+    )
+
+
+def layout_of(parallelism: ParallelismStrategy) -> Layout:
+    # The data-parallel ranks of one shard group (FSDP2 shards over them × cp).
+    shard = shard_degree(parallelism) // parallelism.context_parallel_degree
+    return Layout(
+        tensor_parallel=parallelism.tensor_parallel_degree,
+        context_parallel=parallelism.context_parallel_degree,
+        pipeline_parallel=parallelism.pipeline_parallel_degree,
+        replicate=parallelism.data_parallel_size // shard,
+        shard=shard,
+        stages_per_rank=getattr(parallelism, "pipeline_stages_per_rank", 1),
+    )
+
+
+def fills_pipeline_first(parallelism: ParallelismStrategy) -> bool:
+    """Whether the pipeline schedule runs every micro batch's forward before any backward (all in memory at once)."""
+    schedule = getattr(parallelism, "pipeline_schedule", None)
+    return isinstance(parallelism, FSDP2) and schedule in (PipelineSchedule.GPIPE, PipelineSchedule.LOOPED_BFS)
 
 
 def _names(key: str, module_name: str) -> bool:
@@ -212,51 +277,25 @@ def estimate_memory(
     config: TrainingAppConfig,
     parallelism: ParallelismStrategy,
     optimizer: torch.optim.Optimizer,
-    parameters_on_rank: int,
-    layers_on_rank: int,
+    parameters_on_rank: float,
 ) -> list[str]:
-    """A planning figure per rank: its training state (``parameters_on_rank``: split and sharded), activations
-    and logits of one micro batch (with tensor parallelism, split with the sequence and the vocabulary; with
-    pipeline parallelism, of the rank's ``layers_on_rank`` blocks, for the microbatches in flight; with context
-    parallelism, with the sequence)."""
-    training = config.training
+    """A planning figure per rank (``llm_gym.parallel.layouts.memory``): its training state (``parameters_on_rank``:
+    split and sharded), what FSDP2 holds whole, activations and logits of one micro batch (with tensor
+    parallelism, split with the sequence and the vocabulary)."""
     state_tensors, optimizer_description = optimizer_state_tensors(optimizer)
-    state_bytes_per_parameter = WEIGHT_AND_GRADIENT_BYTES_PER_PARAMETER + 4 * state_tensors
-    state = parameters_on_rank * state_bytes_per_parameter
-    compute_bytes = torch.finfo(parallelism.compute_dtype).bits // 8
-    tokens = training.micro_batch_size * training.sequence_length
-    per_layer = ACTIVATION_ELEMENTS_PER_LAYER * tokens * model.dim * compute_bytes
-    if training.activation_checkpointing == ActivationCheckpointing.NONE:
-        stored_layers = model.n_layer
-    else:
-        # Checkpointed blocks keep their input only; one block at a time is recomputed in full.
-        step = (
-            1
-            if training.activation_checkpointing == ActivationCheckpointing.FULL
-            else (training.activation_checkpointing_every_k)
-        )
-        checkpointed = len(range(0, model.n_layer, step))
-        stored_layers = model.n_layer - checkpointed + checkpointed / ACTIVATION_ELEMENTS_PER_LAYER + 1
-    # Sequence parallelism splits what a block keeps between the TP ranks (Korthikanti et al., 34·s·b·h / t), and
-    # context parallelism each sequence between the CP ranks.
-    sequence_split = parallelism.tensor_parallel_degree * parallelism.context_parallel_degree
-    activations = per_layer * stored_layers / sequence_split
-    # A pipeline rank keeps its stages' share of the layers for every microbatch in flight: GPipe and LoopedBFS
-    # run all forwards before the backwards, the 1F1B family about one per stage of the pipeline.
-    pipeline = parallelism.pipeline_parallel_degree
-    if pipeline > 1:
-        accumulation = training.gradient_accumulation_steps
-        all_forwards_first = parallelism.pipeline_schedule.value in ("GPipe", "LoopedBFS")
-        in_flight = accumulation if all_forwards_first else min(accumulation, pipeline)
-        activations *= in_flight * layers_on_rank / model.n_layer
-    # Logits in the compute dtype, their fp32 copy for the loss, and its gradient; split by vocabulary under TP,
-    # by sequence under CP.
-    logits = tokens * model.vocab_size * (compute_bytes + 8) / sequence_split
-    total = state + activations + logits
+    plan = parallelism.tensor_parallel_plan(model)
+    estimate = memory(
+        model_figures(model, plan),
+        step_figures(config, parallelism, state_tensors),
+        layout_of(parallelism),
+        parameters_on_rank,
+        schedule_fills_first=fills_pipeline_first(parallelism),
+    )
     return [
         f"memory per rank (estimate, fp32 master weights, {optimizer_description}, {parallelism.compute_dtype}): "
-        f"~{total / GIB:.2f} GiB = state {state / GIB:.2f} + activations {activations / GIB:.2f} "
-        f"(activation checkpointing: {training.activation_checkpointing.value}) + logits {logits / GIB:.2f}"
+        f"~{estimate.total / GIB:.2f} GiB = state {estimate.state / GIB:.2f} + gathered by FSDP2 "
+        f"{estimate.unsharded / GIB:.2f} + activations {estimate.activations / GIB:.2f} (activation checkpointing: "
+        f"{config.training.activation_checkpointing.value}) + logits {estimate.logits / GIB:.2f}"
     ]
 
 
