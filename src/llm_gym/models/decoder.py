@@ -365,7 +365,6 @@ class DecoderLM(nn.Module):
             "attention": PrepareModuleInput(
                 input_layouts=attention_inputs,
                 desired_input_layouts=(Replicate(), *attention_inputs[1:]),
-                use_local_output=True,
             ),
             "attention.query": ColwiseParallel(),
             "attention.key": ColwiseParallel(),
@@ -373,7 +372,7 @@ class DecoderLM(nn.Module):
             "attention.output": RowwiseParallel(output_layouts=Shard(1)),
             "mlp_norm": SequenceParallel(),
             "mlp": PrepareModuleInput(
-                input_layouts=(Shard(1),), desired_input_layouts=(Replicate(),), use_local_output=True
+                input_layouts=(Shard(1),), desired_input_layouts=(Replicate(),)
             ),
             "mlp.output": RowwiseParallel(output_layouts=Shard(1)),
         }

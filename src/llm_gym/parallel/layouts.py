@@ -50,9 +50,6 @@ class ModelFigures:
     """Of the parameters outside the blocks, those it leaves whole (the final norm, learned positions' share)."""
     tied_embeddings: bool
     learned_positions: bool
-    tensor_parallel_input_projections: int = 4
-    """A block's column-wise layers (query, key, value, the MLP's inner projections): each one's input gradient is
-    all-reduced over the tp ranks."""
 
     @property
     def head_dim(self) -> int:
@@ -230,10 +227,10 @@ def traffic(model: ModelFigures, step: StepFigures, layout: Layout) -> Traffic:
     if tp > 1:
         # In units of one ring pass over a micro batch's [B, T, D]. Per block: the attention's and the MLP's input
         # gathered over the sequence and their outputs reduce-scattered forward (4; again for a recomputed block),
-        # the reduce-scatters' conjugate all-gathers backward (2), and the gradient of each column-wise projection's
-        # input all-reduced backward (an all-reduce is 2 passes), where Megatron reduce-scatters it once per input.
+        # the reduce-scatters' conjugate all-gathers backward (2), and the gathers' conjugate reduce-scatters of the
+        # two inputs' gradients backward (2, summed over the column-wise projections first): Megatron's minimum.
         per_pass = _ring(tp) * tokens * model.dim * step.compute_bytes
-        block_passes = (4 + 2 + 2 * model.tensor_parallel_input_projections) * model.n_layer + 4 * recomputed
+        block_passes = (4 + 2 + 2) * model.n_layer + 4 * recomputed
         # The vocabulary-parallel embedding's output reduce-scattered (learned positions: all-reduced, 2) forward
         # and gathered backward; the head's input gathered forward and reduce-scattered backward.
         outer_passes = (3 if model.learned_positions else 2) + 2

@@ -199,10 +199,6 @@ def model_figures(model: LanguageModel, plan: dict[str, ParallelStyle]) -> Model
         outer_whole_under_tensor_parallel=whole[False],
         tied_embeddings=vocabulary_matrices == 1,
         learned_positions=num_parameters(model, exclude_position_embeddings=True) != num_parameters(model),
-        tensor_parallel_input_projections=sum(
-            isinstance(style, ColwiseParallel) for key, style in plan.items() if key.startswith("blocks.")
-        )
-        or 4,
     )
 
 
