@@ -103,10 +103,17 @@ def test_tp2_by_dp2_on_four_ranks_matches_one_process(corpus, tmp_path, llama_on
 
 @pytest.mark.slow
 @pytest.mark.cross_version
-def test_a_tp2_checkpoint_resumes_on_one_process_and_exactly_on_tp2(tmp_path, corpus, llama_one_process, llama_tp2):
+def test_a_tp2_checkpoint_resumes_on_one_process_and_dp2_and_exactly_on_tp2(
+    tmp_path, corpus, llama_one_process, llama_tp2
+):
     tp2_dir, tp2 = llama_tp2
     branch = {"checkpointing.branch_from": tp2_dir / "checkpoints" / "step_10"}
+    expected = steps_after(llama_one_process, 10)
     on_one = run_losses(corpus, tmp_path / "one", 1, **LLAMA, **branch)
-    assert largest_difference(steps_after(llama_one_process, 10), steps_after(on_one, 10)) < 1e-5
+    assert largest_difference(expected, steps_after(on_one, 10)) < 1e-5
     on_tp2 = run_losses(corpus, tmp_path / "tp2", 2, **LLAMA, **TP2, **branch)
     assert steps_after(on_tp2, 10) == steps_after(tp2, 10)
+    skip_unless_gloo_sharding_works()
+    # Two data-parallel ranks of 2 samples each: the same global batch.
+    on_dp2 = run_losses(corpus, tmp_path / "dp2", 2, **LLAMA, **branch, **{"training.micro_batch_size": 2})
+    assert largest_difference(expected, steps_after(on_dp2, 10)) < 1e-5
