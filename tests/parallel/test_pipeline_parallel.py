@@ -16,11 +16,13 @@ from llm_gym.assembly import make_registry
 from llm_gym.config.app import TrainingAppConfig
 from llm_gym.config.loading import load_config
 from llm_gym.errors import ConfigError, UserError
-from llm_gym.parallel.distributed import DistributedEnvironment
+from llm_gym.parallel.distributed import DistributedEnvironment, torch_release
 from llm_gym.parallel.pipeline import stage_blocks, stages_of_rank
-from llm_gym.parallel.strategies import FSDP2, FSDP2Config
+from llm_gym.parallel.strategies import FSDP2, PIPELINING_MIN_TORCH, FSDP2Config
 from llm_gym.training.builder import build_model_on_meta
 
+PIPELINING_WORKS = torch_release() >= PIPELINING_MIN_TORCH
+pytestmark = pytest.mark.skipif(not PIPELINING_WORKS, reason="llm_gym refuses pipeline parallelism on this torch")
 PP = "parallelism.config.pipeline_parallel_degree"
 # The tiny Llama (4 blocks; rope, grouped-query heads) with a vocabulary two tensor-parallel ranks can split, and
 # 2 micro batches a step: the pipeline's microbatches.

@@ -371,9 +371,7 @@ class DecoderLM(nn.Module):
             "attention.value": ColwiseParallel(),
             "attention.output": RowwiseParallel(output_layouts=Shard(1)),
             "mlp_norm": SequenceParallel(),
-            "mlp": PrepareModuleInput(
-                input_layouts=(Shard(1),), desired_input_layouts=(Replicate(),)
-            ),
+            "mlp": PrepareModuleInput(input_layouts=(Shard(1),), desired_input_layouts=(Replicate(),)),
             "mlp.output": RowwiseParallel(output_layouts=Shard(1)),
         }
         block |= {f"mlp.{name}": ColwiseParallel() for name in self._mlp_inner_projections()}

@@ -224,6 +224,11 @@ class DDP(ParallelismStrategy):
 GLOO_SHARDING_MIN_TORCH = (2, 9)
 
 
+# Pipelining is tested on torch 2.13; on older releases llm_gym's pipeline runs failed (torch 2.6: a rank hangs in
+# its schedule; 2.11: a rank exits during the first step).
+PIPELINING_MIN_TORCH = (2, 13)
+
+
 def _check_gloo_sharding_supported(strategy: str, env: DistributedEnvironment) -> None:
     if env.world_size > 1 and env.device.type == "cpu" and torch_release() < GLOO_SHARDING_MIN_TORCH:
         minimum = ".".join(map(str, GLOO_SHARDING_MIN_TORCH))
@@ -354,6 +359,12 @@ class FSDP2(ParallelismStrategy):
             raise UserError(
                 f"parallelism.config.{named} must divide the world size {env.world_size}; launch a multiple of "
                 f"{self.model_parallel_degree} ranks, or choose degrees whose product divides {env.world_size}"
+            )
+        if self.pipeline_parallel_degree > 1 and torch_release() < PIPELINING_MIN_TORCH:
+            minimum = ".".join(map(str, PIPELINING_MIN_TORCH))
+            raise UserError(
+                f"parallelism.config.pipeline_parallel_degree > 1 needs torch >= {minimum}, this is torch "
+                f"{torch.__version__}; upgrade torch, or set pipeline_parallel_degree: 1"
             )
         super().__init__(config, env)
         self.reshard_after_forward = config.reshard_after_forward
