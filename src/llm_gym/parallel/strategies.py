@@ -458,12 +458,12 @@ class FSDP2(ParallelismStrategy):
 
     def parallelize(self, model: LanguageModel) -> nn.Module:
         if self.pipeline_parallel_degree == 1:
-            self._shard(model, model.blocks)
+            self._shard(model)
             return model
         stages = self.pipeline_stages(model)
         shared = self._shared_parameter_groups(model)
         for stage in stages.values():
-            self._shard(stage, stage.blocks.values())
+            self._shard(stage)
         _release_layers_outside(model, stages.values())
         pp_group = self.device_mesh()["pp"].get_group()
         num_stages = self.pipeline_parallel_degree * self.pipeline_stages_per_rank
@@ -498,11 +498,13 @@ class FSDP2(ParallelismStrategy):
                     shared[name] = (group, pp_rank == holding[0])
         return shared
 
-    def _shard(self, root: nn.Module, blocks: Iterable[nn.Module]) -> None:
-        """``fully_shard`` each block, then the root (the layers outside the blocks); nothing on one rank."""
+    def _shard(self, root: nn.Module) -> None:
+        """``fully_shard`` each of the root's ``blocks`` (a model's list, a stage's dict), then the root (the
+        layers outside the blocks); nothing on one rank."""
         if not self.shards:
             return
         _check_gloo_sharding_supported(type(self).__name__, self.env)
+        blocks = root.blocks.values() if isinstance(root.blocks, nn.ModuleDict) else root.blocks
         mesh = self._sharding_mesh
         policy = MixedPrecisionPolicy(
             param_dtype=self.compute_dtype, reduce_dtype=DTYPES[self.mixed_precision.reduce_dtype]
