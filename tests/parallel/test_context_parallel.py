@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 
 from distributed import run_on_ranks, skip_unless_gloo_sharding_works
-from experiment_runs import TINY_CONFIG, llm_gym, read_metrics, tiny_overrides, torchrun, write_byte_corpus
+from experiment_runs import TINY_CONFIG, largest_difference, run_losses, steps_after, write_byte_corpus
 from llm_gym.assembly import make_registry
 from llm_gym.config.app import TrainingAppConfig
 from llm_gym.config.loading import load_config
@@ -21,7 +21,7 @@ from llm_gym.data.collators import document_ids
 from llm_gym.errors import ConfigError
 from llm_gym.models.contract import as_language_model
 from llm_gym.parallel.context_parallel import UlyssesExchange
-from llm_gym.parallel.distributed import init_distributed
+from llm_gym.parallel.distributed import init_distributed, torch_release
 from models.model_builders import GPT2_STYLE, LLAMA_STYLE, build, random_tokens
 
 CP2 = {"parallelism.config.context_parallel_degree": 2}
@@ -157,45 +157,22 @@ def corpus(tmp_path_factory) -> Path:
     return write_byte_corpus(tmp_path_factory.mktemp("cp_corpus"))
 
 
-def _run(corpus: Path, output_dir: Path, ranks: int, **settings: object) -> dict[str, dict[int, float]]:
-    """Losses by split and step of one run of the tiny config."""
-    args = ["run", "--config_file_path", str(TINY_CONFIG), *tiny_overrides(corpus, output_dir, **settings)]
-    if ranks == 1:
-        llm_gym(*args)
-    else:
-        torchrun(ranks, *args)
-    losses: dict[str, dict[int, float]] = {}
-    for line in read_metrics(output_dir / "metrics.jsonl"):
-        losses.setdefault(line["split"], {})[line["step"]] = line["loss"]
-    return losses
-
-
-def _largest_difference(expected: dict, actual: dict) -> float:
-    assert expected.keys() == actual.keys()
-    assert all(expected[split].keys() == actual[split].keys() for split in expected)
-    return max(abs(expected[split][step] - actual[split][step]) for split in expected for step in expected[split])
-
-
-def _steps_after(losses: dict, step: int) -> dict:
-    return {split: {s: loss for s, loss in by_step.items() if s > step} for split, by_step in losses.items()}
-
-
 @pytest.fixture(scope="module")
 def llama_one_process(corpus, tmp_path_factory) -> dict:
-    return _run(corpus, tmp_path_factory.mktemp("llama_1") / "run", 1, **LLAMA)
+    return run_losses(corpus, tmp_path_factory.mktemp("llama_1") / "run", 1, **LLAMA)
 
 
 @pytest.fixture(scope="module")
 def llama_cp2(corpus, tmp_path_factory) -> tuple[Path, dict]:
     skip_unless_gloo_sharding_works()  # FSDP2 shards over the cp ranks
     output_dir = tmp_path_factory.mktemp("llama_cp2") / "run"
-    return output_dir, _run(corpus, output_dir, 2, **LLAMA, **CP2)
+    return output_dir, run_losses(corpus, output_dir, 2, **LLAMA, **CP2)
 
 
 @pytest.mark.slow
 @pytest.mark.cross_version
 def test_cp2_llama_with_rope_and_grouped_query_heads_matches_one_process(llama_one_process, llama_cp2):
-    assert _largest_difference(llama_one_process, llama_cp2[1]) < 1e-5
+    assert largest_difference(llama_one_process, llama_cp2[1]) < 1e-5
 
 
 @pytest.mark.slow
@@ -203,24 +180,31 @@ def test_cp2_gpt2_with_learned_positions_restarting_in_masked_documents_matches_
     skip_unless_gloo_sharding_works()
     # Each chunk's learned positions come from the whole sample's documents, and so does the mask.
     documents = {"model.config.document_masking": "true", "model.config.document_positions": "restart"}
-    one_process = _run(corpus, tmp_path / "one", 1, **GPT2, **documents)
-    assert _largest_difference(one_process, _run(corpus, tmp_path / "cp2", 2, **GPT2, **documents, **CP2)) < 1e-5
+    one_process = run_losses(corpus, tmp_path / "one", 1, **GPT2, **documents)
+    assert largest_difference(one_process, run_losses(corpus, tmp_path / "cp2", 2, **GPT2, **documents, **CP2)) < 1e-5
 
 
 @pytest.mark.slow
 def test_cp2_by_dp2_on_four_ranks_matches_one_process(corpus, tmp_path, llama_one_process):
     skip_unless_gloo_sharding_works()
     # Two data-parallel ranks of 2 samples each: the one process's global batch of 4.
-    cp2_dp2 = _run(corpus, tmp_path / "run", 4, **LLAMA, **CP2, **{"training.micro_batch_size": 2})
-    assert _largest_difference(llama_one_process, cp2_dp2) < 1e-5
+    cp2_dp2 = run_losses(corpus, tmp_path / "run", 4, **LLAMA, **CP2, **{"training.micro_batch_size": 2})
+    assert largest_difference(llama_one_process, cp2_dp2) < 1e-5
 
 
 @pytest.mark.slow
 def test_cp2_by_tp2_on_four_ranks_matches_one_process(corpus, tmp_path):
     skip_unless_gloo_sharding_works()
-    one_process = _run(corpus, tmp_path / "one", 1, **LLAMA_8_HEADS)
+    one_process = run_losses(corpus, tmp_path / "one", 1, **LLAMA_8_HEADS)
     tp2 = {"parallelism.config.tensor_parallel_degree": 2}
-    assert _largest_difference(one_process, _run(corpus, tmp_path / "run", 4, **LLAMA_8_HEADS, **CP2, **tp2)) < 1e-5
+    assert (
+        largest_difference(one_process, run_losses(corpus, tmp_path / "run", 4, **LLAMA_8_HEADS, **CP2, **tp2)) < 1e-5
+    )
+
+
+# torch 2.11 resumes the cp2 checkpoint on one process 1.4e-5 off at worst (2.13: 2.4e-7); the same layout resumes
+# bit for bit on both.
+RESUMED_TOLERANCE = 1e-5 if torch_release() >= (2, 13) else 2e-5
 
 
 @pytest.mark.slow
@@ -228,7 +212,7 @@ def test_cp2_by_tp2_on_four_ranks_matches_one_process(corpus, tmp_path):
 def test_a_cp2_checkpoint_resumes_on_one_process_and_exactly_on_cp2(tmp_path, corpus, llama_one_process, llama_cp2):
     cp2_dir, cp2 = llama_cp2
     branch = {"checkpointing.branch_from": cp2_dir / "checkpoints" / "step_10"}
-    on_one = _run(corpus, tmp_path / "one", 1, **LLAMA, **branch)
-    assert _largest_difference(_steps_after(llama_one_process, 10), _steps_after(on_one, 10)) < 1e-5
-    on_cp2 = _run(corpus, tmp_path / "cp2", 2, **LLAMA, **CP2, **branch)
-    assert _steps_after(on_cp2, 10) == _steps_after(cp2, 10)
+    on_one = run_losses(corpus, tmp_path / "one", 1, **LLAMA, **branch)
+    assert largest_difference(steps_after(llama_one_process, 10), steps_after(on_one, 10)) < RESUMED_TOLERANCE
+    on_cp2 = run_losses(corpus, tmp_path / "cp2", 2, **LLAMA, **CP2, **branch)
+    assert steps_after(on_cp2, 10) == steps_after(cp2, 10)
