@@ -275,6 +275,14 @@ class TrainingAppConfig(_Section):
                 ),
                 "training.compile": (training.compile, "compiling tensor-parallel blocks is not supported yet"),
             },
+            "context_parallel_degree": {
+                "evaluation.evaluators": (
+                    evaluators,
+                    "evaluators run the model on whole sequences, while each rank of a context-parallel group holds "
+                    "one chunk of them",
+                ),
+                "training.compile": (training.compile, "compiling blocks with the all-to-alls is not supported yet"),
+            },
             "pipeline_parallel_degree": {
                 "evaluation.evaluators": (
                     evaluators,
@@ -298,7 +306,7 @@ class TrainingAppConfig(_Section):
         return self
 
     @model_validator(mode="after")
-    def _context_parallelism_runs_what_it_supports(self) -> "TrainingAppConfig":
+    def _context_parallel_chunks_are_equal(self) -> "TrainingAppConfig":
         degree = getattr(self.parallelism.config, "context_parallel_degree", 1)
         if degree == 1:
             return self
@@ -309,19 +317,6 @@ class TrainingAppConfig(_Section):
                 f"training.sequence_length ({length}) is not divisible by {key}: each rank holds an equal chunk of "
                 f"every sequence; choose a sequence_length that is a multiple of {degree}, or another degree"
             )
-        unsupported = {
-            "evaluation.evaluators": (
-                bool(self.evaluation.evaluators),
-                "evaluators run the model on whole sequences, while each rank of a context-parallel group holds "
-                "one chunk of them",
-            ),
-            "training.compile": (self.training.compile, "compiling blocks with the all-to-alls is not supported yet"),
-        }
-        for setting, (requested, reason) in unsupported.items():
-            if requested:
-                raise ValueError(
-                    f"{setting} cannot run with {key}: {reason}; unset it, or set context_parallel_degree: 1"
-                )
         return self
 
     @model_validator(mode="after")
