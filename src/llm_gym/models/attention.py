@@ -16,6 +16,7 @@ block-diagonal causal mask for SDPA (any device) or a FlexAttention ``BlockMask`
 import functools
 import importlib.util
 import math
+import warnings
 from enum import Enum
 
 import torch
@@ -76,9 +77,25 @@ class DocumentKernel(str, Enum):
     FLEX = "flex"
 
 
+def _flex_attention_on(device: torch.device):
+    """Compiled FlexAttention on CUDA; on CPU the unfused one, which materialises the masked scores. Inductor's
+    CPU kernel returns wrong rows, different ones from run to run, for a batched document mask (torch 2.13; the
+    test comparing flex with the boolean mask catches it)."""
+    if device.type == "cuda":
+        return _compiled_flex_attention()
+
+    def unfused(*args, **kwargs):
+        with warnings.catch_warnings():
+            # Its advice (compile it) is what the CPU must not follow.
+            warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
+            return flex_attention(*args, **kwargs)
+
+    return unfused
+
+
 def flex_attention_works(device: torch.device) -> bool:
     """Where ``auto`` picks FlexAttention: CUDA with triton, which compiles its kernels. On CPU it has no
-    backward (torch 2.13), so it serves there only evaluation, when asked for."""
+    backward (torch 2.13) and runs uncompiled, so it serves there only evaluation, when asked for."""
     return device.type == "cuda" and importlib.util.find_spec("triton") is not None
 
 
@@ -131,7 +148,8 @@ class SDPAttention(nn.Module):
     ) -> torch.Tensor:
         grouped = key.shape[1] != query.shape[1]
         if isinstance(document_mask, BlockMask):
-            return _compiled_flex_attention()(query, key, value, block_mask=document_mask, enable_gqa=grouped)
+            attend = _flex_attention_on(query.device)
+            return attend(query, key, value, block_mask=document_mask, enable_gqa=grouped)
         query_length, key_length = query.shape[2], key.shape[2]
         # is_causal aligns its mask top-left, which is right only when queries and keys are the same positions.
         # One query (a generation step) sees every key; a chunk after cached positions needs an explicit mask.
