@@ -111,7 +111,6 @@ def _load(*overrides: str) -> TrainingAppConfig:
             "evaluation.evaluators=[{type_hint: BitsPerByte, config: {split: val}}]",
             r"evaluation.evaluators cannot run with parallelism.config.context_parallel_degree 2",
         ),
-        ("training.compile=true", r"training.compile cannot run with parallelism.config.context_parallel_degree 2"),
     ],
 )
 def test_what_context_parallelism_does_not_run_is_refused_when_the_config_loads(override, message):
@@ -182,6 +181,16 @@ def test_cp2_gpt2_with_learned_positions_restarting_in_masked_documents_matches_
     documents = {"model.config.document_masking": "true", "model.config.document_positions": "restart"}
     one_process = run_losses(corpus, tmp_path / "one", 1, **GPT2, **documents)
     assert largest_difference(one_process, run_losses(corpus, tmp_path / "cp2", 2, **GPT2, **documents, **CP2)) < 1e-5
+
+
+@pytest.mark.slow
+@pytest.mark.cross_version
+def test_cp2_with_compiled_checkpointed_blocks_matches_one_process_plain(corpus, tmp_path, llama_one_process):
+    skip_unless_gloo_sharding_works()
+    # The all-to-alls run between compiled graphs, and again when the backward recomputes each block.
+    wrapped = {"training.compile": "true", "training.activation_checkpointing": "full"}
+    cp2 = run_losses(corpus, tmp_path / "run", 2, **LLAMA, **CP2, **wrapped)
+    assert largest_difference(llama_one_process, cp2) < 1e-5
 
 
 @pytest.mark.slow

@@ -116,9 +116,7 @@ def test_a_tied_embedding_on_both_stages_of_one_rank_is_refused():
 
 
 def test_validate_prints_the_plan_of_llama_1b_on_tp2_by_pp2_and_refuses_an_impossible_layout():
-    # compile is refused with tensor parallelism (torch 2.13 fails in the backward of compiled DTensor blocks).
     layout = [f"{PP}=2", "parallelism.config.tensor_parallel_degree=2", "training.device=cuda"]
-    layout.append("training.compile=false")
     command = ["validate", "--config_file_path", "config_files/llama_1b.yaml", "--world_size", "8"]
     result = llm_gym(*command, *layout)
     assert "device mesh (outermost first): pp 2 × dp_shard 2 × tp 2" in result.stdout

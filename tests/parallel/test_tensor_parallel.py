@@ -35,16 +35,10 @@ def _load(*overrides: str) -> TrainingAppConfig:
     return load_config(TINY_CONFIG, TrainingAppConfig, [*tp2, *overrides], registry=make_registry())[0]
 
 
-@pytest.mark.parametrize(
-    ("override", "key"),
-    [
-        ("evaluation.evaluators=[{type_hint: BitsPerByte, config: {split: val}}]", "evaluation.evaluators"),
-        ("training.compile=true", "training.compile"),
-    ],
-)
-def test_what_tensor_parallelism_does_not_run_is_refused_when_the_config_loads(override, key):
+def test_what_tensor_parallelism_does_not_run_is_refused_when_the_config_loads():
+    key = "evaluation.evaluators"
     with pytest.raises(ConfigError, match=rf"{key} cannot run with parallelism.config.tensor_parallel_degree 2"):
-        _load(override)
+        _load(f"{key}=[{{type_hint: BitsPerByte, config: {{split: val}}}}]")
 
 
 @pytest.mark.parametrize(
@@ -90,6 +84,14 @@ def test_tp2_llama_with_grouped_query_heads_matches_one_process(llama_one_proces
 def test_tp2_gpt2_with_learned_positions_and_tied_embeddings_matches_one_process(corpus, tmp_path):
     one_process = run_losses(corpus, tmp_path / "one", 1, **GPT2)
     assert largest_difference(one_process, run_losses(corpus, tmp_path / "tp2", 2, **GPT2, **TP2)) < GPT2_TOLERANCE
+
+
+@pytest.mark.slow
+@pytest.mark.cross_version
+def test_tp2_with_compiled_blocks_matches_one_process_uncompiled(corpus, tmp_path, llama_one_process):
+    # The first block takes the view of the residual stream that the embedding's DTensor hands on.
+    compiled = run_losses(corpus, tmp_path / "run", 2, **LLAMA, **TP2, **{"training.compile": "true"})
+    assert largest_difference(llama_one_process, compiled) < 1e-5
 
 
 @pytest.mark.slow

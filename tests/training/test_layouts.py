@@ -89,8 +89,7 @@ def test_layouts_that_cannot_split_the_model_say_which_key():
 def _suggest(*args: str):
     return CliRunner().invoke(
         main,
-        ["validate", "--config_file_path", str(LLAMA_1B), "training.device=cuda", "training.compile=false",
-         "--suggest_layout", *args],
+        ["validate", "--config_file_path", str(LLAMA_1B), "training.device=cuda", "--suggest_layout", *args],
     )  # fmt: skip
 
 

@@ -273,7 +273,6 @@ class TrainingAppConfig(_Section):
                     "evaluators give every rank other examples, while the ranks of a tensor-parallel group must run "
                     "the same inputs",
                 ),
-                "training.compile": (training.compile, "compiling tensor-parallel blocks is not supported yet"),
             },
             "context_parallel_degree": {
                 "evaluation.evaluators": (
@@ -281,7 +280,6 @@ class TrainingAppConfig(_Section):
                     "evaluators run the model on whole sequences, while each rank of a context-parallel group holds "
                     "one chunk of them",
                 ),
-                "training.compile": (training.compile, "compiling blocks with the all-to-alls is not supported yet"),
             },
             "pipeline_parallel_degree": {
                 "evaluation.evaluators": (

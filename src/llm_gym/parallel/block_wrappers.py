@@ -4,6 +4,9 @@ Both act on ``model.blocks`` one block at a time (as torchtitan does), so FSDP2 
 regions and compiled graphs all line up with transformer blocks.
 """
 
+import functools
+
+import torch
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 
 from llm_gym.models.contract import LanguageModel
@@ -27,6 +30,20 @@ def apply_activation_checkpointing(model: LanguageModel, mode: str, every_k: int
 
 
 def compile_blocks(model: LanguageModel) -> None:
-    """Compile each block in place (``nn.Module.compile``), keeping parameter names unchanged."""
+    """Compile each block's ``forward`` in place, keeping parameter names unchanged; the hooks sharding adds
+    later (FSDP2's gathers) run around the compiled graph, not in it."""
     for block in model.blocks:
-        block.compile()
+        block.forward = _taking_own_input(torch.compile(block.forward))
+
+
+def _taking_own_input(compiled_forward):
+    @functools.wraps(compiled_forward)
+    def forward(hidden: torch.Tensor, *args, **kwargs):
+        # A view entering a compiled graph is replayed from its base. Where that base is a DTensor's local
+        # tensor (the residual stream ``to_local`` hands the first tensor-parallel block), the gradient then
+        # bypasses the DTensor's backward and fails in it (torch 2.13). A copy has no base.
+        if hidden._is_view():
+            hidden = hidden.clone()
+        return compiled_forward(hidden, *args, **kwargs)
+
+    return forward

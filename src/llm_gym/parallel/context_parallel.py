@@ -35,6 +35,7 @@ def _all_to_all(chunks: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
     return received
 
 
+@torch.compiler.disable
 def all_to_all(chunks: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
     """Chunk ``j`` of ``chunks [group size, ...]`` goes to rank ``j`` of ``group``; chunk ``j`` of the result is
     what rank ``j`` sent this rank. Gradients flow back the same way."""
@@ -53,6 +54,7 @@ class UlyssesExchange:
         self._group = group
 
     @functools.cached_property
+    @torch.compiler.disable
     def group(self) -> dist.ProcessGroup:
         return self._group()
 
