@@ -2,7 +2,7 @@
 
 import itertools
 import math
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from unittest.mock import patch
 
 import pytest
@@ -20,14 +20,22 @@ from llm_gym.training.step import StepResult
 
 
 class Recorder:
+    """The broker and the checkpoint saver: a save is due on every step unless ``due`` says otherwise."""
+
     def __init__(self) -> None:
         self.messages, self.saves = [], []
+        self.due: Callable[[int, bool], bool] = lambda step, is_final: True
+        self._offered = (0, False)
 
     def publish(self, message) -> None:
         self.messages.append(message)
 
-    def maybe_save(self, step: int, is_final: bool) -> None:
-        self.saves.append((step, is_final))
+    def is_due(self, step: int, is_final: bool) -> bool:
+        self._offered = (step, is_final)
+        return self.due(step, is_final)
+
+    def save(self, step: int) -> None:
+        self.saves.append(self._offered)
 
 
 def make_trainer(poisoned_steps: Collection[int] = (), **settings) -> tuple[Trainer, Recorder]:
@@ -104,10 +112,10 @@ def _throughput_with_slow_evaluations_and_saves() -> list[float]:
         clock["now"] += 5.0
         return []
 
-    def slow_save(step: int, is_final: bool) -> None:
+    def slow_save(step: int) -> None:
         clock["now"] += 10.0 if step == 2 else 0.0
 
-    trainer.train_batches, trainer.eval_splits, recorder.maybe_save = timed_steps(), {"val": slow_evaluation}, slow_save
+    trainer.train_batches, trainer.eval_splits, recorder.save = timed_steps(), {"val": slow_evaluation}, slow_save
     with patch("llm_gym.training.loop.time.perf_counter", lambda: clock["now"]):
         trainer.train()
     return [
@@ -160,7 +168,23 @@ def test_non_finite_loss_stops_the_run_before_anything_is_saved():
     outcome, message, step, saves = run_on_ranks(_diverge, 1, "stop")[0]
     assert outcome == "stopped"
     assert "non-finite loss" in message and "at step 3" in message and "on_nonfinite=skip" in message
-    assert step == 2 and saves == [(1, False), (2, False)]
+    assert step == 3 and saves == [(1, False), (2, False)]
+
+
+def _diverge_between_reads() -> tuple:
+    # Step 2 is poisoned; nothing reads the steps until the save due at step 4.
+    trainer, recorder = make_trainer(poisoned_steps={2}, max_steps=6, log_interval=5, eval_interval=100)
+    recorder.due = lambda step, is_final: step == 4
+    with pytest.raises(NonFiniteLossError) as error:
+        trainer.train()
+    lines = [m for m in recorder.messages if type(m).__name__ == "MetricsRecord"]
+    return str(error.value), trainer.progress.step, recorder.saves, lines
+
+
+def test_a_non_finite_step_between_reads_stops_the_run_at_the_next_save_without_saving():
+    message, step, saves, lines = run_on_ranks(_diverge_between_reads, 1)[0]
+    assert message.startswith("non-finite loss (nan) and gradient norm (nan) at step 2;")
+    assert step == 4 and saves == [] and lines == []
 
 
 def test_non_finite_loss_can_skip_the_update_instead():
@@ -218,9 +242,19 @@ def test_global_batch_must_equal_micro_times_accumulation_times_ranks(micro, acc
             settings.check_batch_sizes(world)
 
 
+def train_lines(recorder: Recorder) -> list[dict]:
+    return [m.metrics for m in recorder.messages if type(m).__name__ == "MetricsRecord" and m.split == "train"]
+
+
+def _train_lines(**settings) -> list[dict]:
+    trainer, recorder = make_trainer(**settings)
+    trainer.train()
+    return train_lines(recorder)
+
+
 def _train_lines_and_step_losses() -> tuple[list[dict], list[tuple[float, int]]]:
-    """Train lines every 3 steps of 7, and every step's (loss, target tokens), with unequal token counts."""
-    trainer, recorder = make_trainer(log_interval=3, max_steps=7)
+    """Train lines every 3 steps of 7, and every step's (loss, target tokens) from the same run logging every
+    step, with unequal token counts."""
     batch = global_batch(4)
 
     def unequal_batches():
@@ -229,12 +263,15 @@ def _train_lines_and_step_losses() -> tuple[list[dict], list[tuple[float, int]]]
             targets[1, : step % 3 * 2] = -100  # 0, 2 or 4 tokens fewer
             yield Batch(inputs=batch.inputs, targets=targets)
 
-    trainer.train_batches = unequal_batches()
-    trainer.train()
-    lines = [m.metrics for m in recorder.messages if type(m).__name__ == "MetricsRecord" and m.split == "train"]
-    updates = [m for m in recorder.messages if type(m).__name__ == "ProgressUpdate"]
-    tokens = [4 * 8 - 3 - step % 3 * 2 for step in range(1, len(updates) + 1)]
-    return lines, [(update.metrics["loss"], count) for update, count in zip(updates, tokens, strict=True)]
+    runs = []
+    for log_interval in (3, 1):
+        trainer, recorder = make_trainer(log_interval=log_interval, max_steps=7)
+        trainer.train_batches = unequal_batches()
+        trainer.train()
+        runs.append(train_lines(recorder))
+    lines, every_step = runs
+    tokens = [4 * 8 - 3 - step % 3 * 2 for step in range(1, len(every_step) + 1)]
+    return lines, [(line["loss_step"], count) for line, count in zip(every_step, tokens, strict=True)]
 
 
 def test_the_train_line_loss_is_the_token_weighted_mean_of_its_window():
@@ -248,10 +285,10 @@ def test_the_train_line_loss_is_the_token_weighted_mean_of_its_window():
 
 
 def _window_over_a_skipped_step() -> tuple[list[dict], list[float]]:
-    trainer, recorder = make_trainer({3}, on_nonfinite="skip", max_steps=4, log_interval=4)
-    trainer.train()
-    lines = [m.metrics for m in recorder.messages if type(m).__name__ == "MetricsRecord" and m.split == "train"]
-    return lines, [m.metrics["loss"] for m in recorder.messages if type(m).__name__ == "ProgressUpdate"]
+    every_step = _train_lines(poisoned_steps={3}, on_nonfinite="skip", max_steps=4, log_interval=1)
+    return _train_lines(poisoned_steps={3}, on_nonfinite="skip", max_steps=4, log_interval=4), [
+        line["loss_step"] for line in every_step
+    ]
 
 
 def test_a_skipped_non_finite_step_is_left_out_of_the_window():
@@ -262,9 +299,7 @@ def test_a_skipped_non_finite_step_is_left_out_of_the_window():
 
 
 def _z_loss_lines() -> list[dict]:
-    trainer, recorder = make_trainer(z_loss_weight=1e-2, log_interval=3, max_steps=3)
-    trainer.train()
-    return [m.metrics for m in recorder.messages if type(m).__name__ == "MetricsRecord" and m.split == "train"]
+    return _train_lines(z_loss_weight=1e-2, log_interval=3, max_steps=3)
 
 
 def test_the_z_loss_is_a_metric_of_its_own_on_train_lines():

@@ -53,7 +53,7 @@ def one_step(strategy_name: str, accumulation: int, max_norm: float | None = 0.5
     model = strategy.parallelize(ToyLM())
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     micro = split(global_batch(), accumulation, env.rank, env.world_size)
-    result = train_step(model, strategy, micro, max_grad_norm=max_norm)
+    result = train_step(model, strategy, micro, max_grad_norm=max_norm).read()
     optimizer.step()
     state = {
         name: (param.full_tensor() if hasattr(param, "full_tensor") else param).detach().clone()

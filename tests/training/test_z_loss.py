@@ -32,7 +32,7 @@ def _step(weight: float) -> tuple:
     strategy = NoParallelism(NoParallelismConfig(), init_distributed("cpu"))
     model = FixedLogits()
     batch = Batch(inputs=torch.zeros(1, 3, dtype=torch.long), targets=torch.tensor(TARGETS))
-    result = train_step(model, strategy, [batch], max_grad_norm=None, z_loss_weight=weight)
+    result = train_step(model, strategy, [batch], max_grad_norm=None, z_loss_weight=weight).read()
     evaluation = evaluate(model, strategy, [batch])
     return result, model.logits.grad.tolist(), evaluation
 

@@ -73,7 +73,9 @@ class TrainingSettings(_Section):
         description="samples per split per evaluation, the split's first ones, the same on any number of ranks "
         "and micro batch size; null = the whole split",
     )
-    log_interval: PositiveInt = 1
+    log_interval: PositiveInt = Field(
+        10, description="a train line every this many steps; only these, evaluations and saves wait for the device"
+    )
     max_grad_norm: PositiveFloat | None = Field(1.0, description="clip by global norm; null = no clipping")
     z_loss_weight: float = Field(
         0.0, ge=0, allow_inf_nan=False, description="weight of the z-loss, log² of the softmax normaliser; 0 = off"

@@ -14,7 +14,8 @@ class MetricsRecord:
 
 @dataclass(frozen=True)
 class ProgressUpdate:
-    """Published after every optimizer step on rank 0; cheap to consume (loss, tokens_per_s, ...)."""
+    """Published after every optimizer step on rank 0; cheap to consume. Its ``metrics`` (loss, tokens_per_s)
+    are the last train line's, empty before the first: reading a step's own loss would wait for the device."""
 
     step: int
     max_steps: int

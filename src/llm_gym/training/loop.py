@@ -15,7 +15,7 @@ from llm_gym.data.collators import Batch
 from llm_gym.errors import RankLocalError, UserError
 from llm_gym.logging_broker.messages import MetricsRecord, ProgressUpdate, TextMessage
 from llm_gym.parallel.strategies import ParallelismStrategy
-from llm_gym.training.step import StepResult, evaluate, train_step
+from llm_gym.training.step import StepOutcome, StepResult, evaluate, train_step
 
 
 class NonFiniteLossError(UserError):
@@ -90,13 +90,15 @@ class TrainingThroughput:
     """Tokens per second over a log window, counting the time of training steps and their logging only.
 
     Evaluation and checkpoint saves inside the window are left out, so a save does not pass for a slow step.
+    Tokens are counted when the loop reads the steps from the device, so the time up to then is the time the
+    device took for them, not the time the host took to queue them.
     """
 
     def __init__(self) -> None:
         self._tokens, self._seconds, self._since = 0, 0.0, time.perf_counter()
 
     def add(self, tokens: int) -> float:
-        """Count a step's tokens; return the window's tokens per second so far."""
+        """Count the tokens of the steps since the last call; return the window's tokens per second so far."""
         now = time.perf_counter()
         self._tokens, self._seconds, self._since = self._tokens + tokens, self._seconds + now - self._since, now
         return self._tokens / max(self._seconds, 1e-9)
@@ -116,7 +118,9 @@ class Publisher(Protocol):
 
 
 class CheckpointSaver(Protocol):
-    def maybe_save(self, step: int, is_final: bool) -> None: ...
+    def is_due(self, step: int, is_final: bool) -> bool: ...
+
+    def save(self, step: int) -> None: ...
 
 
 class Evaluator(Protocol):
@@ -152,63 +156,96 @@ class Trainer:
     evaluators: list[Evaluator] = field(default_factory=list)
     """An evaluator named after an eval split reports that split in place of its plain loss line."""
     _last_lr: float = field(default=0.0, init=False)
+    _unread: list[tuple[int, StepOutcome]] = field(default_factory=list, init=False)
+    """The steps whose outcome the host has not read yet, with their numbers."""
 
     def train(self) -> None:
+        """Step until ``max_steps``. The host reads what the steps gave only on steps that log, evaluate or
+        save: an ordinary step queues its work on the device and goes on to the next without waiting."""
         settings, progress = self.settings, self.progress
         batches = iter(self.train_batches)
         self.model.train()
         if settings.eval_at_start and progress.step == 0:
             self._evaluate_all()
         throughput = TrainingThroughput()
+        shown: dict[str, float] = {}
+        """What the progress bar shows: the last train line's loss and tokens/s."""
         while progress.step < settings.max_steps:
-            result = self._optimizer_step(batches)
+            self._optimizer_step(batches)
             progress.step += 1
-            progress.tokens_seen += result.tokens
-            self.loss_window.add(result)
-            tokens_per_s = throughput.add(result.tokens)
-            is_final = progress.step == settings.max_steps
-            metrics = {"loss": result.loss, "tokens_per_s": tokens_per_s}
-            self.broker.publish(ProgressUpdate(progress.step, settings.max_steps, metrics))
-            if progress.step % settings.log_interval == 0 or is_final:
-                self.broker.publish(MetricsRecord(progress.step, "train", self._train_metrics(result, tokens_per_s)))
+            step, is_final = progress.step, progress.step == settings.max_steps
+            logs = step % settings.log_interval == 0 or is_final
+            evaluates = step % settings.eval_interval == 0 or is_final
+            saves = self.checkpointer.is_due(step, is_final)
+            if logs or evaluates or saves:
+                last, tokens_per_s = self._read_steps(throughput)
+            line = self._train_metrics(last, tokens_per_s) if logs else None
+            if line is not None:
+                shown = {"loss": line["loss"], "tokens_per_s": tokens_per_s}
+            self.broker.publish(ProgressUpdate(step, settings.max_steps, shown))
+            if line is not None:
+                self.broker.publish(MetricsRecord(step, "train", line))
                 throughput.start_window()
                 self.loss_window.start()
             with throughput.paused():
-                if progress.step % settings.eval_interval == 0 or is_final:
+                if evaluates:
                     self._evaluate_all()
-                self.checkpointer.maybe_save(progress.step, is_final)
+                if saves:
+                    self.checkpointer.save(step)
 
-    def _optimizer_step(self, batches: Iterator[Batch]) -> StepResult:
+    def _read_steps(self, throughput: TrainingThroughput) -> tuple[StepResult, float]:
+        """Wait for the device and read the steps since the last read, in one transfer: count their tokens and
+        losses, and stop at the first non-finite one (``on_nonfinite: stop``), so that nothing after it is
+        logged as trained or saved. Returns the last step's result and the window's tokens/s."""
+        results = StepOutcome.read_all([outcome for _, outcome in self._unread])
+        for (step, _), result in zip(self._unread, results, strict=True):
+            if not result.finite and self.settings.on_nonfinite == NonFiniteAction.STOP:
+                raise NonFiniteLossError(
+                    f"{describe_non_finite(result)} at step {step}; lower optimizer.config.lr or set "
+                    "training.on_nonfinite=skip"
+                )
+            self.progress.tokens_seen += result.tokens
+            self.loss_window.add(result)
+        self._unread.clear()
+        return results[-1], throughput.add(sum(result.tokens for result in results))
+
+    def _optimizer_step(self, batches: Iterator[Batch]) -> None:
         micro_batches = [
             self._in_vocabulary(next(batches), "train") for _ in range(self.settings.gradient_accumulation_steps)
         ]
-        result = train_step(
+        outcome = train_step(
             self.model, self.parallelism, micro_batches, self.settings.max_grad_norm, self.settings.z_loss_weight
         )
         self._last_lr = self.lr_scheduler.get_last_lr()[0]
-        step, progress = self.progress.step + 1, self.progress
-        non_finite = "" if result.finite else describe_non_finite(result)
+        step = self.progress.step + 1
+        self._unread.append((step, outcome))
+        if self.settings.on_nonfinite == NonFiniteAction.SKIP:
+            # Skipping decides on the host whether to update: this step waits for the device.
+            self._update_unless_non_finite(step, outcome.read())
+        else:
+            # Updated without waiting: a non-finite step stops the run when the steps are next read, which is
+            # before any evaluation or save.
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.lr_scheduler.step()
+
+    def _update_unless_non_finite(self, step: int, result: StepResult) -> None:
+        progress = self.progress
         if result.finite:
             self.optimizer.step()
             progress.consecutive_skipped_steps = 0
-        elif self.settings.on_nonfinite == NonFiniteAction.STOP:
+            return
+        non_finite = describe_non_finite(result)
+        progress.skipped_steps += 1
+        progress.consecutive_skipped_steps += 1
+        limit = self.settings.max_consecutive_skipped_steps
+        if progress.consecutive_skipped_steps >= limit:
             raise NonFiniteLossError(
-                f"{non_finite} at step {step}; lower optimizer.config.lr or set training.on_nonfinite=skip"
+                f"{limit} steps in a row ({step - limit + 1}-{step}) had non-finite values and were skipped, "
+                f"the last with {non_finite} (training.max_consecutive_skipped_steps: {limit}): the run has "
+                "diverged; lower optimizer.config.lr, or raise training.max_consecutive_skipped_steps"
             )
-        else:
-            progress.skipped_steps += 1
-            progress.consecutive_skipped_steps += 1
-            limit = self.settings.max_consecutive_skipped_steps
-            if progress.consecutive_skipped_steps >= limit:
-                raise NonFiniteLossError(
-                    f"{limit} steps in a row ({step - limit + 1}-{step}) had non-finite values and were skipped, "
-                    f"the last with {non_finite} (training.max_consecutive_skipped_steps: {limit}): the run has "
-                    "diverged; lower optimizer.config.lr, or raise training.max_consecutive_skipped_steps"
-                )
-            self.broker.publish(TextMessage(f"step {step}: {non_finite}, update skipped"))
-        self.optimizer.zero_grad(set_to_none=True)
-        self.lr_scheduler.step()
-        return result
+        self.broker.publish(TextMessage(f"step {step}: {non_finite}, update skipped"))
 
     def _train_metrics(self, result: StepResult, tokens_per_s: float) -> dict[str, float]:
         loss, z_loss = self.loss_window.means()
@@ -240,7 +277,8 @@ class Trainer:
     def _in_vocabulary(self, batch: Batch, split: str) -> Batch:
         # An id past the embedding table is an IndexError traceback on CPU and a device-side assert on a GPU.
         if self.vocab_size is not None:
-            inputs, targets = batch.inputs, batch.targets
+            # Read through numpy: the batch is still on the host, and nothing here may wait for the device.
+            inputs, targets = batch.inputs.numpy(), batch.targets.numpy()
             largest, smallest = max(int(inputs.max()), int(targets.max())), int(inputs.min())
             if largest >= self.vocab_size or smallest < 0:
                 raise RankLocalError(

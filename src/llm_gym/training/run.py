@@ -56,14 +56,17 @@ CONFIG_FILE = "config.yaml"
 
 
 class _PeriodicCheckpoints:
-    """Adapts the checkpoint manager to the loop: the loop says which step ended, this decides and saves."""
+    """Adapts the checkpoint manager to the loop: the loop asks whether a step is due (and then reads the steps
+    from the device, stopping at a non-finite one), and saves it."""
 
     def __init__(self, manager: CheckpointManager, state: dict, metadata: dict):
         self.manager, self.state, self.metadata = manager, state, metadata
 
-    def maybe_save(self, step: int, is_final: bool) -> None:
-        if self.manager.should_save(step, is_final):
-            self.manager.save(step, self.state, {**self.metadata, "step": step})
+    def is_due(self, step: int, is_final: bool) -> bool:
+        return self.manager.should_save(step, is_final)
+
+    def save(self, step: int) -> None:
+        self.manager.save(step, self.state, {**self.metadata, "step": step})
 
 
 def run_training(

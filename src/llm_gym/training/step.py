@@ -24,6 +24,8 @@ from llm_gym.parallel.strategies import ParallelismStrategy
 
 @dataclass(frozen=True)
 class StepResult:
+    """What a step gave, read on the host (``StepOutcome.read``)."""
+
     loss: float
     """Mean cross-entropy per target token of the global batch."""
     grad_norm: float
@@ -33,6 +35,33 @@ class StepResult:
     """The cross-entropy summed over the global batch's target tokens (``loss`` is this / ``tokens``)."""
     z_loss_sum: float
     """The z-loss penalty (weight × log² Z) summed over the same tokens; 0 without z-loss."""
+
+
+@dataclass(frozen=True)
+class StepOutcome:
+    """What a step gave, still on the device: the step queues its work and returns without waiting for it.
+
+    Reading it (``read``, ``read_all``) waits for the device; the loop does that on log steps, evaluations and
+    saves only (and on every step with ``on_nonfinite: skip``, which decides on the host whether to update).
+    """
+
+    sums: torch.Tensor
+    """float64 ``[cross-entropy sum, z-loss penalty sum, global target tokens, gradient norm]``."""
+
+    def read(self) -> StepResult:
+        return StepOutcome.read_all([self])[0]
+
+    @staticmethod
+    def read_all(outcomes: Sequence["StepOutcome"]) -> list[StepResult]:
+        """Every outcome read in one transfer from the device."""
+        if not outcomes:
+            return []
+        results = []
+        for loss_sum, z_loss_sum, tokens, grad_norm in torch.stack([o.sums for o in outcomes]).tolist():
+            loss = loss_sum / max(tokens, 1)
+            finite = math.isfinite(loss) and math.isfinite(grad_norm)
+            results.append(StepResult(loss, grad_norm, round(tokens), finite, loss_sum, z_loss_sum))
+        return results
 
 
 def _all_reduce_sum(values: torch.Tensor, parallelism: ParallelismStrategy) -> torch.Tensor:
@@ -81,14 +110,16 @@ def train_step(
     micro_batches: Sequence[Batch],
     max_grad_norm: float | None,
     z_loss_weight: float = 0.0,
-) -> StepResult:
-    """Forward and backward over the micro batches of one step, then clip. The optimizer is not stepped."""
+) -> StepOutcome:
+    """Forward and backward over the micro batches of one step, then clip. The optimizer is not stepped.
+
+    Nothing here waits for the device: the token count that normalises the loss stays a device tensor."""
     device = parallelism.env.device
-    micro_batches = [_context_chunk(batch, parallelism) for batch in micro_batches]
-    local_tokens = sum(batch.target_tokens() for batch in micro_batches)
-    local_count = torch.tensor([local_tokens], dtype=torch.float64, device=device)
-    global_tokens = int(_all_reduce_sum(local_count, parallelism).item())
-    scale = parallelism.token_parallel_size / max(global_tokens, 1)
+    micro_batches = [_context_chunk(batch, parallelism).to(device, non_blocking=True) for batch in micro_batches]
+    local_tokens = sum((batch.targets != IGNORE_INDEX).sum(dtype=torch.float64) for batch in micro_batches)
+    global_tokens = _all_reduce_sum(local_tokens.reshape(1), parallelism)
+    # float32, as the losses it scales: a float64 factor would promote them and their backward.
+    scale = (parallelism.token_parallel_size / global_tokens.clamp(min=1)).to(torch.float32).reshape(())
     sums = torch.zeros(2, dtype=torch.float64, device=device)  # cross-entropy, z-loss penalty
     if parallelism.pipeline is not None:
         _pipeline_forward_backward(parallelism, micro_batches, scale, z_loss_weight, sums)
@@ -100,17 +131,15 @@ def train_step(
                     cross_entropy, penalty = _token_losses(model, batch, device, z_loss_weight)
                 ((cross_entropy + penalty) * scale).backward()
             sums += torch.stack([cross_entropy.detach(), penalty.detach()])
-    loss_sum, z_loss_sum = parallelism.sum_over_stages(_all_reduce_sum(sums, parallelism)).tolist()
-    loss = loss_sum / max(global_tokens, 1)
-    grad_norm = parallelism.clip_grad_norm_(model, max_grad_norm).item()
-    finite = math.isfinite(loss) and math.isfinite(grad_norm)
-    return StepResult(loss, grad_norm, global_tokens, finite, loss_sum, z_loss_sum)
+    sums = parallelism.sum_over_stages(_all_reduce_sum(sums, parallelism))
+    grad_norm = parallelism.clip_grad_norm_(model, max_grad_norm).reshape(1).to(torch.float64)
+    return StepOutcome(torch.cat([sums, global_tokens, grad_norm]))
 
 
 def _pipeline_forward_backward(
     parallelism: ParallelismStrategy,
     micro_batches: Sequence[Batch],
-    scale: float,
+    scale: torch.Tensor,
     z_loss_weight: float,
     sums: torch.Tensor,
 ) -> None:
