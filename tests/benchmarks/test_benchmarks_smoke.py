@@ -67,3 +67,9 @@ def test_communication_volume_counts_what_layouts_computes():
     output = run_benchmark("communication_volume.py", "--smoke", "--layouts", "dp2", "tp2").stdout
     ratios = [float(line.split("ratio ")[1].split()[0]) for line in output.splitlines() if " ratio " in line]
     assert len(ratios) == 2 and all(abs(ratio - 1) <= 0.1 for ratio in ratios), output[-3000:]
+
+
+def test_chunked_loss_memory_smoke():
+    output = run_benchmark("chunked_loss_memory.py", "--smoke").stdout
+    assert "plain" in output and "chunked (64 tokens)" in output
+    assert "difference of the loss per target token" in output

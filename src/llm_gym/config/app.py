@@ -80,6 +80,11 @@ class TrainingSettings(_Section):
     z_loss_weight: float = Field(
         0.0, ge=0, allow_inf_nan=False, description="weight of the z-loss, log² of the softmax normaliser; 0 = off"
     )
+    loss_chunk_tokens: NonNegativeInt = Field(
+        0,
+        description="0 = the loss over the whole logits; N = the chunked loss, N tokens' logits at a time (recomputed "
+        "in the backward), never the whole logits",
+    )
     on_nonfinite: NonFiniteAction = NonFiniteAction.STOP
     max_consecutive_skipped_steps: PositiveInt = Field(
         10, description="with on_nonfinite: skip, stop the run (exit 2) when this many steps in a row are skipped"
@@ -275,6 +280,11 @@ class TrainingAppConfig(_Section):
                     "evaluators give every rank other examples, while the ranks of a tensor-parallel group must run "
                     "the same inputs",
                 ),
+                "training.loss_chunk_tokens": (
+                    bool(training.loss_chunk_tokens),
+                    "tensor parallelism already computes the loss on logits split by vocabulary (loss_parallel), "
+                    "no rank holding the whole vocabulary's",
+                ),
             },
             "context_parallel_degree": {
                 "evaluation.evaluators": (
@@ -284,6 +294,10 @@ class TrainingAppConfig(_Section):
                 ),
             },
             "pipeline_parallel_degree": {
+                "training.loss_chunk_tokens": (
+                    bool(training.loss_chunk_tokens),
+                    "the last stage hands its logits to torch's pipeline schedule, which computes the loss",
+                ),
                 "evaluation.evaluators": (
                     evaluators,
                     "evaluators call the whole model, which no rank of a pipeline holds",

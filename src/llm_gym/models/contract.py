@@ -53,6 +53,12 @@ class LanguageModel(Protocol):
     chunk's first position. ``document_ids`` stay those of the whole sample, ``[B, T]``, since attention sees the
     whole sequence. It raises ``ConfigError`` where the model cannot be split ``exchange.degree`` ways (its
     query or key/value heads, under tensor parallelism each rank's share of them).
+
+    Optional, and checked only where ``training.loss_chunk_tokens`` is set: ``forward`` also takes the keyword
+    ``output_loss``, a callable ``(hidden [B, T, D], weight [V, D]) -> tensors``. Given it, ``forward`` returns
+    ``output_loss(hidden, weight)`` in place of the logits, where the logits would be ``hidden @ weightᵀ`` (the
+    output projection's input and weight): the chunked loss then never holds the whole logits. It is called
+    inside ``forward``, where FSDP2 has gathered the weight.
     """
 
     vocab_size: int
@@ -112,6 +118,8 @@ class SequenceExchange(Protocol):
 
 DOCUMENT_IDS = "document_ids"
 """The keyword argument of ``forward`` that carries the documents of a packed sample."""
+OUTPUT_LOSS = "output_loss"
+"""The keyword argument of ``forward`` that computes the loss from the output projection's input and weight."""
 
 
 def reads_document_ids(model: LanguageModel) -> bool:
@@ -137,11 +145,15 @@ APPLY_CONTEXT_PARALLEL = "apply_context_parallel"
 
 
 def as_language_model(
-    model: object, tensor_parallel: bool = False, context_parallel: bool = False, pipeline: bool = False
+    model: object,
+    tensor_parallel: bool = False,
+    context_parallel: bool = False,
+    pipeline: bool = False,
+    chunked_loss: bool = False,
 ) -> LanguageModel:
     """``model`` itself, once it provides the whole contract (with ``tensor_parallel``, its plan too; with
-    ``context_parallel``, its ``apply_context_parallel``; with ``pipeline``, its stages); else a ``ConfigError``
-    naming what it lacks."""
+    ``context_parallel``, its ``apply_context_parallel``; with ``pipeline``, its stages; with ``chunked_loss``, a
+    ``forward`` taking ``output_loss``); else a ``ConfigError`` naming what it lacks."""
     lacking = [] if isinstance(model, nn.Module) else ["to be a torch.nn.Module"]
     lacking += [
         f"{name} ({kind.__name__})"
@@ -166,6 +178,11 @@ def as_language_model(
         lacking.append(
             f"{APPLY_CONTEXT_PARALLEL}(exchange), which parallelism.config.context_parallel_degree > 1 needs; give "
             "the model one, or set context_parallel_degree: 1"
+        )
+    if chunked_loss and not (callable(forward) and OUTPUT_LOSS in inspect.signature(forward).parameters):
+        lacking.append(
+            f"a forward() taking {OUTPUT_LOSS}, which training.loss_chunk_tokens needs; give the model one, or set "
+            "loss_chunk_tokens: 0"
         )
     if lacking:
         raise ConfigError(

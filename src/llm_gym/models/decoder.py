@@ -5,6 +5,9 @@ is the token embedding itself when embeddings are tied (one parameter, so nothin
 ``to_empty``, not sharding, not a checkpoint).
 """
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
@@ -244,12 +247,17 @@ class DecoderLM(nn.Module):
         return self.document_masking or self.document_positions == DocumentPositions.RESTART
 
     def forward(
-        self, input_ids: torch.Tensor, kv_cache: KVCache | None = None, document_ids: torch.Tensor | None = None
-    ) -> torch.Tensor:
+        self,
+        input_ids: torch.Tensor,
+        kv_cache: KVCache | None = None,
+        document_ids: torch.Tensor | None = None,
+        output_loss: Callable[[torch.Tensor, torch.Tensor], Any] | None = None,
+    ) -> Any:
         """``document_ids [B, T]`` (which document of a packed sample each input token is in, not decreasing
         along a row) apply ``document_masking`` and ``document_positions``; without them, one document. Under
         context parallelism (``apply_context_parallel``) ``input_ids`` are one chunk of each sequence and
-        ``document_ids`` the whole sample's."""
+        ``document_ids`` the whole sample's. With ``output_loss`` (the model contract's), what it returns for the
+        output projection's input and weight, in place of the logits."""
         start = kv_cache.length if kv_cache is not None else 0
         # Under context parallelism the input is one chunk of a sequence ``degree`` times as long.
         exchange = self.sequence_exchange
@@ -273,6 +281,8 @@ class DecoderLM(nn.Module):
             hidden = block(hidden, start, layer_cache, positions, document_mask)
         if kv_cache is not None:
             kv_cache.length = start + input_ids.shape[1]
+        if output_loss is not None:
+            return output_loss(self.head_input(self.final_norm(hidden)), self.output_weight)
         return self.head(hidden)
 
     def embed(self, input_ids: torch.Tensor, start: int = 0, positions: torch.Tensor | None = None) -> torch.Tensor:
@@ -297,7 +307,13 @@ class DecoderLM(nn.Module):
         hidden = self.head_input(self.final_norm(hidden))
         if self.output is None:
             return F.linear(hidden, self.token_embedding.weight)
+        # The module, not its weight: a tensor-parallel plan hooks it.
         return self.output(hidden)
+
+    @property
+    def output_weight(self) -> torch.Tensor:
+        """The output projection's weight ``[V, D]``: the token embedding's when tied (``output_loss`` takes it)."""
+        return self.token_embedding.weight if self.output is None else self.output.weight
 
     def init_weights(self) -> None:
         """(Re)initialise every parameter in place from the global RNG, in a fixed order.

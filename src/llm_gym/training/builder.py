@@ -88,7 +88,11 @@ def build_model_on_meta(config: TrainingAppConfig, registry: ResolverRegistry) -
     context_parallel = getattr(degrees, "context_parallel_degree", 1) > 1
     pipeline = getattr(degrees, "pipeline_parallel_degree", 1) > 1
     return as_language_model(
-        model, tensor_parallel=tensor_parallel, context_parallel=context_parallel, pipeline=pipeline
+        model,
+        tensor_parallel=tensor_parallel,
+        context_parallel=context_parallel,
+        pipeline=pipeline,
+        chunked_loss=config.training.loss_chunk_tokens > 0,
     )
 
 

@@ -213,8 +213,14 @@ class Trainer:
         micro_batches = [
             self._in_vocabulary(next(batches), "train") for _ in range(self.settings.gradient_accumulation_steps)
         ]
+        settings = self.settings
         outcome = train_step(
-            self.model, self.parallelism, micro_batches, self.settings.max_grad_norm, self.settings.z_loss_weight
+            self.model,
+            self.parallelism,
+            micro_batches,
+            settings.max_grad_norm,
+            settings.z_loss_weight,
+            settings.loss_chunk_tokens,
         )
         self._last_lr = self.lr_scheduler.get_last_lr()[0]
         step = self.progress.step + 1

@@ -7,18 +7,18 @@ update as one big batch, on any number of ranks.
 """
 
 import dataclasses
+import functools
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
-from torch.distributed.tensor import DTensor
 
 from llm_gym.data.collators import IGNORE_INDEX, Batch
-from llm_gym.models.contract import DOCUMENT_IDS
+from llm_gym.models.contract import DOCUMENT_IDS, OUTPUT_LOSS
+from llm_gym.models.losses import chunked_loss_sums, loss_sums
 from llm_gym.parallel.strategies import ParallelismStrategy
 
 
@@ -79,29 +79,22 @@ def _context_chunk(batch: Batch, parallelism: ParallelismStrategy) -> Batch:
 
 
 def _token_losses(
-    model: nn.Module, batch: Batch, device: torch.device, z_loss_weight: float = 0.0
+    model: nn.Module, batch: Batch, device: torch.device, z_loss_weight: float = 0.0, loss_chunk_tokens: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cross-entropy and z-loss penalty, each summed over the batch's target tokens."""
+    """Cross-entropy and z-loss penalty, each summed over the batch's target tokens: from the whole logits, or
+    with ``loss_chunk_tokens`` inside the model's forward, a chunk of them at a time."""
     batch = batch.to(device, non_blocking=True)
     documents = {} if batch.document_ids is None else {DOCUMENT_IDS: batch.document_ids}
-    return _loss_sums(model(batch.inputs, **documents), batch.targets, z_loss_weight)
-
-
-def _loss_sums(
-    logits: torch.Tensor, targets: torch.Tensor, z_loss_weight: float = 0.0
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cross-entropy and z-loss penalty of ``logits [B, T, V]`` for ``targets [B, T]``, summed over the targets."""
-    targets = targets.flatten()
-    logits = logits.flatten(0, 1).float()
-    cross_entropy = F.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX, reduction="sum")
-    if isinstance(cross_entropy, DTensor):
-        # Logits split by vocabulary (tensor parallelism, under loss_parallel): the loss is the same on every
-        # rank of the group.
-        cross_entropy = cross_entropy.full_tensor()
-    if not z_loss_weight:
-        return cross_entropy, torch.zeros((), device=logits.device)
-    log_normaliser = logits.logsumexp(dim=-1)
-    return cross_entropy, z_loss_weight * (log_normaliser.square() * (targets != IGNORE_INDEX)).sum()
+    if not loss_chunk_tokens:
+        return loss_sums(model(batch.inputs, **documents), batch.targets, IGNORE_INDEX, z_loss_weight)
+    chunked = functools.partial(
+        chunked_loss_sums,
+        targets=batch.targets,
+        ignore_index=IGNORE_INDEX,
+        chunk_tokens=loss_chunk_tokens,
+        z_loss_weight=z_loss_weight,
+    )
+    return model(batch.inputs, **documents, **{OUTPUT_LOSS: chunked})
 
 
 def train_step(
@@ -110,6 +103,7 @@ def train_step(
     micro_batches: Sequence[Batch],
     max_grad_norm: float | None,
     z_loss_weight: float = 0.0,
+    loss_chunk_tokens: int = 0,
 ) -> StepOutcome:
     """Forward and backward over the micro batches of one step, then clip. The optimizer is not stepped.
 
@@ -128,7 +122,7 @@ def train_step(
             last = index == len(micro_batches) - 1
             with parallelism.gradient_sync(model, enabled=last), parallelism.loss_context():
                 with parallelism.forward_context():
-                    cross_entropy, penalty = _token_losses(model, batch, device, z_loss_weight)
+                    cross_entropy, penalty = _token_losses(model, batch, device, z_loss_weight, loss_chunk_tokens)
                 ((cross_entropy + penalty) * scale).backward()
             sums += torch.stack([cross_entropy.detach(), penalty.detach()])
     sums = parallelism.sum_over_stages(_all_reduce_sum(sums, parallelism))
@@ -152,7 +146,7 @@ def _pipeline_forward_backward(
     terms: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def scaled_loss(logits: torch.Tensor, microbatch_targets: torch.Tensor) -> torch.Tensor:
-        cross_entropy, penalty = _loss_sums(logits, microbatch_targets, z_loss_weight)
+        cross_entropy, penalty = loss_sums(logits, microbatch_targets, IGNORE_INDEX, z_loss_weight)
         loss = (cross_entropy + penalty) * scale
         terms[id(loss)] = (loss, torch.stack([cross_entropy.detach(), penalty.detach()]))
         return loss
@@ -176,7 +170,7 @@ def evaluate(model: nn.Module, parallelism: ParallelismStrategy, batches: Iterab
             if pipeline is None:
                 totals[0] += _token_losses(model, batch, device)[0]
             elif (logits := pipeline.forward(batch.inputs.to(device))) is not None:
-                totals[0] += _loss_sums(logits, batch.targets.to(device))[0]
+                totals[0] += loss_sums(logits, batch.targets.to(device), IGNORE_INDEX)[0]
         totals[1] += batch.target_tokens()
     model.train(was_training)
     loss_sum, tokens = _all_reduce_sum(totals, parallelism).tolist()
