@@ -8,7 +8,7 @@ from typing import NoReturn
 
 import click
 
-from llm_gym.errors import RankLocalError, UserError
+from llm_gym.errors import RankLocalError, RunStopped, UserError
 
 DEBUG_ENV = "LLM_GYM_DEBUG"
 
@@ -35,7 +35,8 @@ def _file_error_message(error: OSError) -> str:
 
 
 class CommandGroup(click.Group):
-    """Turns user errors into one line on stderr and exit status 2; internal errors exit 1.
+    """Turns user errors into one line on stderr and exit status 2, a run stopped before its end into its own
+    status (``RunStopped``); internal errors exit 1.
 
     A failed file operation on a named path (a missing directory, a file where a directory should be, no
     permission, a full disk) is the user's to fix too, whichever command met it.
@@ -46,6 +47,10 @@ class CommandGroup(click.Group):
             return super().invoke(ctx)
         except UserError as error:
             _exit_with_message(str(error), same_on_every_rank=not isinstance(error, RankLocalError))
+        except RunStopped as stop:
+            if int(os.environ.get("RANK", 0)) == 0:
+                click.echo(f"stopped: {stop}", err=True)
+            sys.exit(stop.exit_status)
         except OSError as error:
             if error.filename is None:
                 raise

@@ -89,6 +89,14 @@ class TrainingSettings(_Section):
     max_consecutive_skipped_steps: PositiveInt = Field(
         10, description="with on_nonfinite: skip, stop the run (exit 2) when this many steps in a row are skipped"
     )
+    hang_timeout_s: PositiveFloat | None = Field(
+        None,
+        description="end the run (every rank's stacks in hangs/) when no step, evaluation or save finishes for this "
+        "long; null = never",
+    )
+    collective_timeout_s: PositiveFloat = Field(
+        1800, description="how long a collective may wait for the other ranks before the process group fails"
+    )
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda)$")
     activation_checkpointing: ActivationCheckpointing = ActivationCheckpointing.NONE
     activation_checkpointing_every_k: PositiveInt = 2

@@ -47,8 +47,9 @@ def select_device(requested: str, local_rank: int) -> torch.device:
     return torch.device("cuda", local_rank)
 
 
-def init_distributed(requested_device: str = "auto", timeout_minutes: float = 30) -> DistributedEnvironment:
-    """Join torchrun's process group, or create a one-rank group when launched without torchrun."""
+def init_distributed(requested_device: str = "auto", timeout_s: float = 1800) -> DistributedEnvironment:
+    """Join torchrun's process group, or create a one-rank group when launched without torchrun. A collective
+    that waits ``timeout_s`` for the other ranks fails the group."""
     launched_by_torchrun = "RANK" in os.environ and "WORLD_SIZE" in os.environ
     if not launched_by_torchrun and int(os.environ.get("WORLD_SIZE", 1)) != 1:
         raise UserError(
@@ -68,11 +69,17 @@ def init_distributed(requested_device: str = "auto", timeout_minutes: float = 30
             backend=env.backend,
             rank=rank,
             world_size=world_size,
-            timeout=timedelta(minutes=timeout_minutes),
+            timeout=timedelta(seconds=timeout_s),
             device_id=device if device.type == "cuda" else None,
             **rendezvous,
         )
     return env
+
+
+def host_group(env: DistributedEnvironment) -> dist.ProcessGroup | None:
+    """A gloo group of every rank, for small exchanges the host makes without waiting for the device (whatever
+    the run's own backend); None for one process. Every rank must call it, at the same point."""
+    return None if env.world_size == 1 else dist.new_group(backend="gloo")
 
 
 # Before torch 2.8 (pytorch PR 154976) a gloo process group's destructor holds the GIL while it waits for its

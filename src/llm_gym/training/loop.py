@@ -12,9 +12,10 @@ from torch import nn
 
 from llm_gym.config.app import NonFiniteAction, TrainingSettings
 from llm_gym.data.collators import Batch
-from llm_gym.errors import RankLocalError, UserError
+from llm_gym.errors import RankLocalError, RunStopped, UserError
 from llm_gym.logging_broker.messages import MetricsRecord, ProgressUpdate, TextMessage
 from llm_gym.parallel.strategies import ParallelismStrategy
+from llm_gym.training.preemption import PREEMPTED_EXIT_STATUS, request_requeue
 from llm_gym.training.step import StepOutcome, StepResult, evaluate, train_step
 
 
@@ -123,6 +124,18 @@ class CheckpointSaver(Protocol):
     def save(self, step: int) -> None: ...
 
 
+class StopRequests(Protocol):
+    def should_stop(self) -> bool:
+        """Asked after every step, on every rank; the same answer on all of them (``PreemptionWatch``)."""
+        ...
+
+
+class Heartbeat(Protocol):
+    def beat(self) -> None:
+        """Told of each finished step, evaluation and save (``HangWatchdog``)."""
+        ...
+
+
 class Evaluator(Protocol):
     """Run with every evaluation (``evaluation.evaluators``); its metrics go out under the split ``name``."""
 
@@ -155,6 +168,9 @@ class Trainer:
     loss_window: LossWindow = field(default_factory=LossWindow)
     evaluators: list[Evaluator] = field(default_factory=list)
     """An evaluator named after an eval split reports that split in place of its plain loss line."""
+    stop_requests: StopRequests | None = None
+    """Preemption: the run saves and stops after the step at which it answers True."""
+    heartbeat: Heartbeat | None = None
     _last_lr: float = field(default=0.0, init=False)
     _unread: list[tuple[int, StepOutcome]] = field(default_factory=list, init=False)
     """The steps whose outcome the host has not read yet, with their numbers."""
@@ -190,8 +206,29 @@ class Trainer:
             with throughput.paused():
                 if evaluates:
                     self._evaluate_all()
+                    self._beat()
                 if saves:
                     self.checkpointer.save(step)
+            self._beat()
+            if self.stop_requests is not None and self.stop_requests.should_stop() and not is_final:
+                self._stop_for_preemption(step, saved=saves, throughput=throughput)
+
+    def _beat(self) -> None:
+        if self.heartbeat is not None:
+            self.heartbeat.beat()
+
+    def _stop_for_preemption(self, step: int, saved: bool, throughput: TrainingThroughput) -> None:
+        if not saved:
+            if self._unread:
+                self._read_steps(throughput)  # stops at a non-finite step, before saving it
+            self.checkpointer.save(step)
+        message = (
+            f"asked to stop (SIGTERM or SIGUSR1): stopped after step {step} of {self.settings.max_steps}, its "
+            "checkpoint saved; run it again with --resume auto to continue"
+        )
+        self.broker.publish(TextMessage(message))
+        request_requeue()
+        raise RunStopped(message, PREEMPTED_EXIT_STATUS)
 
     def _read_steps(self, throughput: TrainingThroughput) -> tuple[StepResult, float]:
         """Wait for the device and read the steps since the last read, in one transfer: count their tokens and

@@ -4,6 +4,7 @@ restore the checkpoint's state, train."""
 
 import logging
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,7 +30,7 @@ from llm_gym.logging_broker import TextMessage
 from llm_gym.models.contract import LanguageModel
 from llm_gym.models.flops import describe_model, flops_per_token
 from llm_gym.outputs import refuse_writing_over_inputs, writing
-from llm_gym.parallel.distributed import DistributedEnvironment, destroy_distributed, init_distributed
+from llm_gym.parallel.distributed import DistributedEnvironment, destroy_distributed, host_group, init_distributed
 from llm_gym.parallel.strategies import ParallelismStrategy
 from llm_gym.registry import ResolverRegistry
 from llm_gym.training.builder import (
@@ -46,8 +47,10 @@ from llm_gym.training.builder import (
 )
 from llm_gym.training.hardware import HardwareMetrics
 from llm_gym.training.loop import Evaluator, LossWindow, Trainer, TrainingProgress
+from llm_gym.training.preemption import PreemptionWatch
 from llm_gym.training.resume_policy import config_differences, hyperparameter_changes, with_defaults
 from llm_gym.training.summary import describe_global_batch, describe_mesh
+from llm_gym.training.watchdog import HangWatchdog
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +77,7 @@ def run_training(
 ) -> None:
     registry = make_registry()
     config, resolved = load_config(config_file_path, TrainingAppConfig, overrides, registry=registry)
-    env = init_distributed(config.training.device)
+    env = init_distributed(config.training.device, config.training.collective_timeout_s)
     try:
         _train(config, resolved, registry, env, resume, allow_config_change, Path(config_file_path))
     finally:
@@ -312,7 +315,12 @@ def train(
             vocab_size=model.inner.vocab_size,
             evaluators=run.evaluators,
         )
-        trainer.train()
+        trainer.stop_requests = PreemptionWatch(host_group(env))
+        timeout_s = config.training.hang_timeout_s
+        watchdog = HangWatchdog(timeout_s, output_dir, env.rank) if timeout_s is not None else nullcontext()
+        with trainer.stop_requests.installed(), watchdog:
+            trainer.heartbeat = watchdog if timeout_s is not None else None
+            trainer.train()
         skipped = f" ({progress.skipped_steps} skipped: non-finite values)" if progress.skipped_steps else ""
         broker.publish(
             TextMessage(
