@@ -1,6 +1,8 @@
 """Checkpoint save and load throughput: llm_gym's checkpoints and raw DCP against a plain ``torch.save``.
 
-All three write the same model + AdamW state from one process. ``torch.save`` is followed by an fsync,
+All three write the same model + AdamW state from one process. Then the training stall of an llm_gym save, in
+line and in the background (``checkpointing.async``: the loop waits only while the state is copied to host
+memory), with the time until the checkpoint is ``latest``. ``torch.save`` is followed by an fsync,
 as DCP's writer does by default. Loads read a file just written, so they come mostly from the page cache.
 
     python benchmarks/checkpoint_benchmark.py [--model_mb 64] [--repeats 3] [--work_dir DIR]
@@ -88,6 +90,24 @@ def llm_gym_checkpoint(model, optimizer, root: Path, repeats: int) -> tuple[floa
     return save_s, load_s
 
 
+def stall_in_line_and_in_the_background(model, optimizer, root: Path, repeats: int) -> dict[str, tuple[float, float]]:
+    """Per save: how long the caller (the training loop) waits, and how long until the checkpoint is ``latest``."""
+    results = {}
+    for name, in_background in (("in line", False), ("in the background (checkpointing.async)", True)):
+        directory = root / ("background" if in_background else "in_line")
+        manager = CheckpointManager(directory, every_n_steps=1, keep_last=1, in_background=in_background)
+        stalls, totals = [], []
+        for step in range(1, repeats + 1):
+            state = {"model": ModelState(model), "optimizer": OptimizerState(model, optimizer)}
+            start = time.perf_counter()
+            manager.save(step, state, {})
+            stalls.append(time.perf_counter() - start)
+            manager.wait()
+            totals.append(time.perf_counter() - start)
+        results[name] = (statistics.median(stalls), statistics.median(totals))
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model_mb", type=int, default=64, help="weights in MB; the optimizer adds twice that")
@@ -105,6 +125,7 @@ def main() -> None:
             "DCP (raw)": raw_dcp(model, optimizer, work_dir / "dcp", args.repeats),
             "llm_gym checkpoint": llm_gym_checkpoint(model, optimizer, work_dir / "checkpoints", args.repeats),
         }
+        stalls = stall_in_line_and_in_the_background(model, optimizer, work_dir / "stall", args.repeats)
     baseline_save, baseline_load = results["torch.save / torch.load"]
     print(f"state: {megabytes:.0f} MB (model + AdamW), median of {args.repeats}, torch {torch.__version__}")
     print("speed relative to torch.save / torch.load in the 'vs torch' columns (higher is faster)")
@@ -114,6 +135,10 @@ def main() -> None:
             f"{name:<26}{save_s:>8.2f}{megabytes / save_s:>11.0f}{baseline_save / save_s:>9.2f}"
             f"{load_s:>9.2f}{megabytes / load_s:>11.0f}{baseline_load / load_s:>9.2f}"
         )
+    in_line_stall = stalls["in line"][0]
+    print("training stall per llm_gym save (the loop waits) and time until it is latest, vs saving in line:")
+    for name, (stall_s, total_s) in stalls.items():
+        print(f"  {name:<42} stall {stall_s:6.3f} s  {stall_s / in_line_stall:5.3f}  latest after {total_s:6.3f} s")
 
 
 if __name__ == "__main__":

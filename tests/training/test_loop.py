@@ -37,6 +37,9 @@ class Recorder:
     def save(self, step: int) -> None:
         self.saves.append(self._offered)
 
+    def finish(self) -> None:
+        pass
+
 
 def make_trainer(poisoned_steps: Collection[int] = (), **settings) -> tuple[Trainer, Recorder]:
     strategy = NoParallelism(NoParallelismConfig(), init_distributed("cpu"))

@@ -22,9 +22,18 @@ def _crc32(path: Path) -> int:
 
 def file_fingerprints(directory: Path, names: list[str]) -> dict[str, dict[str, int]]:
     """``{name: {"bytes": size, "crc32": checksum}}`` for ``names`` in ``directory``, computed across ranks."""
+    return gather_fingerprints(this_ranks_fingerprints(directory, names))
+
+
+def this_ranks_fingerprints(directory: Path, names: list[str]) -> dict[str, dict[str, int]]:
+    """This rank's share of ``file_fingerprints`` (every world-size-th file); no collective, so a background
+    thread may compute it."""
     mine = sorted(names)[collectives.rank() :: collectives.world_size()]
-    local = {name: {"bytes": (directory / name).stat().st_size, "crc32": _crc32(directory / name)} for name in mine}
-    return {name: value for part in collectives.all_gather_objects(local) for name, value in part.items()}
+    return {name: {"bytes": (directory / name).stat().st_size, "crc32": _crc32(directory / name)} for name in mine}
+
+
+def gather_fingerprints(mine: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
+    return {name: value for part in collectives.all_gather_objects(mine) for name, value in part.items()}
 
 
 def fingerprint_problems(directory: Path, expected: dict[str, dict[str, int]]) -> list[str]:

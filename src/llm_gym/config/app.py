@@ -135,6 +135,12 @@ class TrainingSettings(_Section):
 class CheckpointingSettings(_Section):
     every_n_steps: NonNegativeInt = Field(0, description="save every this many steps; 0 = only at the end")
     keep_last: KeepCount = Field(1, description="keep this many newest checkpoints; -1 = all")
+    in_background: bool = Field(
+        False,
+        alias="async",
+        description="save in the background: training goes on once the state is copied to host memory; the "
+        "checkpoint becomes latest once every rank has written it",
+    )
     strategies: list[Component("checkpoint_strategy")] = Field(
         default_factory=list, description="more saving/retention strategies, e.g. KeepEveryNSteps"
     )

@@ -35,20 +35,28 @@ def all_gather_objects(value: Any) -> list[Any]:
     return gathered
 
 
-def any_rank(flag: bool) -> bool:
-    """True on every rank when ``flag`` is true on at least one."""
+def any_rank(flag: bool, group: dist.ProcessGroup | None = None) -> bool:
+    """True on every rank (of ``group``, by default all) when ``flag`` is true on at least one."""
     if not has_process_group():
         return flag
-    backend_device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    backend_device = "cuda" if dist.get_backend(group) == "nccl" else "cpu"
     value = torch.tensor([int(flag)], device=backend_device)
-    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX, group=group)
     return bool(value.item())
+
+
+_SINGLE_PROCESS_WARNING = "torch.distributed is (disabled, )?unavailable or uninitialized"  # "disabled, ": torch 2.7
 
 
 @contextlib.contextmanager
 def single_process_quietly() -> Iterator[None]:
     """Silence DCP's warning that it runs in one process: without a process group, that is the intent."""
     with warnings.catch_warnings():
-        # "disabled, " since torch 2.7
-        warnings.filterwarnings("ignore", message="torch.distributed is (disabled, )?unavailable or uninitialized")
+        warnings.filterwarnings("ignore", message=_SINGLE_PROCESS_WARNING)
         yield
+
+
+def silence_single_process_warning() -> None:
+    """``single_process_quietly`` for good, in every thread: DCP's background saves warn from their own thread,
+    after the caller's ``catch_warnings`` has ended."""
+    warnings.filterwarnings("ignore", message=_SINGLE_PROCESS_WARNING)

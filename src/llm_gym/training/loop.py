@@ -119,9 +119,15 @@ class Publisher(Protocol):
 
 
 class CheckpointSaver(Protocol):
-    def is_due(self, step: int, is_final: bool) -> bool: ...
+    def is_due(self, step: int, is_final: bool) -> bool:
+        """Asked after every step, on every rank."""
+        ...
 
     def save(self, step: int) -> None: ...
+
+    def finish(self) -> None:
+        """Wait for a save still being written (``checkpointing.async``) and publish it."""
+        ...
 
 
 class StopRequests(Protocol):
@@ -212,6 +218,7 @@ class Trainer:
             self._beat()
             if self.stop_requests is not None and self.stop_requests.should_stop() and not is_final:
                 self._stop_for_preemption(step, saved=saves, throughput=throughput)
+        self.checkpointer.finish()
 
     def _beat(self) -> None:
         if self.heartbeat is not None:
@@ -222,6 +229,7 @@ class Trainer:
             if self._unread:
                 self._read_steps(throughput)  # stops at a non-finite step, before saving it
             self.checkpointer.save(step)
+        self.checkpointer.finish()
         message = (
             f"asked to stop (SIGTERM or SIGUSR1): stopped after step {step} of {self.settings.max_steps}, its "
             "checkpoint saved; run it again with --resume auto to continue"

@@ -60,16 +60,21 @@ CONFIG_FILE = "config.yaml"
 
 class _PeriodicCheckpoints:
     """Adapts the checkpoint manager to the loop: the loop asks whether a step is due (and then reads the steps
-    from the device, stopping at a non-finite one), and saves it."""
+    from the device, stopping at a non-finite one), saves it, and at its end waits for a save in the
+    background."""
 
     def __init__(self, manager: CheckpointManager, state: dict, metadata: dict):
         self.manager, self.state, self.metadata = manager, state, metadata
 
     def is_due(self, step: int, is_final: bool) -> bool:
+        self.manager.poll()  # publishes a save in the background once every rank has written it
         return self.manager.should_save(step, is_final)
 
     def save(self, step: int) -> None:
         self.manager.save(step, self.state, {**self.metadata, "step": step})
+
+    def finish(self) -> None:
+        self.manager.wait()
 
 
 def run_training(
@@ -118,6 +123,7 @@ def _checkpoint_manager(config: TrainingAppConfig, registry: ResolverRegistry) -
         settings.every_n_steps,
         settings.keep_last,
         [registry.build_component_by_config(node) for node in settings.strategies],
+        in_background=settings.in_background,
     )
 
 
