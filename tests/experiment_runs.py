@@ -92,6 +92,16 @@ def write_byte_corpus(directory: Path) -> Path:
     return directory
 
 
+def tiny_config_with_user_module(directory: Path, module: str, source: str) -> Path:
+    """``<directory>/<module>.yaml``: the tiny config naming the user module ``<module>.py`` (``source``) beside
+    it, the test corpus in the same directory (``tiny_overrides(directory, ...)``)."""
+    (directory / f"{module}.py").write_text(source)
+    config = directory / f"{module}.yaml"
+    config.write_text(f"defaults: [{TINY_CONFIG}]\nuser_modules: [{module}]\n")
+    write_byte_corpus(directory)
+    return config
+
+
 def tiny_overrides(corpus: Path, output_dir: Path, **extra: object) -> list[str]:
     """The tiny CPU config shrunk further, pointed at the test corpus and a temporary experiment dir."""
     overrides = {

@@ -15,10 +15,10 @@ from experiment_runs import (
     llm_gym,
     read_metrics,
     subprocess_env,
+    tiny_config_with_user_module,
     tiny_overrides,
     torchrun,
     wait_for_train_line,
-    write_byte_corpus,
 )
 from llm_gym.checkpointing.loading import find_checkpoint
 
@@ -50,9 +50,7 @@ ASYNC = {"checkpointing.async": "true"}
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory) -> Path:
     directory = tmp_path_factory.mktemp("async_save")
-    (directory / "slow_writer.py").write_text(SLOW_WRITER)
-    (directory / "slow.yaml").write_text(f"defaults: [{TINY_CONFIG}]\nuser_modules: [slow_writer]\n")
-    write_byte_corpus(directory)
+    tiny_config_with_user_module(directory, "slow_writer", SLOW_WRITER)
     return directory
 
 
@@ -102,7 +100,7 @@ def test_two_ranks_save_in_the_background_as_in_line(workspace, tmp_path):
 @pytest.mark.slow
 def test_a_sigkill_while_a_save_is_written_leaves_the_previous_latest_and_the_run_resumes_exactly(workspace, in_line):
     output_dir = workspace / "killed"
-    args = _run_args(workspace, output_dir, config=workspace / "slow.yaml", **ASYNC)
+    args = _run_args(workspace, output_dir, config=workspace / "slow_writer.yaml", **ASYNC)
     child = subprocess.Popen(
         [sys.executable, "-m", "llm_gym", *args],
         stdout=subprocess.DEVNULL,

@@ -101,3 +101,10 @@ def test_a_progress_update_costs_microseconds(tmp_path):
     per_update = (time.perf_counter() - start) / len(updates)
     logger.close()
     assert per_update < 200e-6, f"{per_update * 1e6:.1f} µs per progress update"
+
+
+def test_plain_lines_leave_the_phase_timings_to_the_metrics_file():
+    record = MetricsRecord(10, "train", {**TRAIN, "phase_data_s": 0.01, "phase_step_s": 0.2, "slowest_rank": 1})
+    assert format_metrics(record) == (
+        "step 10 train loss 3.2146 lr 3.000e-04 grad_norm 0.8123 tokens_seen 40,960 tokens_per_s 12,346 slowest_rank 1"
+    )

@@ -102,3 +102,23 @@ def test_overlay_labels_are_experiment_names_or_paths_when_they_clash(tmp_path):
     for path in clash:
         path.mkdir(parents=True)
     assert run_labels(clash) == [str(path) for path in clash]
+
+
+def test_train_lines_with_phase_timings_get_a_stacked_panel_of_where_the_time_went(tmp_path, monkeypatch):
+    from llm_gym.logging_broker import plot as plotting
+
+    lines = [
+        {"step": step, "split": "train", "loss": 2.0, "lr": 1e-3, "tokens_per_s": 900.0, "phase_data_s": 0.1,
+         "phase_step_s": 0.5, "phase_checkpoint_s": 0.0}
+        for step in range(1, 6)
+    ]  # fmt: skip
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    stacked = []
+    original = plotting._stack_phases
+    monkeypatch.setattr(
+        plotting, "_stack_phases", lambda axis, records, keys: stacked.append(keys) or original(axis, records, keys)
+    )
+    result = plot(tmp_path / "metrics.jsonl", tmp_path / "curves.png")
+    assert result.exit_code == 0, result.output
+    assert stacked == [["phase_checkpoint_s", "phase_data_s", "phase_step_s"]]
+    assert (tmp_path / "curves.png").read_bytes().startswith(PNG_MAGIC)

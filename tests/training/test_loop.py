@@ -86,7 +86,8 @@ def test_logs_evaluates_and_offers_a_checkpoint_on_schedule():
     lines, saves, keys, tokens_seen = run_on_ranks(_schedule, 1)[0]
     assert lines == [(2, "train"), (3, "val"), (4, "train"), (6, "train"), (6, "val")]
     assert saves == [(step, step == 6) for step in range(1, 7)]
-    assert keys == ["grad_norm", "loss", "loss_step", "lr", "tokens_per_s", "tokens_seen"]
+    phases = [f"phase_{name}_s" for name in ("checkpoint", "data", "device_wait", "evaluation", "optimizer", "step")]
+    assert keys == sorted(["grad_norm", "loss", "loss_step", "lr", "tokens_per_s", "tokens_seen", *phases])
     assert tokens_seen == 6 * (4 * 8 - 3)
 
 
@@ -119,17 +120,27 @@ def _throughput_with_slow_evaluations_and_saves() -> list[float]:
         clock["now"] += 10.0 if step == 2 else 0.0
 
     trainer.train_batches, trainer.eval_splits, recorder.save = timed_steps(), {"val": slow_evaluation}, slow_save
-    with patch("llm_gym.training.loop.time.perf_counter", lambda: clock["now"]):
+    with (
+        patch("llm_gym.training.loop.time.perf_counter", lambda: clock["now"]),
+        patch("llm_gym.training.profiling.time.perf_counter", lambda: clock["now"]),
+    ):
         trainer.train()
-    return [
-        m.metrics["tokens_per_s"]
-        for m in recorder.messages
-        if type(m).__name__ == "MetricsRecord" and m.split == "train"
-    ]
+    return train_lines(recorder)
 
 
 def test_tokens_per_s_leaves_out_evaluation_and_checkpoint_time():
-    assert run_on_ranks(_throughput_with_slow_evaluations_and_saves, 1)[0] == [29.0, 29.0]  # 4 × 8 - 3 tokens a step
+    lines = run_on_ranks(_throughput_with_slow_evaluations_and_saves, 1)[0]
+    assert [line["tokens_per_s"] for line in lines] == [29.0, 29.0]  # 4 × 8 - 3 tokens a step
+
+
+def test_the_train_lines_say_where_the_time_of_a_step_went():
+    first, second = run_on_ranks(_throughput_with_slow_evaluations_and_saves, 1)[0]
+    # Steps 1-4: 1 s of data a step, the evaluation at step 2 (5 s) and its save (10 s); the evaluation at the
+    # logged step 4 comes after its line, in the next window, with the one at step 6.
+    assert first["phase_data_s"] == 1.0 and first["phase_evaluation_s"] == 5 / 4
+    assert first["phase_checkpoint_s"] == 10 / 4 and second["phase_checkpoint_s"] == 0.0
+    assert second["phase_evaluation_s"] == 2 * 5 / 4
+    assert first["phase_step_s"] == first["phase_optimizer_s"] == first["phase_device_wait_s"] == 0.0
 
 
 def _refused_token_id(eval_at_start: bool, negative: bool) -> str:

@@ -12,14 +12,7 @@ from pathlib import Path
 import pytest
 
 from distributed import run_on_ranks, skip_unless_gloo_sharding_works
-from experiment_runs import (
-    TINY_CONFIG,
-    llm_gym,
-    read_metrics,
-    tiny_overrides,
-    torchrun,
-    write_byte_corpus,
-)
+from experiment_runs import llm_gym, read_metrics, tiny_config_with_user_module, tiny_overrides, torchrun
 from llm_gym.checkpointing.loading import find_checkpoint
 from llm_gym.parallel.distributed import host_group, init_distributed
 from llm_gym.training.preemption import PREEMPTED_EXIT_STATUS, REQUEUE_MARKER_ENV, PreemptionWatch
@@ -86,15 +79,13 @@ def test_the_ranks_agree_to_stop_after_the_same_step_whichever_was_signalled():
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory) -> Path:
     directory = tmp_path_factory.mktemp("preemption")
-    (directory / "test_components.py").write_text(TEST_COMPONENTS)
-    (directory / "tiny.yaml").write_text(f"defaults: [{TINY_CONFIG}]\nuser_modules: [test_components]\n")
-    write_byte_corpus(directory)
+    tiny_config_with_user_module(directory, "test_components", TEST_COMPONENTS)
     return directory
 
 
 def _args(workspace: Path, output_dir: Path, *extra: str, **settings) -> list[str]:
     overrides = tiny_overrides(workspace, output_dir, **{**LENGTH, **settings})
-    return ["run", "--config_file_path", str(workspace / "tiny.yaml"), *overrides, *extra]
+    return ["run", "--config_file_path", str(workspace / "test_components.yaml"), *overrides, *extra]
 
 
 def _train_losses(output_dir: Path) -> dict[int, float]:

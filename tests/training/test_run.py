@@ -31,7 +31,8 @@ def test_single_process_run_writes_the_experiment_directory(single_process_run):
     metrics = read_metrics(single_process_run / "metrics.jsonl")
     train = [line for line in metrics if line["split"] == "train"]
     assert [line["step"] for line in train] == [1, 2, 3, 4, 5, 6]
-    assert all(set(line) == SPEC_TRAIN_KEYS | {"loss_step"} for line in train)
+    phases = {f"phase_{name}_s" for name in ("data", "step", "optimizer", "device_wait", "evaluation", "checkpoint")}
+    assert all(set(line) == SPEC_TRAIN_KEYS | {"loss_step"} | phases for line in train)
     assert [line["step"] for line in metrics if line["split"] == "val"] == [3, 6]
     assert train[-1]["tokens_seen"] == 6 * 4 * 32
     resolved = yaml.safe_load((single_process_run / "config.yaml").read_text())

@@ -185,6 +185,20 @@ class ParameterGroupRule(_Section):
         return self
 
 
+class ProfilingSettings(_Section):
+    trace_steps: tuple[PositiveInt, PositiveInt] | None = Field(
+        None, description="[first, last]: record a torch profiler trace of these steps into profiles/; null = none"
+    )
+    trace_ranks: list[NonNegativeInt] = Field(default_factory=lambda: [0], description="the ranks that record it")
+
+    @model_validator(mode="after")
+    def _steps_in_order(self) -> "ProfilingSettings":
+        if self.trace_steps is not None and self.trace_steps[0] > self.trace_steps[1]:
+            first, last = self.trace_steps
+            raise ValueError(f"trace_steps [{first}, {last}]: the first step comes after the last; swap them")
+        return self
+
+
 class DataSettings(_Section):
     tokenizer: str = Field("byte", description="'byte' or the path of a Hugging Face tokenizer.json")
     train_dataset: Component("dataset")
@@ -230,6 +244,7 @@ class TrainingAppConfig(_Section):
     lr_scheduler: Component("lr_scheduler")
     data: DataSettings
     evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
+    profiling: ProfilingSettings = Field(default_factory=ProfilingSettings)
     loggers: list[Component("logger")] = Field(default_factory=list)
 
     @model_validator(mode="after")

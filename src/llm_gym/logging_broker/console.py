@@ -21,12 +21,15 @@ class ConsoleConfig(BaseModel):
 
 
 def format_metrics(record: MetricsRecord, max_steps: int | None = None) -> str:
-    """``step 10/100 train loss 3.2146 lr 3.000e-04 ...``: one greppable line per record."""
+    """``step 10/100 train loss 3.2146 lr 3.000e-04 ...``: one greppable line per record. The phase timings
+    (``phase_*_s``) stay in metrics.jsonl and the plot: six more numbers a line would bury the others."""
     step = f"{record.step}/{max_steps}" if max_steps else str(record.step)
-    values = (f"{key} {_format_value(key, value)}" for key, value in record.metrics.items())
+    shown = {key: value for key, value in record.metrics.items() if not key.startswith(_PHASE_PREFIX)}
+    values = (f"{key} {_format_value(key, value)}" for key, value in shown.items())
     return " ".join([f"step {step}", record.split, *values])
 
 
+_PHASE_PREFIX = "phase_"
 # One format per key whatever the magnitude, so a column of lines reads alike as the values change.
 _KEY_FORMATS = {"lr": "{:.3e}", "tokens_per_s": "{:,.0f}"}
 

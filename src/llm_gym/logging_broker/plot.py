@@ -20,6 +20,9 @@ from llm_gym.outputs import refuse_writing_over_inputs, writing
 PANELS = {"loss": "loss (nats/token)", "lr": "learning rate", "tokens_per_s": "tokens/s"}
 """Plotted keys and their axis labels; loss for every split, the others from the train lines."""
 EVALUATION_PANELS = {"bits_per_byte": "bits per byte", "accuracy": "accuracy"}
+PHASE_PREFIX, PHASE_SUFFIX = "phase_", "_s"
+"""Train lines' seconds per step of each phase (``phase_data_s``, ...): a stacked panel of the first run."""
+PHASES_PANEL = "phases"
 """Plotted for every split that logs them (``evaluation.evaluators``), when any run does."""
 METRICS_FILE = "metrics.jsonl"
 MAX_STEP = 2**63 - 1
@@ -100,6 +103,20 @@ def smoothed(values: Sequence[float], weight: float) -> list[float]:
     return result
 
 
+def _is_phase(key: str) -> bool:
+    return key.startswith(PHASE_PREFIX) and key.endswith(PHASE_SUFFIX)
+
+
+def _stack_phases(axis, records: list[dict], phase_keys: list[str]) -> None:
+    """Where each step's time went, phase above phase, at each train line."""
+    lines = [record for record in records if record.get("split") == "train" and phase_keys[0] in record]
+    steps = [record["step"] for record in lines]
+    values = [[record.get(key, 0.0) for record in lines] for key in phase_keys]
+    names = [key.removeprefix(PHASE_PREFIX).removesuffix(PHASE_SUFFIX) for key in phase_keys]
+    axis.stackplot(steps, values, labels=names, alpha=0.8)
+    axis.legend(title="phase", fontsize="small", loc="upper right")
+
+
 def plot_metrics(metrics_paths: Sequence[Path], output_path: Path, smoothing: float = 0.0) -> None:
     """Render the curves of one run, or of several overlaid, to a PNG; it appears at ``output_path`` only when
     complete. ``smoothing`` (0 to < 1) smooths the train curves; evaluation points are drawn as logged."""
@@ -112,10 +129,19 @@ def plot_metrics(metrics_paths: Sequence[Path], output_path: Path, smoothing: fl
         for key, label in EVALUATION_PANELS.items()
         if any(key in record for records in runs.values() for record in records)
     )
+    first_run, first_records = next(iter(runs.items()))
+    phase_keys = sorted({key for record in first_records for key in record if _is_phase(key)})
+    if phase_keys:
+        panels[PHASES_PANEL] = "s per step" if len(runs) == 1 else f"s per step ({first_run})"
     figure = Figure(figsize=(8, 3 * len(panels)), layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.subplots(len(panels), 1, sharex=True)
     for axis, (key, label) in zip(axes, panels.items(), strict=True):
+        if key == PHASES_PANEL:
+            _stack_phases(axis, first_records, phase_keys)
+            axis.set_ylabel(label)
+            axis.grid(alpha=0.3)
+            continue
         drawn = False
         for run_index, (run, records) in enumerate(runs.items()):
             series = _series(records, key, splits={"train"} if key in ("lr", "tokens_per_s") else None)

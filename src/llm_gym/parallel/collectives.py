@@ -48,6 +48,13 @@ def any_rank(flag: bool, group: dist.ProcessGroup | None = None) -> bool:
 _SINGLE_PROCESS_WARNING = "torch.distributed is (disabled, )?unavailable or uninitialized"  # "disabled, ": torch 2.7
 
 
+def gather_floats(value: float, group: dist.ProcessGroup) -> list[float]:
+    """Every rank's ``value``, in rank order, over ``group``, a gloo group: on the host, no device wait."""
+    gathered = [torch.zeros(1, dtype=torch.float64) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(gathered, torch.tensor([value], dtype=torch.float64), group=group)
+    return [float(tensor[0]) for tensor in gathered]
+
+
 @contextlib.contextmanager
 def single_process_quietly() -> Iterator[None]:
     """Silence DCP's warning that it runs in one process: without a process group, that is the intent."""

@@ -16,6 +16,7 @@ from llm_gym.errors import RankLocalError, RunStopped, UserError
 from llm_gym.logging_broker.messages import MetricsRecord, ProgressUpdate, TextMessage
 from llm_gym.parallel.strategies import ParallelismStrategy
 from llm_gym.training.preemption import PREEMPTED_EXIT_STATUS, request_requeue
+from llm_gym.training.profiling import PhaseClock, StepTrace
 from llm_gym.training.step import StepOutcome, StepResult, evaluate, train_step
 
 
@@ -177,8 +178,12 @@ class Trainer:
     stop_requests: StopRequests | None = None
     """Preemption: the run saves and stops after the step at which it answers True."""
     heartbeat: Heartbeat | None = None
+    step_trace: StepTrace | None = None
+    gather_step_seconds: Callable[[float], list[float]] | None = None
+    """Every rank's training seconds per step over the log window, by rank (several ranks): the stragglers."""
     _last_lr: float = field(default=0.0, init=False)
     _unread: list[tuple[int, StepOutcome]] = field(default_factory=list, init=False)
+    _phases: PhaseClock = field(default_factory=PhaseClock, init=False)
     """The steps whose outcome the host has not read yet, with their numbers."""
 
     def train(self) -> None:
@@ -192,13 +197,18 @@ class Trainer:
         throughput = TrainingThroughput()
         shown: dict[str, float] = {}
         """What the progress bar shows: the last train line's loss and tokens/s."""
+        phases = self._phases
         while progress.step < settings.max_steps:
+            if self.step_trace is not None:
+                self.step_trace.before_step(progress.step + 1)
             self._optimizer_step(batches)
             progress.step += 1
+            phases.steps += 1
             step, is_final = progress.step, progress.step == settings.max_steps
             logs = step % settings.log_interval == 0 or is_final
             evaluates = step % settings.eval_interval == 0 or is_final
-            saves = self.checkpointer.is_due(step, is_final)
+            with phases.phase("checkpoint"):
+                saves = self.checkpointer.is_due(step, is_final)
             if logs or evaluates or saves:
                 last, tokens_per_s = self._read_steps(throughput)
             line = self._train_metrics(last, tokens_per_s) if logs else None
@@ -209,13 +219,18 @@ class Trainer:
                 self.broker.publish(MetricsRecord(step, "train", line))
                 throughput.start_window()
                 self.loss_window.start()
+                phases.start_window()
             with throughput.paused():
                 if evaluates:
-                    self._evaluate_all()
+                    with phases.phase("evaluation"):
+                        self._evaluate_all()
                     self._beat()
                 if saves:
-                    self.checkpointer.save(step)
+                    with phases.phase("checkpoint"):
+                        self.checkpointer.save(step)
             self._beat()
+            if self.step_trace is not None:
+                self.step_trace.after_step(step)
             if self.stop_requests is not None and self.stop_requests.should_stop() and not is_final:
                 self._stop_for_preemption(step, saved=saves, throughput=throughput)
         self.checkpointer.finish()
@@ -242,7 +257,8 @@ class Trainer:
         """Wait for the device and read the steps since the last read, in one transfer: count their tokens and
         losses, and stop at the first non-finite one (``on_nonfinite: stop``), so that nothing after it is
         logged as trained or saved. Returns the last step's result and the window's tokens/s."""
-        results = StepOutcome.read_all([outcome for _, outcome in self._unread])
+        with self._phases.phase("device_wait"):
+            results = StepOutcome.read_all([outcome for _, outcome in self._unread])
         for (step, _), result in zip(self._unread, results, strict=True):
             if not result.finite and self.settings.on_nonfinite == NonFiniteAction.STOP:
                 raise NonFiniteLossError(
@@ -255,30 +271,37 @@ class Trainer:
         return results[-1], throughput.add(sum(result.tokens for result in results))
 
     def _optimizer_step(self, batches: Iterator[Batch]) -> None:
-        micro_batches = [
-            self._in_vocabulary(next(batches), "train") for _ in range(self.settings.gradient_accumulation_steps)
-        ]
-        settings = self.settings
-        outcome = train_step(
-            self.model,
-            self.parallelism,
-            micro_batches,
-            settings.max_grad_norm,
-            settings.z_loss_weight,
-            settings.loss_chunk_tokens,
-        )
+        settings, phases = self.settings, self._phases
+        with phases.phase("data"):
+            micro_batches = [
+                self._in_vocabulary(next(batches), "train") for _ in range(settings.gradient_accumulation_steps)
+            ]
+        with phases.phase("step"):
+            outcome = train_step(
+                self.model,
+                self.parallelism,
+                micro_batches,
+                settings.max_grad_norm,
+                settings.z_loss_weight,
+                settings.loss_chunk_tokens,
+            )
         self._last_lr = self.lr_scheduler.get_last_lr()[0]
         step = self.progress.step + 1
         self._unread.append((step, outcome))
         if self.settings.on_nonfinite == NonFiniteAction.SKIP:
             # Skipping decides on the host whether to update: this step waits for the device.
-            self._update_unless_non_finite(step, outcome.read())
+            with phases.phase("device_wait"):
+                result = outcome.read()
+            with phases.phase("optimizer"):
+                self._update_unless_non_finite(step, result)
         else:
             # Updated without waiting: a non-finite step stops the run when the steps are next read, which is
             # before any evaluation or save.
-            self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.lr_scheduler.step()
+            with phases.phase("optimizer"):
+                self.optimizer.step()
+        with phases.phase("optimizer"):
+            self.optimizer.zero_grad(set_to_none=True)
+            self.lr_scheduler.step()
 
     def _update_unless_non_finite(self, step: int, result: StepResult) -> None:
         progress = self.progress
@@ -309,7 +332,17 @@ class Trainer:
             "tokens_seen": self.progress.tokens_seen,
             "tokens_per_s": tokens_per_s,
             **(self.hardware_metrics(tokens_per_s) if self.hardware_metrics else {}),
+            **self._phases.per_step(),
+            **self._step_time_spread(),
         }
+
+    def _step_time_spread(self) -> dict[str, float]:
+        """The slowest and fastest rank's training seconds per step in the window, and the slowest rank."""
+        if self.gather_step_seconds is None:
+            return {}
+        by_rank = self.gather_step_seconds(self._phases.step_seconds())
+        slowest = max(range(len(by_rank)), key=by_rank.__getitem__)
+        return {"step_time_max_s": by_rank[slowest], "step_time_min_s": min(by_rank), "slowest_rank": slowest}
 
     def _evaluate_all(self) -> None:
         reported_by_evaluators = {evaluator.name for evaluator in self.evaluators}

@@ -2,6 +2,7 @@
 checkpoint, its own or, for a branch, another run's, and may this config continue it), build every component,
 restore the checkpoint's state, train."""
 
+import functools
 import logging
 from collections.abc import Sequence
 from contextlib import nullcontext
@@ -30,6 +31,7 @@ from llm_gym.logging_broker import TextMessage
 from llm_gym.models.contract import LanguageModel
 from llm_gym.models.flops import describe_model, flops_per_token
 from llm_gym.outputs import refuse_writing_over_inputs, writing
+from llm_gym.parallel.collectives import gather_floats
 from llm_gym.parallel.distributed import DistributedEnvironment, destroy_distributed, host_group, init_distributed
 from llm_gym.parallel.strategies import ParallelismStrategy
 from llm_gym.registry import ResolverRegistry
@@ -48,6 +50,7 @@ from llm_gym.training.builder import (
 from llm_gym.training.hardware import HardwareMetrics
 from llm_gym.training.loop import Evaluator, LossWindow, Trainer, TrainingProgress
 from llm_gym.training.preemption import PreemptionWatch
+from llm_gym.training.profiling import StepTrace
 from llm_gym.training.resume_policy import config_differences, hyperparameter_changes, with_defaults
 from llm_gym.training.summary import describe_global_batch, describe_mesh
 from llm_gym.training.watchdog import HangWatchdog
@@ -321,12 +324,24 @@ def train(
             vocab_size=model.inner.vocab_size,
             evaluators=run.evaluators,
         )
-        trainer.stop_requests = PreemptionWatch(host_group(env))
+        host = host_group(env)
+        trainer.stop_requests = PreemptionWatch(host)
+        if host is not None:
+            trainer.gather_step_seconds = functools.partial(gather_floats, group=host)
+        profiling = config.profiling
+        if profiling.trace_steps is not None and env.rank in profiling.trace_ranks:
+            first, last = profiling.trace_steps
+            trace_path = output_dir / "profiles" / f"trace_rank{env.rank}_steps{first}-{last}.json"
+            trainer.step_trace = StepTrace(first, last, trace_path)
         timeout_s = config.training.hang_timeout_s
         watchdog = HangWatchdog(timeout_s, output_dir, env.rank) if timeout_s is not None else nullcontext()
         with trainer.stop_requests.installed(), watchdog:
             trainer.heartbeat = watchdog if timeout_s is not None else None
-            trainer.train()
+            try:
+                trainer.train()
+            finally:
+                if trainer.step_trace is not None:
+                    trainer.step_trace.close()
         skipped = f" ({progress.skipped_steps} skipped: non-finite values)" if progress.skipped_steps else ""
         broker.publish(
             TextMessage(
