@@ -185,11 +185,27 @@ class ParameterGroupRule(_Section):
         return self
 
 
+MEMORY_SNAPSHOTS_NEED_A_GPU = (
+    "profiling.memory_snapshot_step and memory_snapshot_on_oom record CUDA memory, and this run trains on {device}: "
+    "unset them, or train on a GPU"
+)
+
+
 class ProfilingSettings(_Section):
     trace_steps: tuple[PositiveInt, PositiveInt] | None = Field(
         None, description="[first, last]: record a torch profiler trace of these steps into profiles/; null = none"
     )
     trace_ranks: list[NonNegativeInt] = Field(default_factory=lambda: [0], description="the ranks that record it")
+    memory_snapshot_step: PositiveInt | None = Field(
+        None, description="dump a CUDA memory snapshot (every allocation, with its stack) after this step; GPU only"
+    )
+    memory_snapshot_on_oom: bool = Field(
+        False, description="dump a CUDA memory snapshot when a step runs out of device memory; GPU only"
+    )
+
+    @property
+    def snapshots_memory(self) -> bool:
+        return self.memory_snapshot_step is not None or self.memory_snapshot_on_oom
 
     @model_validator(mode="after")
     def _steps_in_order(self) -> "ProfilingSettings":
@@ -346,6 +362,12 @@ class TrainingAppConfig(_Section):
                         f"{option} cannot run with parallelism.config.{degree_key} {degree}: {reason}; unset it, or "
                         f"set {degree_key}: 1"
                     )
+        return self
+
+    @model_validator(mode="after")
+    def _memory_snapshots_are_of_a_gpu(self) -> "TrainingAppConfig":
+        if self.profiling.snapshots_memory and self.training.device == "cpu":
+            raise ValueError(MEMORY_SNAPSHOTS_NEED_A_GPU.format(device="cpu"))
         return self
 
     @model_validator(mode="after")

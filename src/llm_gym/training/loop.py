@@ -16,7 +16,7 @@ from llm_gym.errors import RankLocalError, RunStopped, UserError
 from llm_gym.logging_broker.messages import MetricsRecord, ProgressUpdate, TextMessage
 from llm_gym.parallel.strategies import ParallelismStrategy
 from llm_gym.training.preemption import PREEMPTED_EXIT_STATUS, request_requeue
-from llm_gym.training.profiling import PhaseClock, StepTrace
+from llm_gym.training.profiling import MemorySnapshots, PhaseClock, StepTrace
 from llm_gym.training.step import StepOutcome, StepResult, evaluate, train_step
 
 
@@ -179,6 +179,7 @@ class Trainer:
     """Preemption: the run saves and stops after the step at which it answers True."""
     heartbeat: Heartbeat | None = None
     step_trace: StepTrace | None = None
+    memory_snapshots: MemorySnapshots | None = None
     gather_step_seconds: Callable[[float], list[float]] | None = None
     """Every rank's training seconds per step over the log window, by rank (several ranks): the stragglers."""
     _last_lr: float = field(default=0.0, init=False)
@@ -231,6 +232,8 @@ class Trainer:
             self._beat()
             if self.step_trace is not None:
                 self.step_trace.after_step(step)
+            if self.memory_snapshots is not None:
+                self.memory_snapshots.after_step(step)
             if self.stop_requests is not None and self.stop_requests.should_stop() and not is_final:
                 self._stop_for_preemption(step, saved=saves, throughput=throughput)
         self.checkpointer.finish()

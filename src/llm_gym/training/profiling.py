@@ -74,3 +74,34 @@ class StepTrace:
         profile.__exit__(None, None, None)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         profile.export_chrome_trace(str(self.path))
+
+
+class MemorySnapshots:
+    """CUDA memory snapshots (pytorch.org/memory_viz): every allocation with its stack, recorded from the first
+    step; dumped after step ``step`` and, with ``on_out_of_memory``, when a step runs out of device memory."""
+
+    MAX_ENTRIES = 100_000
+    """Allocations kept in the history: enough for a few steps of a large model, a bounded cost."""
+
+    def __init__(self, step: int | None, on_out_of_memory: bool, directory: Path, rank: int) -> None:
+        self.step, self.on_out_of_memory, self.directory, self.rank = step, on_out_of_memory, directory, rank
+
+    @contextmanager
+    def recording(self) -> Iterator["MemorySnapshots"]:
+        torch.cuda.memory._record_memory_history(max_entries=self.MAX_ENTRIES)
+        try:
+            yield self
+        except torch.cuda.OutOfMemoryError:
+            if self.on_out_of_memory:
+                self._dump("oom")
+            raise
+        finally:
+            torch.cuda.memory._record_memory_history(enabled=None)
+
+    def after_step(self, step: int) -> None:
+        if step == self.step:
+            self._dump(f"step{step}")
+
+    def _dump(self, moment: str) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        torch.cuda.memory._dump_snapshot(str(self.directory / f"memory_rank{self.rank}_{moment}.pickle"))

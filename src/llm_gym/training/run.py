@@ -24,7 +24,7 @@ from llm_gym.checkpointing import (
     training_state,
 )
 from llm_gym.checkpointing.loading import find_checkpoint
-from llm_gym.config.app import TrainingAppConfig
+from llm_gym.config.app import MEMORY_SNAPSHOTS_NEED_A_GPU, TrainingAppConfig
 from llm_gym.config.loading import load_config
 from llm_gym.errors import ConfigError, UserError
 from llm_gym.logging_broker import TextMessage
@@ -50,7 +50,7 @@ from llm_gym.training.builder import (
 from llm_gym.training.hardware import HardwareMetrics
 from llm_gym.training.loop import Evaluator, LossWindow, Trainer, TrainingProgress
 from llm_gym.training.preemption import PreemptionWatch
-from llm_gym.training.profiling import StepTrace
+from llm_gym.training.profiling import MemorySnapshots, StepTrace
 from llm_gym.training.resume_policy import config_differences, hyperparameter_changes, with_defaults
 from llm_gym.training.summary import describe_global_batch, describe_mesh
 from llm_gym.training.watchdog import HangWatchdog
@@ -333,9 +333,17 @@ def train(
             first, last = profiling.trace_steps
             trace_path = output_dir / "profiles" / f"trace_rank{env.rank}_steps{first}-{last}.json"
             trainer.step_trace = StepTrace(first, last, trace_path)
+        snapshots = nullcontext()
+        if profiling.snapshots_memory:
+            if env.device.type != "cuda":  # training.device: auto, on a machine without a GPU
+                raise ConfigError(MEMORY_SNAPSHOTS_NEED_A_GPU.format(device=env.device.type))
+            memory = MemorySnapshots(
+                profiling.memory_snapshot_step, profiling.memory_snapshot_on_oom, output_dir / "profiles", env.rank
+            )
+            trainer.memory_snapshots, snapshots = memory, memory.recording()
         timeout_s = config.training.hang_timeout_s
         watchdog = HangWatchdog(timeout_s, output_dir, env.rank) if timeout_s is not None else nullcontext()
-        with trainer.stop_requests.installed(), watchdog:
+        with trainer.stop_requests.installed(), watchdog, snapshots:
             trainer.heartbeat = watchdog if timeout_s is not None else None
             try:
                 trainer.train()
