@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from distributed import skip_unless_gloo_sharding_works
-from experiment_runs import TINY_CONFIG, read_metrics, tiny_overrides, torchrun, write_byte_corpus
+from experiment_runs import TINY_CONFIG, llm_gym, read_metrics, tiny_overrides, torchrun, write_byte_corpus
 from llm_gym.assembly import make_registry
 from llm_gym.config.app import TrainingAppConfig
 from llm_gym.config.loading import load_config
@@ -41,6 +41,16 @@ def test_memory_snapshots_are_refused_for_a_run_on_the_cpu():
         ConfigError, match=r"record CUDA memory, and this run trains on cpu: unset them, or train on a GPU"
     ):
         load_config(TINY_CONFIG, TrainingAppConfig, ["profiling.memory_snapshot_step=3"], registry=make_registry())
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="device auto picks the GPU here")
+def test_memory_snapshots_are_refused_when_device_auto_finds_no_gpu(tmp_path):
+    corpus = write_byte_corpus(tmp_path)
+    settings = {"training.device": "auto", "profiling.memory_snapshot_step": 2}
+    overrides = tiny_overrides(corpus, tmp_path / "run", **settings)
+    result = llm_gym("run", "--config_file_path", str(TINY_CONFIG), *overrides, check=False)
+    assert result.returncode == 2
+    assert "record CUDA memory, and this run trains on cpu: unset them, or train on a GPU" in result.stderr
 
 
 def test_memory_snapshots_record_from_the_start_and_dump_after_their_step_and_on_out_of_memory(tmp_path, monkeypatch):

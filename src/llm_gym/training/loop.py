@@ -184,8 +184,8 @@ class Trainer:
     """Every rank's training seconds per step over the log window, by rank (several ranks): the stragglers."""
     _last_lr: float = field(default=0.0, init=False)
     _unread: list[tuple[int, StepOutcome]] = field(default_factory=list, init=False)
-    _phases: PhaseClock = field(default_factory=PhaseClock, init=False)
     """The steps whose outcome the host has not read yet, with their numbers."""
+    _phases: PhaseClock = field(default_factory=PhaseClock, init=False)
 
     def train(self) -> None:
         """Step until ``max_steps``. The host reads what the steps gave only on steps that log, evaluate or
