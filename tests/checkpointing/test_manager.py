@@ -2,10 +2,12 @@
 
 import errno
 import os
+import threading
 
 import pytest
 import torch
-from checkpoint_toys import Toy, make_model
+from checkpoint_toys import Toy, assert_same, make_model, snapshot
+from torch.distributed.checkpoint import FileSystemWriter
 
 import llm_gym.checkpointing.manager as manager_module
 from llm_gym.assembly import make_registry
@@ -98,6 +100,51 @@ def test_full_disk_inside_dcp_save_is_one_user_error_and_keeps_the_previous_chec
     assert entries(tmp_path) == ["latest", "step_1"]  # what the failed save wrote is gone, to give the room back
     assert (tmp_path / "latest").read_text().strip() == "step_1"
     assert {path.name: path.read_bytes() for path in (tmp_path / "step_1").iterdir()} == before
+    load_checkpoint(tmp_path / "step_1", Toy(make_model()).state())
+
+
+@pytest.mark.cross_version
+def test_a_save_in_the_background_writes_the_state_of_its_step_while_training_changes_it(tmp_path, monkeypatch):
+    # The writer starts only once training has changed every tensor the save holds.
+    trained = threading.Event()
+    write_data = FileSystemWriter.write_data
+
+    def write_data_after_training(self, plan, planner):
+        assert trained.wait(timeout=60)
+        return write_data(self, plan, planner)
+
+    monkeypatch.setattr(FileSystemWriter, "write_data", write_data_after_training)
+    toy = Toy(make_model())
+    toy.train(2)
+    manager = CheckpointManager(tmp_path, every_n_steps=1, keep_last=1, in_background=True)
+    manager.save(2, toy.state(), {})
+    at_save = snapshot(toy)
+    toy.train(2)
+    trained.set()
+    manager.wait()
+    restored = Toy(make_model(seed=1))
+    load_checkpoint(tmp_path / "step_2", restored.state())
+    assert_same(at_save, snapshot(restored))
+
+
+def test_full_disk_during_a_save_in_the_background_is_one_user_error_and_keeps_the_previous_checkpoint(
+    tmp_path, monkeypatch
+):
+    toy = Toy(make_model())
+    manager = CheckpointManager(tmp_path, every_n_steps=1, keep_last=1, in_background=True)
+    manager.save(1, toy.state(), {})
+    manager.wait()
+    monkeypatch.setattr(os, "fsync", disk_full_on_fsync)
+    manager.save(2, toy.state(), {})  # returns: the write fails later, in DCP's thread
+    with pytest.raises(UserError) as raised:
+        manager.wait()
+    assert str(raised.value) == (
+        f"cannot write checkpoint {tmp_path / 'step_2'}: No space left on device; "
+        "the earlier checkpoints and latest are unchanged"
+    )
+    monkeypatch.undo()
+    assert entries(tmp_path) == ["latest", "step_1"]
+    assert (tmp_path / "latest").read_text().strip() == "step_1"
     load_checkpoint(tmp_path / "step_1", Toy(make_model()).state())
 
 

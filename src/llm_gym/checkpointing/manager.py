@@ -18,11 +18,13 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
+import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import FileSystemWriter
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.stateful import Stateful
+from torch.utils._pytree import tree_map_only
 
 from llm_gym.checkpointing.integrity import file_fingerprints, gather_fingerprints, this_ranks_fingerprints
 from llm_gym.checkpointing.state import ModelState, assert_finite
@@ -80,6 +82,19 @@ def _written(partial_dir: Path) -> list[str]:
     # Read back rather than use dcp.save's return value: torch 2.11 returns it without storage_data.
     dcp_metadata = read_dcp_metadata(partial_dir)
     return sorted({info.relative_path for info in dcp_metadata.storage_data.values()} | {DCP_METADATA_FILE})
+
+
+def _snapshot(state: dict[str, Stateful]) -> dict[str, Any]:
+    """``state`` as it is now, for DCP to write from its thread while training goes on.
+
+    DCP's staging copies tensors off the accelerator; tensors already in host memory torch 2.6 hands to the
+    writer as they are, and the next optimizer step would change them mid-write. Those are cloned here."""
+    materialized = {key: value.state_dict() if isinstance(value, Stateful) else value for key, value in state.items()}
+    return tree_map_only(torch.Tensor, _clone_if_in_host_memory, materialized)
+
+
+def _clone_if_in_host_memory(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.clone() if tensor.device.type == "cpu" else tensor
 
 
 class _BackgroundSave:
@@ -177,7 +192,9 @@ class CheckpointManager:
             collectives.silence_single_process_warning()
         elif self._writer_group is None:
             self._writer_group, self._poll_group = dist.new_group(backend="gloo"), dist.new_group(backend="gloo")
-        written = dcp.async_save(state, storage_writer=FileSystemWriter(partial_dir), process_group=self._writer_group)
+        written = dcp.async_save(
+            _snapshot(state), storage_writer=FileSystemWriter(partial_dir), process_group=self._writer_group
+        )
         self._background = _BackgroundSave(partial_dir, final_dir, metadata, written)
         return final_dir
 
