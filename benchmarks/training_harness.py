@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from llm_gym.assembly import make_registry
-from llm_gym.config.app import TrainingAppConfig
+from llm_gym.config.app import CompileScope, TrainingAppConfig
 from llm_gym.config.loading import load_config
 from llm_gym.data.indexed import IndexedDatasetWriter, token_dtype
 from llm_gym.data.tokenization import tokenize_files
@@ -82,6 +82,9 @@ class RunFigures:
     """Median of ``tokens_per_s`` in metrics.jsonl over the same steps (llm_gym only)."""
     logged_mfu: float | None = None
     peak_memory_gib: float | None = None
+    first_step_s: float | None = None
+    """Wall-clock seconds from the start of the run (building included) to the end of its first step: where
+    ``torch.compile`` pays its compilation."""
 
     @property
     def tokens_per_s(self) -> float:
@@ -108,7 +111,9 @@ def _now() -> tuple[float, float]:
 
 
 def run_llm_gym(config_path: Path, overrides: Sequence[str], output_dir: Path, warmup_steps: int) -> RunFigures:
-    """One ``run_training``; ``overrides`` must set ``training.log_interval=1`` and more than ``warmup_steps``."""
+    """One ``run_training`` of more than ``warmup_steps`` steps; the logged figures are of the train lines after
+    the warm-up (every step's with ``training.log_interval=1``)."""
+    started = time.perf_counter()
     run_training(config_path, [*overrides, f"experiment.output_dir={output_dir}", f"loggers={LOGGERS}"])
     times = StepClock.latest.times
     rows = {
@@ -119,13 +124,14 @@ def run_llm_gym(config_path: Path, overrides: Sequence[str], output_dir: Path, w
     last = max(times)
     if last <= warmup_steps:
         raise ValueError(f"{last} steps leave nothing after {warmup_steps} warm-up steps")
-    steady = [rows[step] for step in range(warmup_steps + 1, last + 1)]
+    steady = [row for step, row in rows.items() if step > warmup_steps]
     return RunFigures(
-        tokens_per_step=(rows[last]["tokens_seen"] - rows[warmup_steps]["tokens_seen"]) // (last - warmup_steps),
+        tokens_per_step=rows[last]["tokens_seen"] // last,
         step_times=_durations([times[step] for step in range(warmup_steps, last + 1)]),
         logged_tokens_per_s=_median([row["tokens_per_s"] for row in steady]),
         logged_mfu=_median([row["mfu"] for row in steady if row.get("mfu") is not None]),
         peak_memory_gib=max((row.get("peak_memory_gib") or 0.0 for row in steady), default=0.0) or None,
+        first_step_s=times[1][0] - started,
     )
 
 
@@ -150,6 +156,7 @@ def run_plain_loop(config: TrainingAppConfig, warmup_steps: int, device: torch.d
     The model is built from the config's model node with the experiment seed, as llm_gym builds it. Its
     batches are random tokens already on the device; nothing is read back to the host between steps.
     """
+    started = time.perf_counter()
     settings = config.training
     model = model_of(config, device)
     torch.manual_seed(config.experiment.seed)
@@ -157,7 +164,7 @@ def run_plain_loop(config: TrainingAppConfig, warmup_steps: int, device: torch.d
         model.init_weights()
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), **config.optimizer.config.model_dump())
-    forward = torch.compile(model) if settings.compile else model
+    forward = torch.compile(model) if settings.compile is not CompileScope.NONE else model
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
     vocab_size = config.model.config.vocab_size
     tokens = torch.randint(0, vocab_size, (settings.micro_batch_size, settings.sequence_length + 1), device=device)
@@ -175,7 +182,10 @@ def run_plain_loop(config: TrainingAppConfig, warmup_steps: int, device: torch.d
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    for _ in range(warmup_steps):
+    step()
+    _synchronize(device)
+    first_step_s = time.perf_counter() - started
+    for _ in range(warmup_steps - 1):
         step()
     _synchronize(device)
     stamps = [_now()]
@@ -188,6 +198,7 @@ def run_plain_loop(config: TrainingAppConfig, warmup_steps: int, device: torch.d
         tokens_per_step=settings.micro_batch_size * settings.sequence_length * accumulation,
         step_times=_durations(stamps),
         peak_memory_gib=torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
+        first_step_s=first_step_s,
     )
 
 

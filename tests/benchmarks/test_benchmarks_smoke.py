@@ -26,9 +26,11 @@ def run_benchmark(script: str, *args: str) -> subprocess.CompletedProcess:
 @pytest.mark.slow
 def test_training_overhead_smoke():
     output = run_benchmark("training_overhead.py", "--smoke").stdout
-    for variant in ("plain PyTorch loop", "llm_gym NoParallelism", "llm_gym FSDP2 (default)"):
+    for variant in ("plain PyTorch loop", "llm_gym NoParallelism", "llm_gym compile: blocks", "llm_gym compile: model"):
         assert variant in output
-    assert "(target: both ≥ 0.97)" in output
+    assert "llm_gym defaults (switches: none): " in output and "(target: ≥ 0.99)" in output
+    assert "llm_gym best switches (switches: training.compile=model, optimizer.config.fused=true): " in output
+    assert "(target: ≥ 1.1)" in output
 
 
 @pytest.mark.slow

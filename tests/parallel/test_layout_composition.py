@@ -1,6 +1,7 @@
 """How the model-parallel degrees compose with each other and with the other switches: HSDP, bfloat16 autocast,
-activation checkpointing and torch.compile. Real runs under torchrun on gloo, against one process with the
-same global batch (8 samples: micro batch 4 × 2 accumulation steps, the pipeline's 2 microbatches), 20 steps.
+activation checkpointing and torch.compile (each block, or the whole forward). Real runs under torchrun on gloo,
+against one process with the same global batch (8 samples: micro batch 4 × 2 accumulation steps, the pipeline's
+2 microbatches), 20 steps.
 
 The pairs the degrees' own files test (tp2 × dp2, cp2 × tp2, pp2 × tp2, ...) are not repeated here.
 """
@@ -87,3 +88,20 @@ def test_pp2_with_compiled_checkpointed_blocks_matches_one_process_plain(corpus,
     # Both wrap the whole model's blocks before it is cut into stages.
     wrapped = {"training.compile": "true", "training.activation_checkpointing": "full"}
     assert largest_difference(one_process, run_losses(corpus, tmp_path / "run", 2, **LLAMA, **PP2, **wrapped)) < 1e-5
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "layout",
+    [
+        pytest.param({"training.micro_batch_size": 2}, id="fsdp2_dp2"),
+        pytest.param(TP2, id="tp2"),
+        pytest.param({**CP2, "training.activation_checkpointing": "full"}, id="cp2_full_checkpointing"),
+    ],
+)
+def test_the_whole_forward_compiled_matches_one_process_plain(corpus, tmp_path, one_process, layout):
+    # compile: model traces the forward across the blocks' FSDP2 gathers, tensor-parallel redistributions and
+    # context-parallel all-to-alls, checkpointed blocks included (refused with tensor parallelism).
+    skip_unless_gloo_sharding_works()
+    compiled = run_losses(corpus, tmp_path / "run", 2, **LLAMA, **layout, **{"training.compile": "model"})
+    assert largest_difference(one_process, compiled) < 1e-5

@@ -95,6 +95,7 @@ def test_the_mesh_puts_pp_outermost_and_each_stage_reads_the_data_parallel_ranks
     [
         ("evaluation.evaluators=[{type_hint: BitsPerByte, config: {split: val}}]", "evaluation.evaluators"),
         ("training.meta_device_init=true", "training.meta_device_init"),
+        ("training.compile=model", "training.compile: model"),
     ],
 )
 def test_what_pipeline_parallelism_does_not_run_is_refused_when_the_config_loads(override, key):

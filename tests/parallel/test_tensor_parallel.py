@@ -35,10 +35,19 @@ def _load(*overrides: str) -> TrainingAppConfig:
     return load_config(TINY_CONFIG, TrainingAppConfig, [*tp2, *overrides], registry=make_registry())[0]
 
 
-def test_what_tensor_parallelism_does_not_run_is_refused_when_the_config_loads():
-    key = "evaluation.evaluators"
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        (["evaluation.evaluators=[{type_hint: BitsPerByte, config: {split: val}}]"], "evaluation.evaluators"),
+        (
+            ["training.compile=model", "training.activation_checkpointing=every_k"],
+            "training.compile: model with activation_checkpointing",
+        ),
+    ],
+)
+def test_what_tensor_parallelism_does_not_run_is_refused_when_the_config_loads(overrides, key):
     with pytest.raises(ConfigError, match=rf"{key} cannot run with parallelism.config.tensor_parallel_degree 2"):
-        _load(f"{key}=[{{type_hint: BitsPerByte, config: {{split: val}}}}]")
+        _load(*overrides)
 
 
 @pytest.mark.parametrize(
@@ -88,9 +97,11 @@ def test_tp2_gpt2_with_learned_positions_and_tied_embeddings_matches_one_process
 
 @pytest.mark.slow
 @pytest.mark.cross_version
-def test_tp2_with_compiled_blocks_matches_one_process_uncompiled(corpus, tmp_path, llama_one_process):
-    # The first block takes the view of the residual stream that the embedding's DTensor hands on.
-    compiled = run_losses(corpus, tmp_path / "run", 2, **LLAMA, **TP2, **{"training.compile": "true"})
+def test_tp2_with_compiled_checkpointed_blocks_matches_one_process_plain(corpus, tmp_path, llama_one_process):
+    # The first block takes the view of the residual stream that the embedding's DTensor hands on; each block's
+    # recomputation runs its compiled forward again (compiling the checkpointed block fails in torch).
+    wrapped = {"training.compile": "true", "training.activation_checkpointing": "full"}
+    compiled = run_losses(corpus, tmp_path / "run", 2, **LLAMA, **TP2, **wrapped)
     assert largest_difference(llama_one_process, compiled) < 1e-5
 
 

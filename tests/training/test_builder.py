@@ -64,6 +64,21 @@ def test_one_rank_build_has_the_weights_of_the_seed(one_rank, strategy, meta_dev
     assert_same_weights(dict(built.model.named_parameters()), expected_weights())
 
 
+@pytest.mark.parametrize(
+    ("setting", "compiled_model", "compiled_blocks"),
+    [("false", False, False), ("none", False, False), ("true", False, True), ("blocks", False, True),
+     ("model", True, False)],
+)  # fmt: skip
+def test_compile_wraps_the_forward_it_names_in_place(one_rank, setting, compiled_model, compiled_blocks):
+    # torch.compile compiles at the first call: here only what it wrapped is checked, and that parameter names
+    # (so checkpoints) do not depend on the setting. tests/training/test_run.py trains with each scope.
+    config = load_config(TINY_CONFIG, TrainingAppConfig, [*SMALL, f"training.compile={setting}"], registry=REGISTRY)[0]
+    model = build_model(config, build_parallelism(config, one_rank, REGISTRY), REGISTRY).model
+    assert ("forward" in vars(model)) is compiled_model
+    assert all(("forward" in vars(block)) is compiled_blocks for block in model.blocks)
+    assert_same_weights(dict(model.named_parameters()), expected_weights())
+
+
 def _two_rank_build(meta_device_init: bool) -> dict:
     config = load("FSDP2", meta_device_init)
     built = build_model(config, build_parallelism(config, init_distributed("cpu"), REGISTRY), REGISTRY)

@@ -50,16 +50,28 @@ def test_the_same_config_gives_identical_losses(single_process_run, byte_corpus,
 
 
 @pytest.mark.slow
-def test_compiled_blocks_train_like_eager_ones(single_process_run, byte_corpus, tmp_path):
-    """``training.compile=true`` compiles each block with inductor, as the GPU benchmark runs: the same losses
-    up to the float rounding of fused kernels."""
-    overrides = tiny_overrides(byte_corpus, tmp_path, **{"training.compile": "true"})
-    llm_gym("run", "--config_file_path", str(TINY_CONFIG), *overrides)
+@pytest.mark.parametrize("scope", ["blocks", "model"])
+def test_a_compiled_run_trains_like_an_eager_one_and_its_checkpoints_load_eagerly(
+    single_process_run, byte_corpus, tmp_path, scope
+):
+    """``training.compile`` compiles each block or the whole forward with inductor: the same losses up to the
+    float rounding of fused kernels, and checkpoints an eager run continues from."""
+    compiled = tmp_path / "compiled"
+    llm_gym(
+        "run",
+        "--config_file_path",
+        str(TINY_CONFIG),
+        *tiny_overrides(byte_corpus, compiled, **{"training.compile": scope}),
+    )
     expected = losses(read_metrics(single_process_run / "metrics.jsonl"))
-    actual = losses(read_metrics(tmp_path / "metrics.jsonl"))
+    actual = losses(read_metrics(compiled / "metrics.jsonl"))
     assert [(step, split) for step, split, _ in actual] == [(step, split) for step, split, _ in expected]
     for (_, _, got), (_, _, want) in zip(actual, expected, strict=True):
         assert got == pytest.approx(want, abs=1e-3)
+    branch = {"checkpointing.branch_from": compiled / "checkpoints" / "step_3"}
+    llm_gym("run", "--config_file_path", str(TINY_CONFIG), *tiny_overrides(byte_corpus, tmp_path / "eager", **branch))
+    continued = losses(read_metrics(tmp_path / "eager" / "metrics.jsonl"))
+    assert [(step, split) for step, split, _ in continued] == [entry[:2] for entry in expected if entry[0] > 3]
 
 
 @pytest.mark.slow

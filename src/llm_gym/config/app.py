@@ -12,6 +12,7 @@ from typing import Annotated, Any, ClassVar
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     NonNegativeInt,
@@ -58,6 +59,20 @@ class ActivationCheckpointing(str, Enum):
     EVERY_K = "every_k"
 
 
+class CompileScope(str, Enum):
+    """What ``training.compile`` hands ``torch.compile``; ``true`` and ``false`` read as ``blocks`` and ``none``."""
+
+    NONE = "none"
+    BLOCKS = "blocks"
+    MODEL = "model"
+
+
+def _compile_scope(value: object) -> object:
+    if isinstance(value, bool):
+        return CompileScope.BLOCKS if value else CompileScope.NONE
+    return value
+
+
 class TrainingSettings(_Section):
     max_steps: PositiveInt = Field(description="optimizer steps in total; a resumed run stops at the same total")
     sequence_length: PositiveInt
@@ -100,7 +115,11 @@ class TrainingSettings(_Section):
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda)$")
     activation_checkpointing: ActivationCheckpointing = ActivationCheckpointing.NONE
     activation_checkpointing_every_k: PositiveInt = 2
-    compile: bool = Field(False, description="torch.compile each transformer block")
+    compile: Annotated[CompileScope, BeforeValidator(_compile_scope)] = Field(
+        CompileScope.NONE,
+        description="torch.compile: none; blocks (or true): each transformer block, before sharding; model: the "
+        "model's whole forward, one graph from embedding to logits",
+    )
     meta_device_init: bool = Field(
         False,
         description="materialise and initialise each shard after sharding, not the whole model on every rank first "
@@ -325,6 +344,12 @@ class TrainingAppConfig(_Section):
                     "evaluators give every rank other examples, while the ranks of a tensor-parallel group must run "
                     "the same inputs",
                 ),
+                "training.compile: model with activation_checkpointing": (
+                    training.compile is CompileScope.MODEL
+                    and training.activation_checkpointing is not ActivationCheckpointing.NONE,
+                    "torch.compile fails to trace the recomputation of tensor-parallel blocks (torch 2.13: a "
+                    "DeviceMesh among the tensors it saves); compile: blocks runs with both",
+                ),
                 "training.loss_chunk_tokens": (
                     bool(training.loss_chunk_tokens),
                     "tensor parallelism already computes the loss on logits split by vocabulary (loss_parallel), "
@@ -351,6 +376,10 @@ class TrainingAppConfig(_Section):
                     training.meta_device_init,
                     "each stage's weights are drawn as the whole model's are, which needs the whole model "
                     "materialised before it is cut",
+                ),
+                "training.compile: model": (
+                    training.compile is CompileScope.MODEL,
+                    "each stage runs its own forward, never the model's; compile: blocks compiles every stage's blocks",
                 ),
             },
         }

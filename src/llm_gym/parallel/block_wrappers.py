@@ -1,7 +1,9 @@
-"""Per-block transformations applied before sharding: activation checkpointing, then ``torch.compile``.
+"""Transformations applied before sharding: ``torch.compile`` and activation checkpointing.
 
-Both act on ``model.blocks`` one block at a time (as torchtitan does), so FSDP2 units, recomputation
-regions and compiled graphs all line up with transformer blocks.
+Both act on ``model.blocks`` one block at a time (as torchtitan does), so FSDP2 units, recomputation regions
+and compiled graphs all line up with transformer blocks. A block is compiled first and checkpointed around its
+compiled forward: the other order makes torch.compile trace the recomputation itself, which fails for
+tensor-parallel blocks (torch 2.13). ``compile_model`` instead compiles the whole forward, checkpointing included.
 """
 
 import functools
@@ -34,6 +36,13 @@ def compile_blocks(model: LanguageModel) -> None:
     later (FSDP2's gathers) run around the compiled graph, not in it."""
     for block in model.blocks:
         block.forward = _taking_own_input(torch.compile(block.forward))
+
+
+def compile_model(model: LanguageModel) -> None:
+    """Compile the model's ``forward`` in place, keeping parameter names unchanged: the embedding, every block,
+    the final norm and the head in one ``torch.compile``, fused across their boundaries where nothing breaks the
+    graph. The hooks sharding adds to the model itself run around it."""
+    model.forward = torch.compile(model.forward)
 
 
 def _taking_own_input(compiled_forward):

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from llm_gym.config.app import TrainingAppConfig, TrainingSettings
+from llm_gym.config.app import CompileScope, TrainingAppConfig, TrainingSettings
 from llm_gym.data.loaders import eval_batches
 from llm_gym.data.tokenizers import load_tokenizer, tokenizer_exists
 from llm_gym.errors import ConfigError, MissingInputError
@@ -16,7 +16,7 @@ from llm_gym.evaluation.in_loop import EvaluationContext
 from llm_gym.logging_broker import MessageBroker
 from llm_gym.models.contract import LanguageModel, as_language_model, reads_document_ids
 from llm_gym.optim.optimizers import apply_lr_multipliers, parameter_groups
-from llm_gym.parallel.block_wrappers import apply_activation_checkpointing, compile_blocks
+from llm_gym.parallel.block_wrappers import apply_activation_checkpointing, compile_blocks, compile_model
 from llm_gym.parallel.distributed import DistributedEnvironment
 from llm_gym.parallel.strategies import FSDP2, ParallelismStrategy
 from llm_gym.registry import ResolverRegistry
@@ -60,11 +60,13 @@ def build_model(config: TrainingAppConfig, parallelism: ParallelismStrategy, reg
         materialise(inner, device, config.experiment.seed)
     parallelism.apply_tensor_parallel(model)
     parallelism.apply_context_parallel(model)
+    if settings.compile is CompileScope.BLOCKS:
+        compile_blocks(model)
     apply_activation_checkpointing(
         model, settings.activation_checkpointing.value, settings.activation_checkpointing_every_k
     )
-    if settings.compile:
-        compile_blocks(model)
+    if settings.compile is CompileScope.MODEL:
+        compile_model(model)
     model = parallelism.parallelize(model)
     if settings.meta_device_init:
         materialise(inner, device, config.experiment.seed)
