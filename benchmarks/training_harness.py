@@ -158,6 +158,7 @@ def run_plain_loop(config: TrainingAppConfig, warmup_steps: int, device: torch.d
     """
     started = time.perf_counter()
     settings = config.training
+    torch.set_float32_matmul_precision(settings.float32_matmul_precision)
     model = model_of(config, device)
     torch.manual_seed(config.experiment.seed)
     with torch.no_grad():

@@ -26,10 +26,18 @@ def run_benchmark(script: str, *args: str) -> subprocess.CompletedProcess:
 @pytest.mark.slow
 def test_training_overhead_smoke():
     output = run_benchmark("training_overhead.py", "--smoke").stdout
-    for variant in ("plain PyTorch loop", "llm_gym NoParallelism", "llm_gym compile: blocks", "llm_gym compile: model"):
+    for variant in (
+        "plain PyTorch loop",
+        "llm_gym fused AdamW",
+        "llm_gym compile: blocks",
+        "llm_gym best float32 switches",
+    ):
         assert variant in output
     assert "llm_gym defaults (switches: none): " in output and "(target: ≥ 0.99)" in output
-    assert "llm_gym best switches (switches: training.compile=model, optimizer.config.fused=true): " in output
+    assert (
+        "llm_gym best switches (switches: training.compile=model, optimizer.config.fused=true,"
+        " training.float32_matmul_precision=medium): " in output
+    )
     assert "(target: ≥ 1.1)" in output
 
 

@@ -7,7 +7,7 @@ checked here too, before anything heavy is built.
 from collections.abc import Iterator
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     AfterValidator,
@@ -119,6 +119,12 @@ class TrainingSettings(_Section):
         CompileScope.NONE,
         description="torch.compile: none; blocks (or true): each transformer block, before sharding; model: the "
         "model's whole forward, one graph from embedding to logits",
+    )
+    float32_matmul_precision: Literal["highest", "high", "medium"] = Field(
+        "highest",
+        description="torch.set_float32_matmul_precision for the float32 matrix products: highest (float32); high "
+        "(TF32 on NVIDIA GPUs); medium (bfloat16 products summed in float32, on GPUs and on CPUs with bfloat16 "
+        "instructions)",
     )
     meta_device_init: bool = Field(
         False,

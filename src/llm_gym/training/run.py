@@ -102,6 +102,10 @@ def _train(
     config_file_path: Path,
 ) -> None:
     """The run in its four phases: plan the resume, build, restore, train."""
+    if config.profiling.snapshots_memory and env.device.type != "cuda":  # training.device: auto, without a GPU
+        raise ConfigError(MEMORY_SNAPSHOTS_NEED_A_GPU.format(device=env.device.type))
+    # Process-wide, so set on every run: a run after another in one process starts from its own setting.
+    torch.set_float32_matmul_precision(config.training.float32_matmul_precision)
     checkpoints = _checkpoint_manager(config, registry)
     plan = plan_resume(
         resume,
@@ -303,6 +307,20 @@ def train(
             broker.publish(TextMessage(f"resumed from {plan.checkpoint_dir} at step {progress.step}"))
         if plan.differences:
             broker.publish(TextMessage(f"config changes allowed on {plan.start}:\n  " + "\n  ".join(plan.differences)))
+        host = host_group(env)
+        profiling = config.profiling
+        step_trace = None
+        if profiling.trace_steps is not None and env.rank in profiling.trace_ranks:
+            first, last = profiling.trace_steps
+            trace_path = output_dir / "profiles" / f"trace_rank{env.rank}_steps{first}-{last}.json"
+            step_trace = StepTrace(first, last, trace_path)
+        memory = None
+        if profiling.snapshots_memory:
+            memory = MemorySnapshots(
+                profiling.memory_snapshot_step, profiling.memory_snapshot_on_oom, output_dir / "profiles", env.rank
+            )
+        timeout_s = config.training.hang_timeout_s
+        watchdog = HangWatchdog(timeout_s, output_dir, env.rank) if timeout_s is not None else None
         trainer = Trainer(
             settings=config.training,
             model=model.model,
@@ -323,28 +341,14 @@ def train(
             ),
             vocab_size=model.inner.vocab_size,
             evaluators=run.evaluators,
+            stop_requests=PreemptionWatch(host),
+            heartbeat=watchdog,
+            step_trace=step_trace,
+            memory_snapshots=memory,
+            gather_step_seconds=functools.partial(gather_floats, group=host) if host is not None else None,
         )
-        host = host_group(env)
-        trainer.stop_requests = PreemptionWatch(host)
-        if host is not None:
-            trainer.gather_step_seconds = functools.partial(gather_floats, group=host)
-        profiling = config.profiling
-        if profiling.trace_steps is not None and env.rank in profiling.trace_ranks:
-            first, last = profiling.trace_steps
-            trace_path = output_dir / "profiles" / f"trace_rank{env.rank}_steps{first}-{last}.json"
-            trainer.step_trace = StepTrace(first, last, trace_path)
-        snapshots = nullcontext()
-        if profiling.snapshots_memory:
-            if env.device.type != "cuda":  # training.device: auto, on a machine without a GPU
-                raise ConfigError(MEMORY_SNAPSHOTS_NEED_A_GPU.format(device=env.device.type))
-            memory = MemorySnapshots(
-                profiling.memory_snapshot_step, profiling.memory_snapshot_on_oom, output_dir / "profiles", env.rank
-            )
-            trainer.memory_snapshots, snapshots = memory, memory.recording()
-        timeout_s = config.training.hang_timeout_s
-        watchdog = HangWatchdog(timeout_s, output_dir, env.rank) if timeout_s is not None else nullcontext()
-        with trainer.stop_requests.installed(), watchdog, snapshots:
-            trainer.heartbeat = watchdog if timeout_s is not None else None
+        recording = memory.recording() if memory is not None else nullcontext()
+        with trainer.stop_requests.installed(), watchdog if watchdog is not None else nullcontext(), recording:
             try:
                 trainer.train()
             finally:
@@ -368,10 +372,13 @@ def _run_header(
 ) -> list[str]:
     """What a log should open with: where the run writes, how it is laid out, what it trains."""
     training = config.training
+    matmul_precision = ""
+    if training.float32_matmul_precision != "highest":
+        matmul_precision = f", float32 matmul precision {training.float32_matmul_precision}"
     return [
         f"llm_gym run {config.experiment.experiment_id} → {config.experiment.output_dir}",
         f"{env.world_size} {'rank' if env.world_size == 1 else 'ranks'} on {env.device.type} "
-        f"({type(parallelism).__name__}), {training.max_steps:,} steps",
+        f"({type(parallelism).__name__}), {training.max_steps:,} steps{matmul_precision}",
         *([describe_mesh(parallelism)] if parallelism.model_parallel_degree > 1 else []),
         describe_global_batch(training, parallelism.data_parallel_size),
         *describe_model(model, training.sequence_length),
