@@ -6,12 +6,14 @@ import os
 import shutil
 
 import pytest
+import torch
 import yaml
 from click.testing import CliRunner
 
-from distributed import skip_unless_gloo_sharding_works
+from distributed import run_on_ranks, skip_unless_gloo_sharding_works
 from experiment_runs import TINY_CONFIG, llm_gym, read_metrics, tiny_overrides, torchrun
 from llm_gym.cli import DEBUG_ENV, main
+from llm_gym.training.run import run_training
 
 SPEC_TRAIN_KEYS = {"step", "split", "loss", "lr", "grad_norm", "tokens_seen", "tokens_per_s"}
 
@@ -72,6 +74,22 @@ def test_a_compiled_run_trains_like_an_eager_one_and_its_checkpoints_load_eagerl
     llm_gym("run", "--config_file_path", str(TINY_CONFIG), *tiny_overrides(byte_corpus, tmp_path / "eager", **branch))
     continued = losses(read_metrics(tmp_path / "eager" / "metrics.jsonl"))
     assert [(step, split) for step, split, _ in continued] == [entry[:2] for entry in expected if entry[0] > 3]
+
+
+def _matmul_precisions_after_runs(corpus, output_dir) -> list[str]:
+    after = []
+    for index, settings in enumerate([{"training.float32_matmul_precision": "medium"}, {}]):
+        torch.set_float32_matmul_precision("high")  # what the process had before
+        run_training(
+            TINY_CONFIG, tiny_overrides(corpus, output_dir / str(index), **{"training.max_steps": 1, **settings})
+        )
+        after.append(torch.get_float32_matmul_precision())
+    return after
+
+
+def test_each_run_sets_its_own_float32_matmul_precision(byte_corpus, tmp_path):
+    # Process-wide in torch: a run after another in one process (a sweep, a benchmark) must not inherit it.
+    assert run_on_ranks(_matmul_precisions_after_runs, 1, byte_corpus, tmp_path)[0] == ["medium", "highest"]
 
 
 @pytest.mark.slow
