@@ -154,7 +154,8 @@ def run_plain_loop(config: TrainingAppConfig, warmup_steps: int, device: torch.d
     clip, step. On a GPU: bf16 autocast and, with ``training.compile``, ``torch.compile`` of the whole model.
 
     The model is built from the config's model node with the experiment seed, as llm_gym builds it. Its
-    batches are random tokens already on the device; nothing is read back to the host between steps.
+    batches are random tokens already on the device, a new batch every micro step, as llm_gym trains on;
+    nothing is read back to the host between steps.
     """
     started = time.perf_counter()
     settings = config.training
@@ -168,12 +169,14 @@ def run_plain_loop(config: TrainingAppConfig, warmup_steps: int, device: torch.d
     forward = torch.compile(model) if settings.compile is not CompileScope.NONE else model
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
     vocab_size = config.model.config.vocab_size
-    tokens = torch.randint(0, vocab_size, (settings.micro_batch_size, settings.sequence_length + 1), device=device)
-    inputs, targets = tokens[:, :-1], tokens[:, 1:]
     accumulation = settings.gradient_accumulation_steps
+    shape = (settings.max_steps * accumulation, settings.micro_batch_size, settings.sequence_length + 1)
+    batches = iter(torch.randint(0, vocab_size, shape, device=device))
 
     def step() -> None:
         for _ in range(accumulation):
+            tokens = next(batches)
+            inputs, targets = tokens[:, :-1], tokens[:, 1:]
             with autocast:
                 logits = forward(inputs)
             loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
