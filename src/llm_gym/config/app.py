@@ -118,7 +118,7 @@ class TrainingSettings(_Section):
     compile: Annotated[CompileScope, BeforeValidator(_compile_scope)] = Field(
         CompileScope.NONE,
         description="torch.compile: none; blocks (or true): each transformer block, before sharding; model: the "
-        "model's whole forward, one graph from embedding to logits",
+        "model's whole forward, from embedding to logits",
     )
     float32_matmul_precision: Literal["highest", "high", "medium"] = Field(
         "highest",
