@@ -51,6 +51,7 @@ def test_memory_snapshots_are_refused_when_device_auto_finds_no_gpu(tmp_path):
     result = llm_gym("run", "--config_file_path", str(TINY_CONFIG), *overrides, check=False)
     assert result.returncode == 2
     assert "record CUDA memory, and this run trains on cpu: unset them, or train on a GPU" in result.stderr
+    assert not (tmp_path / "run").exists()  # refused before the run writes anything
 
 
 def test_memory_snapshots_record_from_the_start_and_dump_after_their_step_and_on_out_of_memory(tmp_path, monkeypatch):

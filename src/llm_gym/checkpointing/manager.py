@@ -7,6 +7,7 @@ background (``checkpointing.async``) is written by DCP's thread and goes through
 thread once every rank has written it: until then the previous checkpoint stays ``latest``.
 """
 
+import functools
 import json
 import logging
 import os
@@ -23,6 +24,7 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import FileSystemWriter
 from torch.distributed.checkpoint.api import CheckpointException
+from torch.distributed.checkpoint.staging import BlockingAsyncStager
 from torch.distributed.checkpoint.stateful import Stateful
 from torch.utils._pytree import tree_map_only
 
@@ -84,11 +86,16 @@ def _written(partial_dir: Path) -> list[str]:
     return sorted({info.relative_path for info in dcp_metadata.storage_data.values()} | {DCP_METADATA_FILE})
 
 
-def _snapshot(state: dict[str, Stateful]) -> dict[str, Any]:
-    """``state`` as it is now, for DCP to write from its thread while training goes on.
+@functools.cache
+def _staging_shares_host_tensors() -> bool:
+    """Whether DCP's staging hands a tensor already in host memory to its writer thread as itself, where the
+    next optimizer step would change it mid-write (torch 2.6 does; later releases copy it)."""
+    tensor = torch.zeros(1)
+    return BlockingAsyncStager().stage({"tensor": tensor})["tensor"].data_ptr() == tensor.data_ptr()
 
-    DCP's staging copies tensors off the accelerator; tensors already in host memory torch 2.6 hands to the
-    writer as they are, and the next optimizer step would change them mid-write. Those are cloned here."""
+
+def _with_host_tensors_copied(state: dict[str, Stateful]) -> dict[str, Any]:
+    """``state`` as it is now, its tensors in host memory cloned: what DCP's staging does not copy itself."""
     materialized = {key: value.state_dict() if isinstance(value, Stateful) else value for key, value in state.items()}
     return tree_map_only(torch.Tensor, _clone_if_in_host_memory, materialized)
 
@@ -192,9 +199,9 @@ class CheckpointManager:
             collectives.silence_single_process_warning()
         elif self._writer_group is None:
             self._writer_group, self._poll_group = dist.new_group(backend="gloo"), dist.new_group(backend="gloo")
-        written = dcp.async_save(
-            _snapshot(state), storage_writer=FileSystemWriter(partial_dir), process_group=self._writer_group
-        )
+        if _staging_shares_host_tensors():
+            state = _with_host_tensors_copied(state)
+        written = dcp.async_save(state, storage_writer=FileSystemWriter(partial_dir), process_group=self._writer_group)
         self._background = _BackgroundSave(partial_dir, final_dir, metadata, written)
         return final_dir
 
